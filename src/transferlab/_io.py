@@ -1,0 +1,62 @@
+"""Write, then publish: outputs appear at their final path only once complete.
+
+An interrupted stage must never leave something a later stage could mistake for a result.
+Everything here writes next to the destination (same file system, so the final rename is
+atomic for files) and moves into place only after the writer returned without error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+def remove(path: Path) -> None:
+    """Delete a file or directory tree if it exists."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+@contextmanager
+def publish(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path``; move it to ``path`` if the block succeeds.
+
+    Works for files and directories. On error the temporary is removed and whatever was at
+    ``path`` before is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    remove(tmp)
+    try:
+        yield tmp
+    except BaseException:
+        remove(tmp)
+        raise
+    if not tmp.exists():
+        raise RuntimeError(f"{path}: the writer produced nothing")
+    if path.is_dir() and not path.is_symlink():
+        # A non-empty directory cannot be replaced in one rename: move the old one aside first.
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        remove(old)
+        path.rename(old)
+        tmp.rename(path)
+        remove(old)
+    else:
+        os.replace(tmp, path)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    with publish(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,218 @@
+"""Typed, validated configuration for every pipeline stage.
+
+Params flow one way: ``params.yaml`` -> one of the models below -> plain function arguments.
+Library code never reads ``params.yaml``; the stage scripts call :func:`load_params` and hand
+the validated objects on. Every model forbids unknown keys, so a typo such as ``learning_rate``
+instead of ``lr`` fails at the start of the stage with one line naming the key, instead of
+being silently ignored for an hour of training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from transferlab.errors import ConfigError
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0, lt=1)]
+
+
+class _Strict(BaseModel):
+    # Lax type coercion on purpose: PyYAML reads ``1e-3`` as a string (YAML 1.1 wants a dot),
+    # and that is what users and ``dvc exp run -S lr=1e-3`` write. Unknown keys stay errors.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BaseConfig(_Strict):
+    """Shared by every stage: what makes runs comparable and repeatable."""
+
+    seed: Annotated[int, Field(ge=0)] = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # 0 means "let torch decide"; a fixed count makes CPU timings comparable across runs.
+    num_threads: Annotated[int, Field(ge=0)] = 0
+
+
+class DownloadConfig(_Strict):
+    """Where the images come from and how they are split."""
+
+    source: Literal["digits", "folder"] = "digits"
+    # For source=folder: root/<class>/* images, split here.
+    path: str | None = None
+    val_fraction: Fraction = 0.15
+    test_fraction: Fraction = 0.15
+    # Small-data studies: keep at most this many images per class (None: all).
+    max_per_class: Annotated[int, Field(ge=3)] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> DownloadConfig:
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("val_fraction + test_fraction must be < 1")
+        if self.source == "folder" and not self.path:
+            raise ValueError("path is required when source is 'folder'")
+        return self
+
+
+class BackboneConfig(_Strict):
+    """The pretrained network, shared by extract-features and every end-to-end strategy."""
+
+    name: str = "efficientnet_lite0"
+    # Side length the images are resized to. The backbone's native size (224 for most
+    # ImageNet models) is best for accuracy; smaller trades accuracy for CPU time.
+    image_size: Annotated[int, Field(ge=16, le=1024)] = 224
+    # Evaluation crop: resize to image_size / crop_pct, centre-crop image_size (None: the
+    # backbone's own, 0.875 for ImageNet models). 1.0 keeps borders, right for tight crops.
+    crop_pct: Annotated[float, Field(gt=0, le=1)] | None = None
+    # Optional local state-dict file that replaces the registered weights.
+    weights: str | None = None
+
+
+class ExtractConfig(_Strict):
+    batch_size: Annotated[int, Field(ge=1)] = 128
+    num_workers: Annotated[int, Field(ge=0)] = 0
+
+
+class OptimConfig(_Strict):
+    """What every training run shares: the loop, the optimizer, the schedule."""
+
+    epochs: Annotated[int, Field(ge=1)] = 10
+    batch_size: Annotated[int, Field(ge=1)] = 64
+    lr: PositiveFloat = 1e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    # Linear warm-up over this many epochs, then cosine decay to zero.
+    warmup_epochs: Annotated[int, Field(ge=0)] = 0
+    # Stop when validation loss has not improved for this many epochs (0: never).
+    early_stopping_patience: Annotated[int, Field(ge=0)] = 0
+    num_workers: Annotated[int, Field(ge=0)] = 0
+
+
+class HeadConfig(_Strict):
+    """The classifier put on top of the pooled backbone features."""
+
+    kind: Literal["linear", "mlp"] = "linear"
+    hidden: Annotated[int, Field(ge=1)] = 256
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.5
+
+
+class TrainHeadConfig(OptimConfig):
+    head: HeadConfig = HeadConfig()
+
+
+class AugmentConfig(_Strict):
+    """Training-time augmentation of the end-to-end strategies."""
+
+    crop_scale: tuple[Fraction | Literal[1.0], Fraction | Literal[1.0]] = (0.8, 1.0)
+    rotation_degrees: Annotated[float, Field(ge=0, le=180)] = 10.0
+    # Off by default: flipping changes the meaning of digits, text and many medical images.
+    hflip: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> AugmentConfig:
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError("crop_scale must be [low, high] with 0 < low <= high <= 1")
+        return self
+
+
+STRATEGIES = ("frozen", "full")
+
+
+class StrategyConfig(OptimConfig):
+    """One end-to-end strategy: its training run plus what is unfrozen and how fast."""
+
+    # Learning rate of backbone parameters as a fraction of the head's ``lr``.
+    backbone_lr_mult: Annotated[float, Field(gt=0, le=1)] = 0.1
+
+
+class FinetuneConfig(_Strict):
+    """The end-to-end strategies. ``strategies`` lists which ones ``dvc repro`` runs."""
+
+    strategies: list[Literal["frozen", "full"]] = ["frozen", "full"]
+    head: HeadConfig = HeadConfig()
+    augment: AugmentConfig = AugmentConfig()
+    frozen: StrategyConfig = StrategyConfig()
+    full: StrategyConfig = StrategyConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> FinetuneConfig:
+        if len(set(self.strategies)) != len(self.strategies):
+            raise ValueError("strategies lists a strategy twice")
+        return self
+
+    def strategy(self, name: str) -> StrategyConfig:
+        if name not in STRATEGIES:
+            raise ConfigError(f"finetune: unknown strategy {name!r}; known: {', '.join(STRATEGIES)}")
+        return getattr(self, name)
+
+
+class EvaluateConfig(_Strict):
+    batch_size: Annotated[int, Field(ge=1)] = 256
+
+
+class ReportConfig(_Strict):
+    title: str = "Transfer strategies compared"
+
+
+SECTIONS: dict[str, type[_Strict]] = {
+    "base": BaseConfig,
+    "download": DownloadConfig,
+    "backbone": BackboneConfig,
+    "extract_features": ExtractConfig,
+    "train_head": TrainHeadConfig,
+    "finetune": FinetuneConfig,
+    "evaluate": EvaluateConfig,
+    "report": ReportConfig,
+}
+
+
+def _format_error(section: str, err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in (section, *first["loc"]))
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif "input" in first and first["type"] not in ("missing",):
+        msg = f"{msg} (got {first['input']!r})"
+    more = len(err.errors()) - 1
+    return f"{loc}: {msg}" + (f" [and {more} more problem(s)]" if more else "")
+
+
+def parse_section(section: str, raw: Any) -> _Strict:
+    """Validate one params section (a dict, or None for all defaults)."""
+    if section not in SECTIONS:
+        raise ConfigError(f"unknown params section {section!r}")
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{section}: must be a mapping, got {type(raw).__name__}")
+    try:
+        return SECTIONS[section].model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_error(section, err)) from None
+
+
+def load_params(path: str | Path = "params.yaml", *sections: str) -> dict[str, Any]:
+    """Read ``path`` and return the validated models of ``sections``.
+
+    Unknown top-level sections are an error too: they are almost always typos.
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}".replace("\n", " ")) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    unknown = sorted(set(data) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown section {unknown[0]!r}; known: {', '.join(SECTIONS)}")
+    try:
+        return {s: parse_section(s, data.get(s)) for s in sections}
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None

@@ -1,0 +1,258 @@
+"""Images on disk, the manifest that describes them, and how they become tensors.
+
+The manifest (``data/manifest.parquet``) is the contract between ``download`` and every later
+stage: one row per image with its path (relative to the data root), integer label, class
+name, split and SHA-256 of the file. Every stage reads images through it, in its row order,
+so all strategies see exactly the same train/val/test images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms import v2
+
+from transferlab.errors import DataError
+
+SPLITS = ("train", "val", "test")
+MANIFEST_SCHEMA = {
+    "path": pl.String,
+    "label": pl.Int64,
+    "class_name": pl.String,
+    "split": pl.String,
+    "sha256": pl.String,
+}
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_digits(root: Path) -> list[tuple[str, str]]:
+    """Write scikit-learn's digits (1,797 8x8 scans, 10 classes) as ``root/<class>/<id>.png``.
+
+    Returns (relative path, class name) pairs. Pixel values 0..16 are scaled to 0..255.
+    """
+    from sklearn.datasets import load_digits  # ships with scikit-learn: no download
+
+    digits = load_digits()
+    images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    items = []
+    for i, (img, target) in enumerate(zip(images, digits.target, strict=True)):
+        cls = str(int(target))
+        rel = Path(cls) / f"digit_{i:04d}.png"
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img, mode="L").save(root / rel, optimize=False)
+        items.append((rel.as_posix(), cls))
+    return items
+
+
+def stratified_split(
+    labels: Sequence[int], val_fraction: float, test_fraction: float, seed: int
+) -> list[str]:
+    """Assign each item to train/val/test, per class, reproducibly from ``seed``.
+
+    Each class contributes round(n * fraction) items to val and test (at least one each when
+    the fraction is non-zero and the class has three or more items), so rare classes are
+    present in every split.
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    out = np.empty(len(labels), dtype=object)
+    for cls in np.unique(labels):
+        idx = np.flatnonzero(labels == cls)
+        idx = idx[rng.permutation(len(idx))]
+        n = len(idx)
+        n_test = int(round(n * test_fraction))
+        n_val = int(round(n * val_fraction))
+        if n >= 3:
+            n_test = max(n_test, 1 if test_fraction > 0 else 0)
+            n_val = max(n_val, 1 if val_fraction > 0 else 0)
+        if n - n_test - n_val < 1:
+            raise DataError(f"class {cls} has only {n} image(s): too few to split")
+        out[idx[:n_test]] = "test"
+        out[idx[n_test : n_test + n_val]] = "val"
+        out[idx[n_test + n_val :]] = "train"
+    return out.tolist()
+
+
+def cap_per_class(paths: list[str], classes: list[str], cap: int | None, seed: int) -> list[int]:
+    """Indices keeping at most ``cap`` items of each class, chosen reproducibly."""
+    if cap is None:
+        return list(range(len(paths)))
+    rng = np.random.default_rng(seed)
+    keep: list[int] = []
+    by_class: dict[str, list[int]] = {}
+    for i, c in enumerate(classes):
+        by_class.setdefault(c, []).append(i)
+    for idx in by_class.values():
+        idx = sorted(idx, key=lambda i: paths[i])
+        chosen = rng.permutation(len(idx))[:cap]
+        keep.extend(idx[j] for j in chosen)
+    return sorted(keep)
+
+
+def build_manifest(
+    root: Path,
+    items: list[tuple[str, str]],
+    *,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    max_per_class: int | None = None,
+) -> pl.DataFrame:
+    """The manifest of ``items`` (paths relative to ``root``), hashed and split."""
+    items = sorted(items)
+    paths = [p for p, _ in items]
+    classes = [c for _, c in items]
+    keep = cap_per_class(paths, classes, max_per_class, seed)
+    paths = [paths[i] for i in keep]
+    classes = [classes[i] for i in keep]
+    class_names = sorted(set(classes), key=_natural_key)
+    if len(class_names) < 2:
+        raise DataError(f"{root}: found {len(class_names)} class(es); need at least 2")
+    label_of = {c: i for i, c in enumerate(class_names)}
+    labels = [label_of[c] for c in classes]
+    splits = stratified_split(labels, val_fraction, test_fraction, seed)
+    return pl.DataFrame(
+        {
+            "path": paths,
+            "label": labels,
+            "class_name": classes,
+            "split": splits,
+            "sha256": [sha256_file(root / p) for p in paths],
+        },
+        schema=MANIFEST_SCHEMA,
+    )
+
+
+def _natural_key(name: str) -> tuple:
+    return (0, int(name), "") if name.isdigit() else (1, 0, name)
+
+
+def manifest_fingerprint(manifest: pl.DataFrame) -> str:
+    """SHA-256 of the manifest's content (not of its Parquet bytes, which embed versions)."""
+    h = hashlib.sha256()
+    for row in manifest.select(list(MANIFEST_SCHEMA)).iter_rows():
+        h.update("\t".join(map(str, row)).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def read_manifest(path: Path) -> pl.DataFrame:
+    if not path.exists():
+        raise DataError(f"{path}: manifest not found (run the download stage first)")
+    df = pl.read_parquet(path)
+    missing = set(MANIFEST_SCHEMA) - set(df.columns)
+    if missing:
+        raise DataError(f"{path}: manifest lacks column(s) {sorted(missing)}")
+    return df
+
+
+def class_names(manifest: pl.DataFrame) -> list[str]:
+    pairs = manifest.select("label", "class_name").unique().sort("label")
+    return pairs["class_name"].to_list()
+
+
+@dataclass(frozen=True)
+class SplitView:
+    """The rows of one split, in manifest order, with their manifest row numbers."""
+
+    rows: np.ndarray  # int64 row numbers into the manifest
+    paths: list[Path]
+    labels: np.ndarray  # int64
+
+
+def split_view(manifest: pl.DataFrame, root: Path, split: str) -> SplitView:
+    df = manifest.with_row_index("row").filter(pl.col("split") == split)
+    return SplitView(
+        rows=df["row"].to_numpy().astype(np.int64),
+        paths=[root / p for p in df["path"].to_list()],
+        labels=df["label"].to_numpy().astype(np.int64),
+    )
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a backbone wants its input: the registry fills this per backbone."""
+
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    # Evaluation resizes the short side to image_size / crop_pct, then centre-crops.
+    crop_pct: float = 0.875
+    interpolation: v2.InterpolationMode = v2.InterpolationMode.BILINEAR
+
+
+def eval_transform(pre: Preprocess) -> v2.Transform:
+    """Deterministic: resize, centre-crop to the backbone's input size, scale, normalize."""
+    resize = round(pre.image_size / pre.crop_pct)
+    return v2.Compose(
+        [
+            v2.Resize(resize, interpolation=pre.interpolation, antialias=True),
+            v2.CenterCrop(pre.image_size),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(pre.mean, pre.std),
+        ]
+    )
+
+
+def train_transform(
+    pre: Preprocess, *, crop_scale: tuple[float, float], rotation_degrees: float, hflip: bool
+) -> v2.Transform:
+    """Random crop-and-resize, small rotations and optional flips, then as :func:`eval_transform`."""
+    steps: list[v2.Transform] = [
+        v2.RandomResizedCrop(
+            pre.image_size, scale=crop_scale, interpolation=pre.interpolation, antialias=True
+        )
+    ]
+    if rotation_degrees > 0:
+        steps.append(v2.RandomRotation(rotation_degrees, interpolation=pre.interpolation))
+    if hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre.mean, pre.std)]
+    return v2.Compose(steps)
+
+
+class ImageDataset(Dataset):
+    """Decodes images to uint8 RGB tensors and applies ``transform``.
+
+    Grayscale, palette and RGBA inputs all come out as 3-channel RGB, the input every
+    ImageNet backbone expects. Small data sets are decoded once and kept in memory
+    (``cache=True``): decoding is then paid once per run, not once per epoch.
+    """
+
+    def __init__(
+        self, paths: list[Path], labels: np.ndarray, transform: v2.Transform, *, cache: bool = True
+    ) -> None:
+        self.paths = paths
+        self.labels = torch.as_tensor(labels, dtype=torch.long)
+        self.transform = transform
+        self._cache: list[torch.Tensor] | None = [self._decode(p) for p in paths] if cache else None
+
+    @staticmethod
+    def _decode(path: Path) -> torch.Tensor:
+        try:
+            return decode_image(str(path), mode=ImageReadMode.RGB)
+        except (RuntimeError, ValueError) as err:
+            raise DataError(f"{path}: cannot decode image: {err}") from None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        img = self._cache[i] if self._cache is not None else self._decode(self.paths[i])
+        return self.transform(img), self.labels[i]

@@ -1,0 +1,217 @@
+"""The feature store: pooled backbone features of every image, computed once, in Zarr v3.
+
+Layout (one group per split)::
+
+    data/features/                 attrs: {"fingerprint": {...}}
+        train/features  float32 (N, D)   chunked by rows, sharded
+        train/labels    int64   (N,)
+        train/row       int64   (N,)     row number in the manifest
+        val/...  test/...
+
+The fingerprint says what the features are: backbone, SHA-256 of its weights, input size,
+normalization, crop and the manifest's content hash. A reader states what it expects and
+:meth:`FeatureStore.open` refuses a store made from anything else, naming the differences.
+
+Rows are written batch by batch through a buffer aligned to shard boundaries, so memory is
+bounded by one shard and every shard is written exactly once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+
+from transferlab._io import publish
+from transferlab.backbones import Backbone
+from transferlab.errors import FingerprintMismatch
+from transferlab.runtime import sync
+
+STORE_FORMAT = 1
+CHUNK_ROWS = 1024
+SHARD_ROWS = 16384
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    backbone: str
+    weights_sha256: str | None
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    crop_pct: float
+    manifest_sha256: str
+    format: int = STORE_FORMAT
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def of(cls, backbone: Backbone, manifest_sha256: str) -> Fingerprint:
+        pre = backbone.preprocess
+        return cls(
+            backbone=backbone.name,
+            weights_sha256=backbone.weights_sha256,
+            image_size=pre.image_size,
+            mean=tuple(pre.mean),
+            std=tuple(pre.std),
+            crop_pct=pre.crop_pct,
+            manifest_sha256=manifest_sha256,
+        )
+
+
+class _SplitWriter:
+    """Appends rows to one split's arrays, one full shard at a time."""
+
+    def __init__(self, group: zarr.Group, split: str, n: int, dim: int) -> None:
+        shard = min(SHARD_ROWS, max(n, 1))
+        chunk = min(CHUNK_ROWS, shard)
+        shard = -(-shard // chunk) * chunk  # a shard holds whole chunks
+        kw = {"shards": (shard,), "chunks": (chunk,)}
+        self.features = group.create_array(
+            f"{split}/features",
+            shape=(n, dim),
+            dtype="float32",
+            chunks=(chunk, dim),
+            shards=(shard, dim),
+        )
+        self.labels = group.create_array(f"{split}/labels", shape=(n,), dtype="int64", **kw)
+        self.rows = group.create_array(f"{split}/row", shape=(n,), dtype="int64", **kw)
+        self.n, self.shard, self.written = n, shard, 0
+        self._buf: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._buffered = 0
+
+    def append(self, feats: np.ndarray, labels: np.ndarray, rows: np.ndarray) -> None:
+        self._buf.append((feats, labels, rows))
+        self._buffered += len(feats)
+        if self._buffered >= self.shard:
+            self._flush(final=False)
+
+    def _flush(self, final: bool) -> None:
+        if not self._buf:
+            return
+        f, y, r = (np.concatenate(parts) for parts in zip(*self._buf, strict=True))
+        take = len(f) if final else (len(f) // self.shard) * self.shard
+        end = self.written + take
+        self.features[self.written : end] = f[:take]
+        self.labels[self.written : end] = y[:take]
+        self.rows[self.written : end] = r[:take]
+        self.written = end
+        self._buf = [(f[take:], y[take:], r[take:])] if take < len(f) else []
+        self._buffered = len(f) - take
+
+    def close(self) -> None:
+        self._flush(final=True)
+        if self.written != self.n:
+            raise RuntimeError(f"wrote {self.written} rows, expected {self.n}")
+
+
+@dataclass
+class ExtractionStats:
+    images: int
+    seconds: float
+    forward_seconds: float
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds else 0.0
+
+
+@torch.inference_mode()
+def extract_features(
+    backbone: Backbone,
+    loaders: Mapping[str, Iterable[tuple[torch.Tensor, torch.Tensor]]],
+    rows: Mapping[str, np.ndarray],
+    out: Path,
+    fingerprint: Fingerprint,
+    device: torch.device,
+) -> ExtractionStats:
+    """Run the frozen ``backbone`` over every split and write the store at ``out``.
+
+    ``loaders[split]`` yields (images, labels) in the order of ``rows[split]``. The store
+    appears at ``out`` only when every split is complete.
+    """
+    backbone.eval().to(device)
+    if device.type == "cpu":
+        # Depthwise convolutions run about 1.45x faster in channels-last on CPU (measured
+        # on EfficientNet-Lite0 at 64 px, batch 128).
+        backbone.to(memory_format=torch.channels_last)
+    n_images, fwd = 0, 0.0
+    t0 = time.perf_counter()
+    with publish(out) as tmp:
+        group = zarr.open_group(tmp, mode="w")
+        group.attrs["fingerprint"] = fingerprint.to_json()
+        for split, loader in loaders.items():
+            split_rows = rows[split]
+            writer = _SplitWriter(group, split, len(split_rows), backbone.num_features)
+            pos = 0
+            for images, labels in loader:
+                images = images.to(device, non_blocking=True)
+                if device.type == "cpu":
+                    images = images.contiguous(memory_format=torch.channels_last)
+                t = time.perf_counter()
+                feats = backbone(images).float()
+                sync(device)
+                fwd += time.perf_counter() - t
+                k = len(labels)
+                writer.append(feats.cpu().numpy(), labels.numpy().astype(np.int64), split_rows[pos : pos + k])
+                pos += k
+            writer.close()
+            n_images += pos
+    return ExtractionStats(images=n_images, seconds=time.perf_counter() - t0, forward_seconds=fwd)
+
+
+class FeatureStore:
+    """Read access to a finished store, checked against what the reader expects."""
+
+    def __init__(self, path: Path, group: zarr.Group) -> None:
+        self.path = path
+        self.group = group
+
+    @classmethod
+    def open(cls, path: str | Path, expect: Mapping[str, Any] | None = None) -> FeatureStore:
+        """Open ``path``; if ``expect`` is given, every key in it must match the fingerprint."""
+        path = Path(path)
+        if not (path / "zarr.json").is_file():
+            raise FileNotFoundError(f"{path}: no feature store (run extract-features first)")
+        group = zarr.open_group(path, mode="r")
+        store = cls(path, group)
+        if expect is not None:
+            have = store.fingerprint
+            diffs = [
+                f"{k}: store has {have.get(k)!r}, expected {v!r}"
+                for k, v in expect.items()
+                if have.get(k) != v
+            ]
+            if diffs:
+                raise FingerprintMismatch(
+                    f"{path}: feature store does not match ({'; '.join(diffs)}); re-run extract-features"
+                )
+        return store
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        return dict(self.group.attrs["fingerprint"])
+
+    def splits(self) -> list[str]:
+        return sorted(name for name, _ in self.group.groups())
+
+    def load(self, split: str) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """Features, labels and manifest rows of ``split``, in memory."""
+        g = self.group[split]
+        return (
+            torch.from_numpy(np.asarray(g["features"][:])),
+            torch.from_numpy(np.asarray(g["labels"][:])),
+            np.asarray(g["row"][:]),
+        )
+
+    def nbytes_on_disk(self) -> int:
+        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())

@@ -1,0 +1,74 @@
+"""Classifier heads, the backbone + head model, and checkpoints.
+
+A checkpoint is a plain dict of tensors and JSON-like metadata, saved atomically and loaded
+with ``weights_only=True``: loading one never runs code from the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from transferlab._io import publish
+from transferlab.backbones import Backbone
+from transferlab.config import HeadConfig
+
+
+def make_head(cfg: HeadConfig, in_features: int, num_classes: int) -> nn.Module:
+    """``linear``: one layer (a linear probe). ``mlp``: Dense(hidden) -> ReLU -> Dropout -> Dense."""
+    if cfg.kind == "linear":
+        return nn.Linear(in_features, num_classes)
+    return nn.Sequential(
+        nn.Linear(in_features, cfg.hidden),
+        nn.ReLU(inplace=True),
+        nn.Dropout(cfg.dropout),
+        nn.Linear(cfg.hidden, num_classes),
+    )
+
+
+class TransferModel(nn.Module):
+    """Backbone features -> head logits, trained end to end.
+
+    ``train()`` keeps every backbone group with no trainable parameter in eval mode: a frozen
+    block must not update BatchNorm running statistics or apply stochastic depth, or it is
+    not frozen at all even though its weights never change.
+    """
+
+    def __init__(self, backbone: Backbone, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+    def train(self, mode: bool = True) -> TransferModel:
+        super().train(mode)
+        if mode:
+            for group in self.backbone.groups:
+                if not any(p.requires_grad for p in group.parameters()):
+                    group.eval()
+        return self
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total
+
+
+def save_checkpoint(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    with publish(path) as tmp:
+        torch.save({"state_dict": state, "meta": meta}, tmp)
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    return ckpt["state_dict"], ckpt["meta"]

@@ -1,0 +1,89 @@
+"""Seeds, devices and the cost meters (wall time, peak memory) every stage reports."""
+
+from __future__ import annotations
+
+import os
+import random
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a generator for DataLoader shuffling.
+
+    CPU runs with the same seed, thread count and params give the same metrics. GPU kernels
+    are not all deterministic; we do not force them (it costs speed), and say so in the README.
+    """
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def configure_threads(num_threads: int) -> None:
+    if num_threads > 0:
+        torch.set_num_threads(num_threads)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present, else CPU. Asking for ``cuda`` without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("base.device: 'cuda' requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process so far (each DVC stage is its own process)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
+
+
+def peak_gpu_bytes(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return None
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work so that wall-clock timings measure the work itself."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Stopwatch:
+    """Accumulates wall time of named phases (``with sw("forward"): ...``)."""
+
+    totals: dict[str, float] = field(default_factory=dict)
+    _name: str | None = None
+    _t0: float = 0.0
+
+    def __call__(self, name: str) -> Stopwatch:
+        self._name = name
+        return self
+
+    def __enter__(self) -> Stopwatch:
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._name is not None
+        self.totals[self._name] = self.totals.get(self._name, 0.0) + time.perf_counter() - self._t0
+
+
+def environment() -> dict[str, str | int]:
+    """What the numbers were measured on, recorded next to them."""
+    return {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count() or 0,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+    }

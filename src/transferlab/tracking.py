@@ -1,0 +1,96 @@
+"""What a training stage leaves behind besides its checkpoint.
+
+``results/<model>/`` holds dvclive's per-epoch curves (``plots/metrics/**.tsv``, shown by
+``dvc plots show``) and ``train.json``: the run's cost (seconds, seconds per epoch, peak
+memory, parameter counts) and outcome, which the evaluate stage collects.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+import torch
+from dvclive import Live
+
+from transferlab._io import write_json
+from transferlab.runtime import environment, peak_gpu_bytes, peak_rss_bytes
+from transferlab.training import EpochRecord, FitResult
+
+
+class CurveLogger:
+    """Per-epoch metrics through dvclive; the pipeline's dvc.yaml declares the plots."""
+
+    def __init__(self, out_dir: Path) -> None:
+        # dvcyaml=False: dvc.yaml is ours; save_dvc_exp=False: `dvc exp run` makes experiments.
+        self.live = Live(str(out_dir), dvcyaml=False, save_dvc_exp=False, report=None)
+
+    def __call__(self, rec: EpochRecord) -> None:
+        live = self.live
+        live.log_metric("train/loss", rec.train_loss)
+        live.log_metric("train/acc", rec.train_acc)
+        live.log_metric("val/loss", rec.val_loss)
+        live.log_metric("val/acc", rec.val_acc)
+        live.log_metric("epoch_time_s", rec.train_seconds)
+        for group, lr in rec.lrs.items():
+            live.log_metric(f"lr/{group}", lr)
+        live.next_step()
+
+    def close(self) -> None:
+        self.live.end()
+
+
+def training_summary(
+    fit: FitResult,
+    *,
+    model: str,
+    n_train: int,
+    trainable_params: int,
+    total_params: int,
+    device: torch.device,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    per_epoch = [r.train_seconds for r in fit.history]
+    return {
+        "model": model,
+        "epochs_run": len(fit.history),
+        "best_epoch": fit.best_epoch + 1,
+        "stopped_early": fit.stopped_early,
+        "val_acc": fit.best.val_acc,
+        "val_loss": fit.best.val_loss,
+        "train_time_s": fit.seconds,
+        "time_per_epoch_s": statistics.fmean(per_epoch),
+        "train_images_per_s": n_train / statistics.fmean(per_epoch),
+        "peak_rss_bytes": peak_rss_bytes(),
+        "peak_gpu_bytes": peak_gpu_bytes(device),
+        "trainable_params": trainable_params,
+        "total_params": total_params,
+        "device": str(device),
+        "environment": environment(),
+        **(extra or {}),
+    }
+
+
+def write_summary(path: Path, summary: dict[str, Any]) -> None:
+    write_json(path, summary)
+
+
+def finish_run(
+    name: str,
+    model: torch.nn.Module,
+    fit: FitResult,
+    meta: dict[str, Any],
+    summary: dict[str, Any],
+) -> None:
+    """Publish the best checkpoint and the run summary of model ``name``."""
+    from transferlab import layout
+    from transferlab.models import save_checkpoint
+
+    save_checkpoint(layout.checkpoint(name), model, meta)
+    write_summary(layout.train_summary(name), summary)
+    print(
+        f"{name}: best val acc {fit.best.val_acc:.4f} at epoch {fit.best_epoch + 1}/"
+        f"{len(fit.history)}, {summary['time_per_epoch_s']:.2f}s/epoch, "
+        f"{summary['trainable_params']:,}/{summary['total_params']:,} params trainable"
+    )

@@ -1,0 +1,78 @@
+"""extract-features: the frozen backbone's pooled features of every image, into Zarr.
+
+Computed once; every head trained on them (train-head) reuses the store, and DVC re-runs
+this stage only when the images, the backbone, its weights or its preprocessing change.
+Run through `dvc repro`; by hand: ``python stages/extract_features.py``.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run the code DVC hashed
+
+from torch.utils.data import DataLoader
+
+from transferlab import layout
+from transferlab._io import write_json
+from transferlab.backbones import check_backbone_name, create_backbone
+from transferlab.cli import run_stage
+from transferlab.config import load_params
+from transferlab.data import (
+    SPLITS,
+    ImageDataset,
+    eval_transform,
+    manifest_fingerprint,
+    read_manifest,
+    split_view,
+)
+from transferlab.features import FeatureStore, Fingerprint, extract_features
+from transferlab.runtime import configure_threads, environment, peak_rss_bytes, resolve_device
+
+
+def main(args: argparse.Namespace) -> None:
+    p = load_params(args.params, "base", "backbone", "extract_features")
+    bcfg, cfg = p["backbone"], p["extract_features"]
+    check_backbone_name(bcfg.name)
+    configure_threads(p["base"].num_threads)
+    device = resolve_device(p["base"].device)
+    manifest = read_manifest(layout.MANIFEST)
+    backbone = create_backbone(bcfg.name, bcfg.image_size, bcfg.weights, crop_pct=bcfg.crop_pct)
+    transform = eval_transform(backbone.preprocess)
+    views = {s: split_view(manifest, layout.RAW, s) for s in SPLITS}
+    loaders = {
+        s: DataLoader(
+            ImageDataset(v.paths, v.labels, transform),
+            batch_size=cfg.batch_size,
+            shuffle=False,
+            num_workers=cfg.num_workers,
+            pin_memory=device.type == "cuda",
+        )
+        for s, v in views.items()
+    }
+    fingerprint = Fingerprint.of(backbone, manifest_fingerprint(manifest))
+    stats = extract_features(
+        backbone, loaders, {s: v.rows for s, v in views.items()}, layout.FEATURES, fingerprint, device
+    )
+    store = FeatureStore.open(layout.FEATURES)
+    summary = {
+        "images": stats.images,
+        "extract_time_s": stats.seconds,
+        "forward_time_s": stats.forward_seconds,
+        "images_per_s": stats.images_per_s,
+        "feature_dim": backbone.num_features,
+        "store_bytes": store.nbytes_on_disk(),
+        "store_files": sum(1 for f in layout.FEATURES.rglob("*") if f.is_file()),
+        "peak_rss_bytes": peak_rss_bytes(),
+        "device": str(device),
+        "environment": environment(),
+    }
+    write_json(layout.results_dir("extract") / "extract.json", summary)
+    print(
+        f"extract-features: {stats.images} images in {stats.seconds:.1f}s "
+        f"({stats.images_per_s:.0f} img/s) -> {layout.FEATURES}"
+    )
+
+
+if __name__ == "__main__":
+    run_stage(main, argparse.ArgumentParser(description=__doc__))
