@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
-from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 
 from transferlab.errors import DataError
@@ -65,9 +64,9 @@ def stratified_split(
 ) -> list[str]:
     """Assign each item to train/val/test, per class, reproducibly from ``seed``.
 
-    Each class contributes round(n * fraction) items to val and test (at least one each when
-    the fraction is non-zero and the class has three or more items), so rare classes are
-    present in every split.
+    Each class contributes round(n * fraction) items to val and test, and at least one to each
+    split whose fraction is non-zero, so rare classes are present in every split; a class too
+    small for that is an error rather than a class the test split silently lacks.
     """
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
@@ -76,13 +75,13 @@ def stratified_split(
         idx = np.flatnonzero(labels == cls)
         idx = idx[rng.permutation(len(idx))]
         n = len(idx)
-        n_test = int(round(n * test_fraction))
-        n_val = int(round(n * val_fraction))
-        if n >= 3:
-            n_test = max(n_test, 1 if test_fraction > 0 else 0)
-            n_val = max(n_val, 1 if val_fraction > 0 else 0)
+        n_test = max(int(round(n * test_fraction)), 1 if test_fraction > 0 else 0)
+        n_val = max(int(round(n * val_fraction)), 1 if val_fraction > 0 else 0)
         if n - n_test - n_val < 1:
-            raise DataError(f"class {cls} has only {n} image(s): too few to split")
+            raise DataError(
+                f"class {cls} has only {n} image(s): too few for a train/val/test split "
+                f"(it needs {n_test + n_val + 1})"
+            )
         out[idx[:n_test]] = "test"
         out[idx[n_test : n_test + n_val]] = "val"
         out[idx[n_test + n_val :]] = "train"
@@ -245,10 +244,13 @@ class ImageDataset(Dataset):
 
     @staticmethod
     def _decode(path: Path) -> torch.Tensor:
+        # PIL rather than torchvision.io, whose decoders are deprecated since torchvision 0.29.
         try:
-            return decode_image(str(path), mode=ImageReadMode.RGB)
-        except (RuntimeError, ValueError) as err:
+            with Image.open(path) as im:
+                rgb = im.convert("RGB")
+        except (OSError, UnidentifiedImageError, ValueError) as err:
             raise DataError(f"{path}: cannot decode image: {err}") from None
+        return v2.functional.pil_to_tensor(rgb)
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -1,0 +1,147 @@
+"""The real `dvc repro` on a temporary git copy of the project, with tiny params."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "download": {"max_per_class": 6, "val_fraction": 0.2, "test_fraction": 0.2},
+    "backbone": {"image_size": 32},
+    "extract_features": {"batch_size": 32},
+    "train_head": {"epochs": 3, "batch_size": 16},
+    "finetune": {
+        "frozen": {"epochs": 1, "batch_size": 16},
+        "full": {"epochs": 1, "batch_size": 16, "warmup_epochs": 0},
+    },
+}
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # stages call `python`
+    env["DVC_NO_ANALYTICS"] = "1"
+    for who in ("AUTHOR", "COMMITTER"):
+        env[f"GIT_{who}_NAME"] = "transferlab tests"
+        env[f"GIT_{who}_EMAIL"] = "tests@transferlab.invalid"
+    return env
+
+
+def run(project: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    res = subprocess.run(cmd, cwd=project, env=_env(), capture_output=True, text=True)
+    if check and res.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
+    return res
+
+
+def dvc(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run(project, sys.executable, "-m", "dvc", *args, check=check)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(base.get(k, {}), v) if isinstance(v, dict) else v
+    return out
+
+
+def set_params(project: Path, over: dict) -> None:
+    p = project / "params.yaml"
+    p.write_text(yaml.safe_dump(_merge(yaml.safe_load(p.read_text()), over), sort_keys=False))
+
+
+def ran(output: str) -> set[str]:
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A fresh clone's worth of files: what git tracks, nothing built."""
+    dst = tmp_path_factory.mktemp("project")
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True)
+    for rel in filter(None, tracked.stdout.split("\0")):
+        if (ROOT / rel).is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dst / rel)
+    for generated in ("dvc.lock", "results", "reports"):
+        path = dst / generated
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    set_params(dst, TINY)
+    run(dst, "git", "init", "-q")
+    run(dst, "git", "add", "-A")
+    run(dst, "git", "commit", "-qm", "tiny project")
+    return dst
+
+
+class TestPipeline:
+    def test_repro_runs_all_six_stages(self, project):
+        res = dvc(project, "repro")
+        assert ran(res.stdout) == {
+            "download", "extract-features", "train-head", "finetune@frozen", "finetune@full",
+            "evaluate", "report",
+        }
+        metrics = json.loads((project / "results/evaluate/metrics.json").read_text())
+        assert set(metrics) == {"features", "frozen", "full", "extract"}
+        for name in ("features", "frozen", "full"):
+            m = metrics[name]
+            assert 0.0 <= m["test_acc"] <= 1.0 and 0.0 <= m["macro_f1"] <= 1.0
+            assert m["train_time_s"] > 0 and m["trainable_params"] > 0
+        assert metrics["frozen"]["trainable_params"] == metrics["features"]["trainable_params"]
+        assert metrics["full"]["trainable_params"] > 100 * metrics["frozen"]["trainable_params"]
+        report = (project / "reports/report.md").read_text()
+        assert "| model |" in report and "features" in report and "full" in report
+        assert (project / "reports/learning_curves.png").stat().st_size > 10_000
+        assert "changed" not in dvc(project, "status").stdout  # everything up to date
+        run(project, "git", "add", "-A")
+        run(project, "git", "commit", "-qm", "first run")
+
+    def test_head_param_change_reruns_only_head_evaluate_report(self, project):
+        set_params(project, {"train_head": {"lr": 0.01}})
+        res = dvc(project, "repro")
+        assert ran(res.stdout) == {"train-head", "evaluate", "report"}
+        assert "Stage 'extract-features' didn't change, skipping" in res.stdout
+        assert "Stage 'finetune@frozen' didn't change, skipping" in res.stdout
+        run(project, "git", "commit", "-qam", "head lr")
+
+    def test_one_strategy_change_reruns_only_that_strategy(self, project):
+        set_params(project, {"finetune": {"full": {"lr": 0.002}}})
+        res = dvc(project, "repro")
+        assert ran(res.stdout) == {"finetune@full", "evaluate", "report"}
+        run(project, "git", "commit", "-qam", "full lr")
+
+    def test_same_params_same_metrics(self, project):
+        before = json.loads((project / "results/evaluate/metrics.json").read_text())
+        dvc(project, "repro", "-f", "-s", "finetune@frozen")
+        dvc(project, "repro", "-f", "-s", "train-head")
+        dvc(project, "repro", "-f", "-s", "evaluate")
+        after = json.loads((project / "results/evaluate/metrics.json").read_text())
+        for name in ("features", "frozen"):
+            for key in ("test_acc", "macro_f1", "nll", "trainable_params"):
+                assert after[name][key] == before[name][key], (name, key)
+        run(project, "git", "checkout", "-q", "--", ".")
+        dvc(project, "checkout", "-q")
+
+    def test_bad_param_fails_with_one_clear_line(self, project):
+        set_params(project, {"train_head": {"lr": -1}})
+        res = dvc(project, "repro", check=False)
+        assert res.returncode != 0
+        assert "error: params.yaml: train_head.lr: Input should be greater than 0 (got -1)" in res.stderr
+        assert "Traceback" not in res.stderr
+        run(project, "git", "checkout", "-q", "--", "params.yaml")
+
+    def test_experiments_compare_in_exp_show(self, project):
+        dvc(project, "exp", "run", "-S", "train_head.lr=0.003", "-n", "lr3")
+        show = json.loads(dvc(project, "exp", "show", "--json").stdout)
+        text = json.dumps(show)
+        assert "lr3" in text
+        assert '"test_acc"' in text and "results/evaluate/metrics.json" in text

@@ -1,0 +1,66 @@
+import pytest
+import torch
+
+from transferlab.config import OptimConfig
+from transferlab.training import TensorBatches, fit, warmup_cosine
+
+CPU = torch.device("cpu")
+
+
+def _problem(seed=0, n=200):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 5, generator=g)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).long()
+    return x, y
+
+
+def _fit(cfg, seed=0):
+    torch.manual_seed(seed)
+    x, y = _problem()
+    model = torch.nn.Linear(5, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    g = torch.Generator().manual_seed(seed)
+    res = fit(model, opt, TensorBatches(x[:150], y[:150], 16, shuffle=True, generator=g),
+              TensorBatches(x[150:], y[150:], 64), cfg, CPU)
+    return model, res
+
+
+def test_fit_learns_and_keeps_the_best_epoch():
+    model, res = _fit(OptimConfig(epochs=15, lr=0.05))
+    assert res.best.val_acc > 0.9
+    best = min(range(len(res.history)), key=lambda i: res.history[i].val_loss)
+    assert res.best_epoch == best
+    x, y = _problem()
+    loss = torch.nn.functional.cross_entropy(model(x[150:]), y[150:]).item()
+    assert loss == pytest.approx(res.best.val_loss, rel=1e-5)  # best weights restored
+
+
+def test_same_seed_same_run():
+    _, a = _fit(OptimConfig(epochs=3, lr=0.05))
+    _, b = _fit(OptimConfig(epochs=3, lr=0.05))
+    assert [r.val_loss for r in a.history] == [r.val_loss for r in b.history]
+
+
+def test_early_stopping():
+    _, res = _fit(OptimConfig(epochs=200, lr=0.5, early_stopping_patience=2))
+    assert res.stopped_early and len(res.history) < 200
+    assert len(res.history) - 1 - res.best_epoch == 2
+
+
+def test_warmup_then_cosine():
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched = warmup_cosine(opt, total_steps=10, warmup_steps=2)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:3] == pytest.approx([0.5, 1.0, 1.0])
+    assert lrs[-1] < 0.05 and all(a >= b for a, b in zip(lrs[1:], lrs[2:]))
+
+
+def test_tensor_batches_cover_everything_once():
+    x = torch.arange(10).float().unsqueeze(1)
+    got = torch.cat([b for b, _ in TensorBatches(x, x.squeeze(1), 3, shuffle=True, generator=torch.Generator().manual_seed(0))])
+    assert sorted(got.squeeze(1).tolist()) == list(range(10))
