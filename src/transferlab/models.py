@@ -34,13 +34,15 @@ class TransferModel(nn.Module):
 
     ``train()`` keeps every backbone group with no trainable parameter in eval mode: a frozen
     block must not update BatchNorm running statistics or apply stochastic depth, or it is
-    not frozen at all even though its weights never change.
+    not frozen at all even though its weights never change. With ``bn_stats_frozen`` every
+    backbone BatchNorm stays in eval mode too (its affine parameters may still train).
     """
 
     def __init__(self, backbone: Backbone, head: nn.Module) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.bn_stats_frozen = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
@@ -51,6 +53,10 @@ class TransferModel(nn.Module):
             for group in self.backbone.groups:
                 if not any(p.requires_grad for p in group.parameters()):
                     group.eval()
+            if self.bn_stats_frozen:
+                for m in self.backbone.modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.eval()
         return self
 
 

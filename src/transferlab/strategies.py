@@ -24,8 +24,13 @@ def set_trainable(module: nn.Module, trainable: bool) -> None:
         p.requires_grad_(trainable)
 
 
-def apply_strategy(model: TransferModel, strategy: str) -> None:
-    """Set ``requires_grad`` on every parameter as ``strategy`` prescribes."""
+def apply_strategy(model: TransferModel, strategy: str, *, bn: str = "frozen") -> None:
+    """Set ``requires_grad`` on every parameter as ``strategy`` prescribes.
+
+    ``bn="frozen"`` keeps the backbone's BatchNorm statistics at their pretrained values in
+    training too (see :class:`transferlab.config.StrategyConfig`).
+    """
+    model.bn_stats_frozen = bn == "frozen"
     set_trainable(model.head, True)
     if strategy == "frozen":
         set_trainable(model.backbone, False)
