@@ -22,19 +22,19 @@ from transferlab.runtime import configure_threads, resolve_device
 
 
 def main(args: argparse.Namespace) -> None:
-    p = load_params(args.params, "base", "finetune", "evaluate")
+    p = load_params(args.params, "base", "train_head", "finetune", "evaluate")
     configure_threads(p["base"].num_threads)
     device = resolve_device(p["base"].device)
     manifest = read_manifest(layout.MANIFEST)
     store = FeatureStore.open(layout.FEATURES)
-    models = [layout.FEATURES_MODEL, *p["finetune"].strategies]
+    models = [*p["train_head"].models, *p["finetune"].runs]
     metrics, details = evaluate_all(models, manifest, store, device, p["evaluate"].batch_size)
     out = layout.results_dir("evaluate")
     write_json(out / "details.json", details)
     write_json(out / "metrics.json", metrics)
     for name in models:
         m = metrics[name]
-        print(f"evaluate: {name:10s} test acc {m['test_acc']:.4f}  macro-F1 {m['macro_f1']:.4f}")
+        print(f"evaluate: {name:18s} test acc {m['test_acc']:.4f}  macro-F1 {m['macro_f1']:.4f}")
 
 
 if __name__ == "__main__":

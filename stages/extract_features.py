@@ -11,7 +11,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run the code DVC hashed
 
-from torch.utils.data import DataLoader
+import numpy as np
+from torch.utils.data import ConcatDataset, DataLoader
 
 from transferlab import layout
 from transferlab._io import write_json
@@ -25,41 +26,68 @@ from transferlab.data import (
     manifest_fingerprint,
     read_manifest,
     split_view,
+    train_transform,
 )
 from transferlab.features import FeatureStore, Fingerprint, extract_features
-from transferlab.runtime import configure_threads, environment, peak_rss_bytes, resolve_device
+from transferlab.runtime import (
+    configure_threads,
+    environment,
+    peak_rss_bytes,
+    resolve_device,
+    seed_everything,
+)
 
 
 def main(args: argparse.Namespace) -> None:
-    p = load_params(args.params, "base", "backbone", "extract_features")
-    bcfg, cfg = p["backbone"], p["extract_features"]
+    p = load_params(args.params, "base", "backbone", "augment", "extract_features")
+    bcfg, cfg, aug = p["backbone"], p["extract_features"], p["augment"]
     check_backbone_name(bcfg.name)
     configure_threads(p["base"].num_threads)
     device = resolve_device(p["base"].device)
     manifest = read_manifest(layout.MANIFEST)
     backbone = create_backbone(bcfg.name, bcfg.image_size, bcfg.weights, crop_pct=bcfg.crop_pct)
-    transform = eval_transform(backbone.preprocess)
+    pre = backbone.preprocess
     views = {s: split_view(manifest, layout.RAW, s) for s in SPLITS}
+    datasets = {s: ImageDataset(v.paths, v.labels, eval_transform(pre)) for s, v in views.items()}
+    rows = {s: v.rows for s, v in views.items()}
+    if cfg.augment_views:
+        # K augmented views of every training image, drawn from a seeded generator.
+        augmented = datasets["train"].with_transform(
+            train_transform(
+                pre, crop_scale=aug.crop_scale, rotation_degrees=aug.rotation_degrees, hflip=aug.hflip
+            )
+        )
+        datasets["train_aug"] = ConcatDataset([augmented] * cfg.augment_views)
+        rows["train_aug"] = np.tile(views["train"].rows, cfg.augment_views)
+    generator = seed_everything(p["base"].seed)
     loaders = {
         s: DataLoader(
-            ImageDataset(v.paths, v.labels, transform),
+            ds,
             batch_size=cfg.batch_size,
             shuffle=False,
             num_workers=cfg.num_workers,
             pin_memory=device.type == "cuda",
+            generator=generator,
         )
-        for s, v in views.items()
+        for s, ds in datasets.items()
     }
-    fingerprint = Fingerprint.of(backbone, manifest_fingerprint(manifest))
-    stats = extract_features(
-        backbone, loaders, {s: v.rows for s, v in views.items()}, layout.FEATURES, fingerprint, device
+    fingerprint = Fingerprint.of(
+        backbone, manifest_fingerprint(manifest), cfg.augment_views, aug.model_dump(mode="json")
     )
+    stats = extract_features(backbone, loaders, rows, layout.FEATURES, fingerprint, device)
     store = FeatureStore.open(layout.FEATURES)
+    plain = [s for s in SPLITS if s in stats.split_seconds]
     summary = {
-        "images": stats.images,
-        "extract_time_s": stats.seconds,
+        "images": sum(stats.split_images[s] for s in plain),
+        # the one-time cost of the two-stage path: every image once, without augmentation
+        "extract_time_s": sum(stats.split_seconds[s] for s in plain),
+        "augment_views": cfg.augment_views,
+        "augment_images": stats.split_images.get("train_aug", 0),
+        "augment_time_s": stats.split_seconds.get("train_aug", 0.0),
+        "total_time_s": stats.seconds,
         "forward_time_s": stats.forward_seconds,
         "images_per_s": stats.images_per_s,
+        "forward_images_per_s": stats.images / stats.forward_seconds,
         "feature_dim": backbone.num_features,
         "store_bytes": store.nbytes_on_disk(),
         "store_files": sum(1 for f in layout.FEATURES.rglob("*") if f.is_file()),

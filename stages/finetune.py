@@ -1,7 +1,8 @@
 """finetune@<strategy>: backbone + head trained end to end from augmented images.
 
-One DVC stage per strategy listed in ``finetune.strategies``; each depends on its own params
-section only, so tuning one strategy never re-runs another.
+One DVC stage per strategy in ``finetune.strategies`` (and ``finetune-from-head@lp-ft`` for
+the strategies in ``finetune.from_head``, which start from train-head's checkpoint); each
+depends on its own params section only, so tuning one strategy never re-runs another.
 Run through `dvc repro`; by hand: ``python stages/finetune.py frozen``.
 """
 
@@ -17,7 +18,7 @@ from torch.utils.data import DataLoader
 from transferlab import layout
 from transferlab.backbones import check_backbone_name, create_backbone
 from transferlab.cli import run_stage
-from transferlab.config import load_params
+from transferlab.config import STRATEGIES, HeadConfig, ProgressiveConfig, load_params
 from transferlab.data import (
     ImageDataset,
     class_names,
@@ -26,17 +27,40 @@ from transferlab.data import (
     split_view,
     train_transform,
 )
-from transferlab.models import TransferModel, count_parameters, make_head
+from transferlab.errors import FingerprintMismatch
+from transferlab.models import TransferModel, count_parameters, load_checkpoint, make_head
 from transferlab.runtime import configure_threads, resolve_device, seed_everything
-from transferlab.strategies import apply_strategy, param_groups
+from transferlab.strategies import ProgressiveUnfreezer, apply_strategy, param_groups
 from transferlab.tracking import CurveLogger, finish_run, training_summary
-from transferlab.training import fit
+from transferlab.training import class_weights, fit
+
+
+def probe_head(backbone, classes: list[str]) -> tuple[torch.nn.Module, HeadConfig]:
+    """train-head's linear probe, checked to come from this backbone and these classes."""
+    ckpt = layout.checkpoint(layout.FEATURES_MODEL)
+    state, meta = load_checkpoint(ckpt)
+    fp = meta["fingerprint"]
+    expected = {
+        "backbone": backbone.name,
+        "image_size": backbone.preprocess.image_size,
+        "weights_sha256": backbone.weights_sha256,
+    }
+    diffs = [f"{k}: head has {fp.get(k)!r}, backbone {v!r}" for k, v in expected.items() if fp.get(k) != v]
+    if diffs or meta["classes"] != classes:
+        raise FingerprintMismatch(
+            f"{ckpt}: trained on other features ({'; '.join(diffs) or 'classes'}); re-run train-head"
+        )
+    head_cfg = HeadConfig(**meta["head"])
+    head = make_head(head_cfg, meta["in_features"], len(classes))
+    head.load_state_dict(state)
+    return head, head_cfg
 
 
 def main(args: argparse.Namespace) -> None:
-    p = load_params(args.params, "base", "backbone", "finetune")
-    base, bcfg, ft = p["base"], p["backbone"], p["finetune"]
-    cfg = ft.strategy(args.strategy)
+    p = load_params(args.params, "base", "backbone", "augment", "finetune")
+    base, bcfg, aug, ft = p["base"], p["backbone"], p["augment"], p["finetune"]
+    strategy = args.strategy
+    cfg = ft.strategy(strategy)
     check_backbone_name(bcfg.name)
     configure_threads(base.num_threads)
     device = resolve_device(base.device)
@@ -44,15 +68,19 @@ def main(args: argparse.Namespace) -> None:
     manifest = read_manifest(layout.MANIFEST)
     classes = class_names(manifest)
 
-    backbone = create_backbone(bcfg.name, bcfg.image_size, bcfg.weights, crop_pct=bcfg.crop_pct)
-    model = TransferModel(backbone, make_head(ft.head, backbone.num_features, len(classes)))
-    apply_strategy(model, args.strategy, bn=cfg.bn)
-    trainable, total = count_parameters(model)
-    print(f"finetune@{args.strategy}: {trainable:,} of {total:,} parameters trainable")
+    backbone = create_backbone(
+        bcfg.name, bcfg.image_size, bcfg.weights, pretrained=strategy != "scratch", crop_pct=bcfg.crop_pct
+    )
+    if strategy == "lp-ft":
+        head, head_cfg = probe_head(backbone, classes)
+    else:
+        head_cfg = ft.head
+        head = make_head(head_cfg, backbone.num_features, len(classes))
+    model = TransferModel(backbone, head)
+    apply_strategy(model, strategy, cfg)
     model.to(device)
 
     pre = backbone.preprocess
-    aug = ft.augment
     train, val = (split_view(manifest, layout.RAW, s) for s in ("train", "val"))
     train_ds = ImageDataset(
         train.paths,
@@ -78,7 +106,8 @@ def main(args: argparse.Namespace) -> None:
     val_loader = DataLoader(val_ds, batch_size=cfg.batch_size * 2, **loader_kw)
 
     optimizer = torch.optim.AdamW(param_groups(model, cfg))
-    logger = CurveLogger(layout.results_dir(args.strategy))
+    unfreezer = ProgressiveUnfreezer(model, cfg) if isinstance(cfg, ProgressiveConfig) else None
+    logger = CurveLogger(layout.results_dir(strategy))
     result = fit(
         model,
         optimizer,
@@ -87,31 +116,36 @@ def main(args: argparse.Namespace) -> None:
         cfg,
         device,
         on_epoch=logger,
-        desc=f"finetune@{args.strategy}",
+        on_epoch_start=unfreezer,
+        loss_weights=class_weights(train_ds.labels, len(classes)) if cfg.class_balance == "loss" else None,
+        desc=f"finetune@{strategy}",
     )
     logger.close()
+    # Counted at the end: progressive unfreezing grows the trainable set during the run.
+    trainable, total = count_parameters(model)
     meta = {
         "kind": "transfer",
-        "strategy": args.strategy,
+        "strategy": strategy,
         "backbone": bcfg.name,
         "image_size": bcfg.image_size,
         "crop_pct": pre.crop_pct,
         "weights_sha256": backbone.weights_sha256,
-        "head": ft.head.model_dump(),
+        "head": head_cfg.model_dump(),
         "classes": classes,
     }
     summary = training_summary(
         result,
-        model=args.strategy,
+        model=strategy,
         n_train=len(train_ds),
         trainable_params=trainable,
         total_params=total,
         device=device,
+        extra={"bn": cfg.bn},
     )
-    finish_run(args.strategy, model.cpu(), result, meta, summary)
+    finish_run(strategy, model.cpu(), result, meta, summary)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("strategy", help="a strategy listed in params: finetune.strategies")
+    parser.add_argument("strategy", choices=STRATEGIES, help="an end-to-end strategy (see params: finetune)")
     run_stage(main, parser)

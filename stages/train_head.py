@@ -1,8 +1,10 @@
-"""train-head: a classifier trained on the cached features only (no backbone forward).
+"""train-head@<model>: a classifier trained on the cached features only (no backbone forward).
 
 The two-stage path: epochs cost milliseconds because the backbone ran once, in
-extract-features. Changing a parameter here re-runs only this stage, evaluate and report.
-Run through `dvc repro`; by hand: ``python stages/train_head.py``.
+extract-features. ``features`` trains on the training images' features; ``features-augmented``
+also on the K augmented views extract-features stored. Changing a parameter here re-runs only
+these stages, evaluate and report.
+Run through `dvc repro`; by hand: ``python stages/train_head.py features``.
 """
 
 import argparse
@@ -15,14 +17,15 @@ import torch
 
 from transferlab import layout
 from transferlab.cli import run_stage
-from transferlab.config import load_params
+from transferlab.config import HEAD_MODELS, load_params
 from transferlab.data import class_names, manifest_fingerprint, read_manifest
+from transferlab.errors import ConfigError
 from transferlab.features import FeatureStore
 from transferlab.models import count_parameters, make_head
 from transferlab.runtime import configure_threads, resolve_device, seed_everything
 from transferlab.strategies import head_param_groups
 from transferlab.tracking import CurveLogger, finish_run, training_summary
-from transferlab.training import TensorBatches, fit
+from transferlab.training import TensorBatches, class_weights, fit
 
 
 def main(args: argparse.Namespace) -> None:
@@ -41,11 +44,19 @@ def main(args: argparse.Namespace) -> None:
         },
     )
     x_train, y_train, _ = store.load("train")
+    if args.model == "features-augmented":
+        if "train_aug" not in store.splits():
+            raise ConfigError(
+                "train_head.models: features-augmented needs augmented views, but "
+                "extract_features.augment_views is 0"
+            )
+        x_aug, y_aug, _ = store.load("train_aug")
+        x_train, y_train = torch.cat([x_train, x_aug]), torch.cat([y_train, y_aug])
     x_val, y_val, _ = store.load("val")
     classes = class_names(manifest)
     head = make_head(cfg.head, x_train.shape[1], len(classes)).to(device)
     optimizer = torch.optim.AdamW(head_param_groups(head, cfg.lr, cfg.weight_decay))
-    logger = CurveLogger(layout.results_dir(layout.FEATURES_MODEL))
+    logger = CurveLogger(layout.results_dir(args.model))
     result = fit(
         head,
         optimizer,
@@ -54,7 +65,8 @@ def main(args: argparse.Namespace) -> None:
         cfg,
         device,
         on_epoch=logger,
-        desc="train-head",
+        loss_weights=class_weights(y_train, len(classes)) if cfg.class_balance == "loss" else None,
+        desc=f"train-head@{args.model}",
     )
     logger.close()
     trainable, total = count_parameters(head)
@@ -67,14 +79,16 @@ def main(args: argparse.Namespace) -> None:
     }
     summary = training_summary(
         result,
-        model=layout.FEATURES_MODEL,
+        model=args.model,
         n_train=len(x_train),
         trainable_params=trainable,
         total_params=total,
         device=device,
     )
-    finish_run(layout.FEATURES_MODEL, head.cpu(), result, meta, summary)
+    finish_run(args.model, head.cpu(), result, meta, summary)
 
 
 if __name__ == "__main__":
-    run_stage(main, argparse.ArgumentParser(description=__doc__))
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("model", choices=HEAD_MODELS, help="a model listed in params: train_head.models")
+    run_stage(main, parser)

@@ -47,3 +47,16 @@ def lite0_32():
     from transferlab.backbones import create_backbone
 
     return create_backbone("efficientnet_lite0", 32, crop_pct=1.0)
+
+
+def tiny_backbone():
+    """A two-block convolutional backbone: the strategies' mechanics at unit-test speed."""
+    from torch import nn
+
+    from transferlab.backbones import Backbone
+    from transferlab.data import Preprocess
+
+    b1 = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+    b2 = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+    body = nn.Sequential(b1, b2, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return Backbone("tiny", body, [b1, b2], 16, Preprocess(8, (0.5,) * 3, (0.5,) * 3), None)

@@ -42,12 +42,14 @@ def test_pretrained_weights_recognise_real_photos():
     categories = ResNet18_Weights.IMAGENET1K_V1.meta["categories"]  # names only, no download
     bb = create_backbone("efficientnet_lite0", 224).eval()
     pre = bb.preprocess
-    t = v2.Compose([
-        v2.Resize(round(pre.image_size / pre.crop_pct), antialias=True),
-        v2.CenterCrop(pre.image_size),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(pre.mean, pre.std),
-    ])
+    t = v2.Compose(
+        [
+            v2.Resize(round(pre.image_size / pre.crop_pct), antialias=True),
+            v2.CenterCrop(pre.image_size),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(pre.mean, pre.std),
+        ]
+    )
     x = torch.stack([t(torch.tensor(im).permute(2, 0, 1)) for im in load_sample_images().images])
     with torch.no_grad():
         top = bb.imagenet_logits(x).argmax(1).tolist()

@@ -17,7 +17,17 @@ def write(tmp_path: Path, data: dict) -> Path:
 def test_project_params_are_valid():
     params = load_params(ROOT / "params.yaml", *SECTIONS)
     assert params["backbone"].name == "efficientnet_lite0"
-    assert params["finetune"].strategies == ["frozen", "full"]
+    ft = params["finetune"]
+    assert ft.runs == ["frozen", "partial", "full", "progressive", "scratch", "lp-ft"]
+    assert ft.strategy("lp-ft").epochs == 8  # the hyphenated section is read
+
+
+def test_strategy_defaults_survive_partial_overrides():
+    # Overriding one key of `scratch` must keep scratch's own defaults, not the base class's.
+    ft = parse_section("finetune", {"scratch": {"epochs": 3}, "progressive": {"epochs": 9}})
+    assert ft.scratch.bn == "train" and ft.scratch.backbone_lr_mult == 1.0 and ft.scratch.epochs == 3
+    assert ft.progressive.unfreeze_epochs == [1, 2, 3, 4]
+    assert ft.frozen.bn == "frozen"
 
 
 def test_yaml_exponent_strings_are_numbers(tmp_path):
@@ -37,6 +47,18 @@ def test_yaml_exponent_strings_are_numbers(tmp_path):
         ({"finetune": {"strategies": ["frozen", "magic"]}}, "finetune.strategies.1: Input should be"),
         ({"download": {"val_fraction": 0.6, "test_fraction": 0.5}}, "val_fraction + test_fraction"),
         ({"trian_head": {}}, "unknown section 'trian_head'"),
+        ({"finetune": {"strategies": ["lp-ft"]}}, "finetune.strategies.0: Input should be"),
+        ({"finetune": {"progressive": {"epochs": 4, "unfreeze_epochs": [2, 1]}}}, "strictly increasing"),
+        (
+            {"finetune": {"progressive": {"epochs": 4, "unfreeze_epochs": [2, 4]}}},
+            "not before the last epoch",
+        ),
+        (
+            {"finetune": {"partial": {"unfreeze_blocks": 0}}},
+            "finetune.partial.unfreeze_blocks: Input should be",
+        ),
+        ({"train_head": {"epochs": 2, "warmup_epochs": 2}}, "warmup_epochs (2) must be < epochs (2)"),
+        ({"augment": {"crop_scale": [0.9, 0.5]}}, "augment: Value error, crop_scale"),
     ],
 )
 def test_bad_params_name_the_key(tmp_path, data, message):

@@ -59,7 +59,9 @@ def test_manifest_fingerprint_is_content_sensitive(image_folder):
     root, items = image_folder
     m = build_manifest(root, items, val_fraction=0.2, test_fraction=0.2, seed=0)
     assert manifest_fingerprint(m) == manifest_fingerprint(m.clone())
-    moved = m.with_columns(pl.when(pl.int_range(pl.len()) == 0).then(pl.lit("val")).otherwise("split").alias("split"))
+    moved = m.with_columns(
+        pl.when(pl.int_range(pl.len()) == 0).then(pl.lit("val")).otherwise("split").alias("split")
+    )
     assert manifest_fingerprint(moved) != manifest_fingerprint(m)
 
 
@@ -97,7 +99,9 @@ def test_dataset_gives_normalized_rgb(image_folder):
     assert -1.0 <= x.min() and x.max() <= 1.0 and x.max() > 0.9  # white stripe maps to +1
     assert torch.equal(x[0], x[1])  # grayscale became three equal channels
     assert int(y) == view.labels[0]
-    aug = ImageDataset(view.paths, view.labels, train_transform(pre, crop_scale=(0.5, 1.0), rotation_degrees=10, hflip=True))
+    aug = ImageDataset(
+        view.paths, view.labels, train_transform(pre, crop_scale=(0.5, 1.0), rotation_degrees=10, hflip=True)
+    )
     assert aug[0][0].shape == (3, 16, 16)
 
 

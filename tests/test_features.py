@@ -55,8 +55,9 @@ def test_interrupted_extraction_leaves_nothing(tmp_path, lite0_32):
         raise OSError("disk gone")
 
     with pytest.raises(OSError):
-        extract_features(lite0_32, {"train": broken()}, {"train": np.arange(4)}, out,
-                         Fingerprint.of(lite0_32, "x"), CPU)
+        extract_features(
+            lite0_32, {"train": broken()}, {"train": np.arange(4)}, out, Fingerprint.of(lite0_32, "x"), CPU
+        )
     assert torch.equal(FeatureStore.open(out).load("train")[0], before)
     assert [p.name for p in tmp_path.iterdir()] == ["store"]
 

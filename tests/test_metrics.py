@@ -26,5 +26,7 @@ def test_against_scikit_learn(seed):
     pred = logits.argmax(1).numpy()
     assert m["accuracy"] == pytest.approx(skm.accuracy_score(labels, pred))
     assert m["macro_f1"] == pytest.approx(skm.f1_score(labels, pred, average="macro"))
-    assert m["nll"] == pytest.approx(skm.log_loss(labels, logits.softmax(1).numpy(), labels=range(7)), rel=1e-5)
+    assert m["nll"] == pytest.approx(
+        skm.log_loss(labels, logits.softmax(1).numpy(), labels=range(7)), rel=1e-5
+    )
     assert m["confusion"] == skm.confusion_matrix(labels, pred, labels=range(7)).tolist()

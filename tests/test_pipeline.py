@@ -15,15 +15,28 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
+ONE_EPOCH = {"epochs": 1, "batch_size": 16, "warmup_epochs": 0}
 TINY = {
     "download": {"max_per_class": 6, "val_fraction": 0.2, "test_fraction": 0.2},
     "backbone": {"image_size": 32},
-    "extract_features": {"batch_size": 32},
+    "extract_features": {"batch_size": 32, "augment_views": 2},
     "train_head": {"epochs": 3, "batch_size": 16},
     "finetune": {
-        "frozen": {"epochs": 1, "batch_size": 16},
-        "full": {"epochs": 1, "batch_size": 16, "warmup_epochs": 0},
+        **{s: ONE_EPOCH for s in ("frozen", "partial", "full", "lp-ft", "scratch")},
+        "progressive": {**ONE_EPOCH, "epochs": 2, "unfreeze_epochs": [1]},
     },
+}
+HEADS = {"train-head@features", "train-head@features-augmented"}
+END_TO_END = {f"finetune@{s}" for s in ("frozen", "partial", "full", "progressive", "scratch")}
+ALL_MODELS = {
+    "features",
+    "features-augmented",
+    "frozen",
+    "partial",
+    "full",
+    "progressive",
+    "scratch",
+    "lp-ft",
 }
 
 
@@ -84,33 +97,43 @@ def project(tmp_path_factory) -> Path:
 
 
 class TestPipeline:
-    def test_repro_runs_all_six_stages(self, project):
+    def test_repro_runs_every_stage(self, project):
         res = dvc(project, "repro")
         assert ran(res.stdout) == {
-            "download", "extract-features", "train-head", "finetune@frozen", "finetune@full",
-            "evaluate", "report",
+            "download",
+            "extract-features",
+            *HEADS,
+            *END_TO_END,
+            "finetune-from-head@lp-ft",
+            "evaluate",
+            "report",
         }
         metrics = json.loads((project / "results/evaluate/metrics.json").read_text())
-        assert set(metrics) == {"features", "frozen", "full", "extract"}
-        for name in ("features", "frozen", "full"):
+        assert set(metrics) == ALL_MODELS | {"extract"}
+        for name in ALL_MODELS:
             m = metrics[name]
             assert 0.0 <= m["test_acc"] <= 1.0 and 0.0 <= m["macro_f1"] <= 1.0
-            assert m["train_time_s"] > 0 and m["trainable_params"] > 0
-        assert metrics["frozen"]["trainable_params"] == metrics["features"]["trainable_params"]
-        assert metrics["full"]["trainable_params"] > 100 * metrics["frozen"]["trainable_params"]
+            assert m["train_time_s"] > 0 and m["trainable_params"] > 0 and m["peak_rss_mb"] > 0
+        trainable = {name: metrics[name]["trainable_params"] for name in ALL_MODELS}
+        assert trainable["frozen"] == trainable["features"] == trainable["features-augmented"]
+        assert trainable["frozen"] < trainable["partial"] < trainable["full"]
+        assert trainable["full"] == trainable["lp-ft"] == trainable["scratch"]
+        assert trainable["frozen"] < trainable["progressive"] < trainable["full"]
         report = (project / "reports/report.md").read_text()
-        assert "| model |" in report and "features" in report and "full" in report
+        assert "| model |" in report and all(f"| {m} |" in report for m in ALL_MODELS)
         assert (project / "reports/learning_curves.png").stat().st_size > 10_000
         assert "changed" not in dvc(project, "status").stdout  # everything up to date
         run(project, "git", "add", "-A")
         run(project, "git", "commit", "-qm", "first run")
 
-    def test_head_param_change_reruns_only_head_evaluate_report(self, project):
+    def test_head_param_change_reruns_only_heads_evaluate_report(self, project):
         set_params(project, {"train_head": {"lr": 0.01}})
         res = dvc(project, "repro")
-        assert ran(res.stdout) == {"train-head", "evaluate", "report"}
+        # lp-ft starts from the head's checkpoint, so it (and no other strategy) follows the head.
+        assert ran(res.stdout) == {*HEADS, "finetune-from-head@lp-ft", "evaluate", "report"}
         assert "Stage 'extract-features' didn't change, skipping" in res.stdout
-        assert "Stage 'finetune@frozen' didn't change, skipping" in res.stdout
+        for stage in END_TO_END:
+            assert f"Stage '{stage}' didn't change, skipping" in res.stdout
         run(project, "git", "commit", "-qam", "head lr")
 
     def test_one_strategy_change_reruns_only_that_strategy(self, project):
@@ -121,11 +144,10 @@ class TestPipeline:
 
     def test_same_params_same_metrics(self, project):
         before = json.loads((project / "results/evaluate/metrics.json").read_text())
-        dvc(project, "repro", "-f", "-s", "finetune@frozen")
-        dvc(project, "repro", "-f", "-s", "train-head")
-        dvc(project, "repro", "-f", "-s", "evaluate")
+        for stage in ("finetune@frozen", "finetune@progressive", *HEADS, "evaluate"):
+            dvc(project, "repro", "-f", "-s", stage)
         after = json.loads((project / "results/evaluate/metrics.json").read_text())
-        for name in ("features", "frozen"):
+        for name in ("features", "features-augmented", "frozen", "progressive"):
             for key in ("test_acc", "macro_f1", "nll", "trainable_params"):
                 assert after[name][key] == before[name][key], (name, key)
         run(project, "git", "checkout", "-q", "--", ".")

@@ -1,16 +1,28 @@
 import pytest
 import torch
+from conftest import tiny_backbone
 
 from transferlab.backbones import create_backbone
-from transferlab.config import HeadConfig, StrategyConfig
+from transferlab.config import (
+    FrozenConfig,
+    FullConfig,
+    HeadConfig,
+    PartialConfig,
+    ProgressiveConfig,
+    StrategyConfig,
+)
+from transferlab.errors import ConfigError
 from transferlab.models import TransferModel, count_parameters, make_head
-from transferlab.strategies import apply_strategy, param_groups
+from transferlab.strategies import ProgressiveUnfreezer, apply_strategy, param_groups
+from transferlab.training import TensorBatches, fit
+
+CPU = torch.device("cpu")
 
 
-def _model(strategy: str, bn: str = "frozen") -> TransferModel:
+def _model(strategy: str, cfg: StrategyConfig) -> TransferModel:
     bb = create_backbone("efficientnet_lite0", 32, crop_pct=1.0)
     m = TransferModel(bb, make_head(HeadConfig(kind="mlp", hidden=16), bb.num_features, 3))
-    apply_strategy(m, strategy, bn=bn)
+    apply_strategy(m, strategy, cfg)
     return m
 
 
@@ -18,11 +30,11 @@ def _bn(model):
     return [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
 
 
-def _train_steps(model, optimizer, steps=3):
+def _train_steps(model, optimizer, steps=3, size=32):
     g = torch.Generator().manual_seed(0)
     for _ in range(steps):
         model.train()
-        x, y = torch.randn(8, 3, 32, 32, generator=g), torch.randint(0, 3, (8,), generator=g)
+        x, y = torch.randn(8, 3, size, size, generator=g), torch.randint(0, 3, (8,), generator=g)
         loss = torch.nn.functional.cross_entropy(model(x), y)
         optimizer.zero_grad()
         loss.backward()
@@ -30,21 +42,21 @@ def _train_steps(model, optimizer, steps=3):
 
 
 def test_frozen_backbone_is_bit_for_bit_unchanged_and_bn_stays_in_eval():
-    m = _model("frozen")
+    cfg = FrozenConfig(lr=1e-2, bn="train")  # even with bn=train: frozen blocks stay in eval
+    m = _model("frozen", cfg)
     before = {k: v.clone() for k, v in m.backbone.state_dict().items()}  # includes BN statistics
     head_before = [p.clone() for p in m.head.parameters()]
-    opt = torch.optim.AdamW(param_groups(m, StrategyConfig(lr=1e-2)))
-    _train_steps(m, opt)
+    _train_steps(m, torch.optim.AdamW(param_groups(m, cfg)))
     after = m.backbone.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
-    assert not any(mod.training for mod in m.backbone.modules() if isinstance(mod, torch.nn.BatchNorm2d))
+    assert not any(b.training for b in _bn(m))
     assert m.head.training
     assert any(not torch.equal(a, b) for a, b in zip(head_before, m.head.parameters(), strict=True))
 
 
 def test_optimizer_holds_only_trainable_parameters():
-    m = _model("frozen")
-    opt = torch.optim.AdamW(param_groups(m, StrategyConfig()))
+    m = _model("frozen", FrozenConfig())
+    opt = torch.optim.AdamW(param_groups(m, FrozenConfig()))
     held = {id(p) for g in opt.param_groups for p in g["params"]}
     assert held == {id(p) for p in m.head.parameters()}
     _train_steps(m, opt, steps=1)
@@ -52,10 +64,11 @@ def test_optimizer_holds_only_trainable_parameters():
 
 
 def test_full_trains_backbone_at_a_lower_rate_without_decay_on_norms():
-    m = _model("full")
+    cfg = FullConfig(lr=1e-3, backbone_lr_mult=0.1, weight_decay=0.05)
+    m = _model("full", cfg)
     trainable, total = count_parameters(m)
     assert trainable == total
-    groups = param_groups(m, StrategyConfig(lr=1e-3, backbone_lr_mult=0.1, weight_decay=0.05))
+    groups = param_groups(m, cfg)
     by = {g["name"]: g for g in groups}
     assert by["head"]["lr"] == pytest.approx(1e-3)
     assert by["backbone"]["lr"] == pytest.approx(1e-4)
@@ -68,19 +81,112 @@ def test_full_trains_backbone_at_a_lower_rate_without_decay_on_norms():
     assert not torch.equal(before, m.backbone.groups[0][0].weight)
 
 
+def test_partial_trains_exactly_the_last_blocks():
+    cfg = PartialConfig(unfreeze_blocks=2, lr=1e-2)
+    m = _model("partial", cfg)
+    groups = m.backbone.groups
+    frozen_before = [{k: v.clone() for k, v in g.state_dict().items()} for g in groups[:-2]]
+    last_before = [p.clone() for p in groups[-1].parameters()]
+    _train_steps(m, torch.optim.AdamW(param_groups(m, cfg)), steps=2)
+    for before, g in zip(frozen_before, groups[:-2], strict=True):
+        assert all(torch.equal(v, g.state_dict()[k]) for k, v in before.items())
+    assert any(not torch.equal(a, b) for a, b in zip(last_before, groups[-1].parameters(), strict=True))
+    trainable, _ = count_parameters(m)
+    assert trainable == sum(p.numel() for g in groups[-2:] for p in g.parameters()) + sum(
+        p.numel() for p in m.head.parameters()
+    )
+
+
+def test_partial_with_more_blocks_than_the_backbone_has():
+    with pytest.raises(ConfigError, match="unfreeze_blocks: 12 but efficientnet_lite0 has 9 blocks"):
+        _model("partial", PartialConfig(unfreeze_blocks=12))
+
+
 @pytest.mark.parametrize("strategy", ["frozen", "full"])
 def test_bn_statistics_frozen_by_default_while_affine_trains(strategy):
-    m = _model(strategy)
+    cfg = FullConfig(lr=1e-2)
+    m = _model(strategy, cfg)
     stats = [(b.running_mean.clone(), b.running_var.clone()) for b in _bn(m)]
     scale = _bn(m)[-1].weight.clone()
-    _train_steps(m, torch.optim.AdamW(param_groups(m, StrategyConfig(lr=1e-2))), steps=2)
-    assert all(torch.equal(mu, b.running_mean) and torch.equal(v, b.running_var)
-               for (mu, v), b in zip(stats, _bn(m), strict=True))
+    _train_steps(m, torch.optim.AdamW(param_groups(m, cfg)), steps=2)
+    assert all(
+        torch.equal(mu, b.running_mean) and torch.equal(v, b.running_var)
+        for (mu, v), b in zip(stats, _bn(m), strict=True)
+    )
     assert torch.equal(scale, _bn(m)[-1].weight) == (strategy == "frozen")
 
 
 def test_bn_train_mode_updates_statistics_of_trainable_blocks():
-    m = _model("full", bn="train")
+    cfg = FullConfig(bn="train")
+    m = _model("full", cfg)
     before = _bn(m)[-1].running_mean.clone()
-    _train_steps(m, torch.optim.AdamW(param_groups(m, StrategyConfig())), steps=1)
+    _train_steps(m, torch.optim.AdamW(param_groups(m, cfg)), steps=1)
     assert not torch.equal(before, _bn(m)[-1].running_mean)
+
+
+def _progressive(compile_: bool = False):
+    torch.manual_seed(0)
+    cfg = ProgressiveConfig(
+        epochs=4,
+        lr=0.01,
+        backbone_lr_mult=0.5,
+        lr_decay=0.5,
+        unfreeze_epochs=[1, 2],
+        batch_size=8,
+        compile=compile_,
+    )
+    m = TransferModel(tiny_backbone(), torch.nn.Linear(16, 3))
+    apply_strategy(m, "progressive", cfg)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 3, 8, 8, generator=g), torch.randint(0, 3, (32,), generator=g)
+    opt = torch.optim.AdamW(param_groups(m, cfg))
+    b1, b2 = (blk[0].weight for blk in m.backbone.groups)
+    snapshots = []
+    seen_groups = []
+
+    def on_epoch(rec):
+        snapshots.append((b1.detach().clone(), b2.detach().clone()))
+        seen_groups.append(rec.lrs)
+
+    unfreezer = ProgressiveUnfreezer(m, cfg)
+    fit(
+        m,
+        opt,
+        TensorBatches(x, y, 8, shuffle=True, generator=g),
+        TensorBatches(x, y, 32),
+        cfg,
+        CPU,
+        on_epoch=on_epoch,
+        on_epoch_start=unfreezer,
+    )
+    return m, opt, snapshots, seen_groups, (b1, b2)
+
+
+def test_progressive_unfreezes_top_down_with_discriminative_rates():
+    m, opt, snaps, lrs, (b1, b2) = _progressive()
+    # epoch 0: head only; epoch 1: the top block (b2) joins; epoch 2: b1 joins.
+    assert list(lrs[0]) == ["head"]
+    assert list(lrs[1]) == ["head", "block-1"] and list(lrs[2]) == ["head", "block-1", "block-0"]
+    assert lrs[2]["block-1"] == pytest.approx(lrs[2]["head"] * 0.5)
+    assert lrs[2]["block-0"] == pytest.approx(lrs[2]["head"] * 0.25)
+    init = snaps[0]
+    assert torch.equal(snaps[0][1], init[1])  # b2 untouched during epoch 0 ...
+    assert not torch.equal(snaps[1][1], snaps[0][1])  # ... trained from epoch 1
+    assert torch.equal(snaps[1][0], init[0])  # b1 untouched until epoch 2
+    assert not torch.equal(snaps[2][0], snaps[1][0])
+    held = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert held == {id(p) for p in m.parameters() if p.requires_grad}
+
+
+def test_progressive_with_more_steps_than_blocks():
+    cfg = ProgressiveConfig(epochs=20, unfreeze_epochs=list(range(1, 11)))
+    with pytest.raises(ConfigError, match="10 steps but efficientnet_lite0 has 9 blocks"):
+        _model("progressive", cfg)
+
+
+@pytest.mark.slow
+def test_compiled_model_trains_blocks_unfrozen_mid_run():
+    """torch.compile must not keep a graph in which the newly unfrozen block had no grad."""
+    _, _, snaps, _, _ = _progressive(compile_=True)
+    assert not torch.equal(snaps[1][1], snaps[0][1])
+    assert not torch.equal(snaps[2][0], snaps[1][0])

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from transferlab.config import OptimConfig
-from transferlab.training import TensorBatches, fit, warmup_cosine
+from transferlab.training import TensorBatches, WarmupCosine, class_weights, fit
 
 CPU = torch.device("cpu")
 
@@ -20,8 +20,14 @@ def _fit(cfg, seed=0):
     model = torch.nn.Linear(5, 2)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     g = torch.Generator().manual_seed(seed)
-    res = fit(model, opt, TensorBatches(x[:150], y[:150], 16, shuffle=True, generator=g),
-              TensorBatches(x[150:], y[150:], 64), cfg, CPU)
+    res = fit(
+        model,
+        opt,
+        TensorBatches(x[:150], y[:150], 16, shuffle=True, generator=g),
+        TensorBatches(x[150:], y[150:], 64),
+        cfg,
+        CPU,
+    )
     return model, res
 
 
@@ -50,17 +56,47 @@ def test_early_stopping():
 def test_warmup_then_cosine():
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([p], lr=1.0)
-    sched = warmup_cosine(opt, total_steps=10, warmup_steps=2)
+    sched = WarmupCosine(opt, total_steps=10, warmup_steps=2)
     lrs = []
     for _ in range(10):
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
     assert lrs[:3] == pytest.approx([0.5, 1.0, 1.0])
-    assert lrs[-1] < 0.05 and all(a >= b for a, b in zip(lrs[1:], lrs[2:]))
+    assert lrs[-1] < 0.05 and all(a >= b for a, b in zip(lrs[1:], lrs[2:], strict=False))
 
 
 def test_tensor_batches_cover_everything_once():
     x = torch.arange(10).float().unsqueeze(1)
-    got = torch.cat([b for b, _ in TensorBatches(x, x.squeeze(1), 3, shuffle=True, generator=torch.Generator().manual_seed(0))])
+    got = torch.cat(
+        [
+            b
+            for b, _ in TensorBatches(
+                x, x.squeeze(1), 3, shuffle=True, generator=torch.Generator().manual_seed(0)
+            )
+        ]
+    )
     assert sorted(got.squeeze(1).tolist()) == list(range(10))
+
+
+def test_schedule_reaches_groups_added_later():
+    a, b = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([a], lr=1.0)
+    sched = WarmupCosine(opt, total_steps=10, warmup_steps=0)
+    for _ in range(5):
+        sched.step()
+    opt.add_param_group({"params": [b], "lr": 0.5, "base_lr": 0.5})
+    sched.apply()
+    assert opt.param_groups[1]["lr"] == pytest.approx(0.5 * opt.param_groups[0]["lr"])
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5)  # halfway through the cosine
+
+
+def test_class_weights_are_inverse_frequency():
+    w = class_weights(torch.tensor([0, 0, 0, 1]), 2)
+    assert w.tolist() == pytest.approx([4 / 6, 2.0])
+    assert class_weights(torch.tensor([0, 1, 2]), 3).tolist() == pytest.approx([1.0, 1.0, 1.0])
+
+
+def test_bf16_autocast_trains():
+    _, res = _fit(OptimConfig(epochs=5, lr=0.05, amp=True))
+    assert res.best.val_acc > 0.85

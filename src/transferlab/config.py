@@ -70,9 +70,29 @@ class BackboneConfig(_Strict):
     weights: str | None = None
 
 
+class AugmentConfig(_Strict):
+    """Training-time augmentation, shared by the end-to-end strategies and by the augmented
+    views extracted for ``features-augmented``, so both see the same distribution."""
+
+    crop_scale: tuple[float, float] = (0.8, 1.0)
+    rotation_degrees: Annotated[float, Field(ge=0, le=180)] = 10.0
+    # Off by default: flipping changes the meaning of digits, text and many medical images.
+    hflip: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> AugmentConfig:
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError("crop_scale must be [low, high] with 0 < low <= high <= 1")
+        return self
+
+
 class ExtractConfig(_Strict):
     batch_size: Annotated[int, Field(ge=1)] = 128
     num_workers: Annotated[int, Field(ge=0)] = 0
+    # Augmented views of every training image to extract once, for ``features-augmented``
+    # (0: none). Costs this many extra passes over the training images, once.
+    augment_views: Annotated[int, Field(ge=0, le=100)] = 4
 
 
 class OptimConfig(_Strict):
@@ -87,7 +107,19 @@ class OptimConfig(_Strict):
     warmup_epochs: Annotated[int, Field(ge=0)] = 0
     # Stop when validation loss has not improved for this many epochs (0: never).
     early_stopping_patience: Annotated[int, Field(ge=0)] = 0
+    # "loss": weight the loss by inverse class frequency, for imbalanced data.
+    class_balance: Literal["none", "loss"] = "none"
     num_workers: Annotated[int, Field(ge=0)] = 0
+    # bfloat16 autocast (CPU and CUDA). Off by default: on CPUs without bf16 units it is slower.
+    amp: bool = False
+    # torch.compile the model for training (compilation costs time up front).
+    compile: bool = False
+
+    @model_validator(mode="after")
+    def _check_warmup(self) -> OptimConfig:
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be < epochs ({self.epochs})")
+        return self
 
 
 class HeadConfig(_Strict):
@@ -98,27 +130,19 @@ class HeadConfig(_Strict):
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.5
 
 
+HEAD_MODELS = ("features", "features-augmented")
+
+
 class TrainHeadConfig(OptimConfig):
+    # Two-stage models: the head on the plain features, and on features of augmented views.
+    models: list[Literal["features", "features-augmented"]] = ["features", "features-augmented"]
     head: HeadConfig = HeadConfig()
 
-
-class AugmentConfig(_Strict):
-    """Training-time augmentation of the end-to-end strategies."""
-
-    crop_scale: tuple[Fraction | Literal[1.0], Fraction | Literal[1.0]] = (0.8, 1.0)
-    rotation_degrees: Annotated[float, Field(ge=0, le=180)] = 10.0
-    # Off by default: flipping changes the meaning of digits, text and many medical images.
-    hflip: bool = False
-
     @model_validator(mode="after")
-    def _check(self) -> AugmentConfig:
-        lo, hi = self.crop_scale
-        if not 0 < lo <= hi <= 1:
-            raise ValueError("crop_scale must be [low, high] with 0 < low <= high <= 1")
+    def _unique(self) -> TrainHeadConfig:
+        if len(set(self.models)) != len(self.models):
+            raise ValueError("models lists a model twice")
         return self
-
-
-STRATEGIES = ("frozen", "full")
 
 
 class StrategyConfig(OptimConfig):
@@ -132,25 +156,100 @@ class StrategyConfig(OptimConfig):
     bn: Literal["frozen", "train"] = "frozen"
 
 
-class FinetuneConfig(_Strict):
-    """The end-to-end strategies. ``strategies`` lists which ones ``dvc repro`` runs."""
+class FrozenConfig(StrategyConfig):
+    lr: PositiveFloat = 3e-3
 
-    strategies: list[Literal["frozen", "full"]] = ["frozen", "full"]
+
+class PartialConfig(StrategyConfig):
+    # The last N parameter groups of the backbone (see Backbone.groups) train; the rest is frozen.
+    unfreeze_blocks: Annotated[int, Field(ge=1)] = 3
+
+
+class FullConfig(StrategyConfig):
+    warmup_epochs: Annotated[int, Field(ge=0)] = 1
+
+
+class ProgressiveConfig(StrategyConfig):
+    """Head first; at each epoch in ``unfreeze_epochs`` the next group from the top joins."""
+
+    lr: PositiveFloat = 3e-3
+    unfreeze_epochs: list[Annotated[int, Field(ge=1)]] = [1, 2, 3, 4]
+    # Discriminative rates: each deeper group trains at lr_decay x the rate of the one above.
+    lr_decay: Annotated[float, Field(gt=0, le=1)] = 0.5
+
+    @model_validator(mode="after")
+    def _schedule(self) -> ProgressiveConfig:
+        e = self.unfreeze_epochs
+        if any(b <= a for a, b in zip(e, e[1:], strict=False)):
+            raise ValueError("unfreeze_epochs must be strictly increasing")
+        if e and e[-1] >= self.epochs:
+            raise ValueError(f"unfreeze_epochs: epoch {e[-1]} is not before the last epoch ({self.epochs})")
+        return self
+
+
+class LpFtConfig(StrategyConfig):
+    """Linear probe, then fine-tune: starts from the head train-head fitted on the features."""
+
+
+class ScratchConfig(StrategyConfig):
+    """The same architecture from random weights: what pretraining is worth."""
+
+    lr: PositiveFloat = 3e-3
+    backbone_lr_mult: Annotated[float, Field(gt=0, le=1)] = 1.0
+    bn: Literal["frozen", "train"] = "train"  # random weights have no statistics worth keeping
+
+
+STRATEGY_CONFIGS: dict[str, type[StrategyConfig]] = {
+    "frozen": FrozenConfig,
+    "partial": PartialConfig,
+    "full": FullConfig,
+    "progressive": ProgressiveConfig,
+    "lp-ft": LpFtConfig,
+    "scratch": ScratchConfig,
+}
+STRATEGIES = tuple(STRATEGY_CONFIGS)
+# Strategies that start from train-head's checkpoint: a DVC stage of their own
+# (finetune-from-head), so that only they re-run when the head changes.
+FROM_HEAD = ("lp-ft",)
+
+
+class FinetuneConfig(_Strict):
+    """The end-to-end strategies. ``strategies`` and ``from_head`` list which ones run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    strategies: list[Literal["frozen", "partial", "full", "progressive", "scratch"]] = [
+        "frozen",
+        "partial",
+        "full",
+        "progressive",
+        "scratch",
+    ]
+    from_head: list[Literal["lp-ft"]] = ["lp-ft"]
     head: HeadConfig = HeadConfig()
-    augment: AugmentConfig = AugmentConfig()
-    frozen: StrategyConfig = StrategyConfig()
-    full: StrategyConfig = StrategyConfig()
+    frozen: FrozenConfig = FrozenConfig()
+    partial: PartialConfig = PartialConfig()
+    full: FullConfig = FullConfig()
+    progressive: ProgressiveConfig = ProgressiveConfig()
+    lp_ft: LpFtConfig = Field(default_factory=LpFtConfig, alias="lp-ft")
+    scratch: ScratchConfig = ScratchConfig()
 
     @model_validator(mode="after")
     def _check(self) -> FinetuneConfig:
-        if len(set(self.strategies)) != len(self.strategies):
-            raise ValueError("strategies lists a strategy twice")
+        runs = self.strategies + self.from_head
+        if len(set(runs)) != len(runs):
+            raise ValueError("strategies / from_head list a strategy twice")
         return self
+
+    @property
+    def runs(self) -> list[str]:
+        """Every end-to-end strategy the pipeline trains."""
+        return [*self.strategies, *self.from_head]
 
     def strategy(self, name: str) -> StrategyConfig:
         if name not in STRATEGIES:
             raise ConfigError(f"finetune: unknown strategy {name!r}; known: {', '.join(STRATEGIES)}")
-        return getattr(self, name)
+        return getattr(self, name.replace("-", "_"))
 
 
 class EvaluateConfig(_Strict):
@@ -167,6 +266,7 @@ SECTIONS: dict[str, type[_Strict]] = {
     "backbone": BackboneConfig,
     "extract_features": ExtractConfig,
     "train_head": TrainHeadConfig,
+    "augment": AugmentConfig,
     "finetune": FinetuneConfig,
     "evaluate": EvaluateConfig,
     "report": ReportConfig,

@@ -252,6 +252,13 @@ class ImageDataset(Dataset):
             raise DataError(f"{path}: cannot decode image: {err}") from None
         return v2.functional.pil_to_tensor(rgb)
 
+    def with_transform(self, transform: v2.Transform) -> ImageDataset:
+        """The same images (and decoded cache) under another transform."""
+        other = object.__new__(ImageDataset)
+        other.__dict__.update(self.__dict__)
+        other.transform = transform
+        return other
+
     def __len__(self) -> int:
         return len(self.paths)
 

@@ -97,13 +97,13 @@ def evaluate_all(
     classes: list[str] | None = None
     for name in models:
         ckpt = layout.checkpoint(name)
-        if name == layout.FEATURES_MODEL:
+        _, meta = load_checkpoint(ckpt)
+        if meta["kind"] == "head":
             scores = score_head(ckpt, store, device)
         else:
             scores = score_transfer(ckpt, manifest, device, batch_size)
         train = read_json(layout.train_summary(name))
         metrics[name] = headline(name, scores, train)
-        _, meta = load_checkpoint(ckpt)
         classes = meta["classes"]
         cm = torch.tensor(scores["confusion"]).numpy()
         details["models"][name] = {
@@ -115,6 +115,7 @@ def evaluate_all(
     extract = read_json(layout.results_dir("extract") / "extract.json")
     metrics["extract"] = {
         "time_s": round(extract["extract_time_s"], 2),
+        "augment_time_s": round(extract["augment_time_s"], 2),
         "images_per_s": round(extract["images_per_s"], 1),
         "store_mb": round(extract["store_bytes"] / MB, 2),
     }

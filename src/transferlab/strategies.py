@@ -2,20 +2,29 @@
 
 * ``frozen``: the whole backbone frozen (and in eval mode), only the head learns, on
   augmented images end to end. Same model as the two-stage path, but it can augment.
+* ``partial``: the last ``unfreeze_blocks`` backbone groups train, the rest stays frozen.
 * ``full``: everything trainable; the backbone at ``backbone_lr_mult`` times the head's rate,
   so pretrained features are adjusted, not overwritten.
+* ``progressive``: head first; at each epoch of ``unfreeze_epochs`` the next group from the
+  top joins, each deeper group at ``lr_decay`` times the rate of the one above.
+* ``lp-ft``: as ``full``, but the head starts from train-head's linear probe, so the first
+  gradients reaching the backbone come from a sensible head instead of a random one.
+* ``scratch``: as ``full`` from random weights: the baseline that prices pretraining.
 
-The optimizer only ever receives trainable parameters: no momentum buffers or weight decay
-are spent on frozen weights. Norm weights and biases get no weight decay.
+The optimizer only ever holds trainable parameters: no momentum buffers or weight decay are
+spent on frozen weights. A group unfrozen later is added to the optimizer when it joins,
+with its own rate. Norm weights and biases get no weight decay.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
-from transferlab.config import StrategyConfig
+from transferlab.config import PartialConfig, ProgressiveConfig, StrategyConfig
+from transferlab.errors import ConfigError
 from transferlab.models import TransferModel
 
 
@@ -24,48 +33,109 @@ def set_trainable(module: nn.Module, trainable: bool) -> None:
         p.requires_grad_(trainable)
 
 
-def apply_strategy(model: TransferModel, strategy: str, *, bn: str = "frozen") -> None:
-    """Set ``requires_grad`` on every parameter as ``strategy`` prescribes.
+def unfreeze_last_blocks(model: TransferModel, n: int) -> None:
+    """Freeze the backbone, then make its last ``n`` parameter groups trainable."""
+    groups = model.backbone.groups
+    set_trainable(model.backbone, False)
+    for group in groups[len(groups) - n :]:
+        set_trainable(group, True)
 
-    ``bn="frozen"`` keeps the backbone's BatchNorm statistics at their pretrained values in
-    training too (see :class:`transferlab.config.StrategyConfig`).
-    """
-    model.bn_stats_frozen = bn == "frozen"
+
+def apply_strategy(model: TransferModel, strategy: str, cfg: StrategyConfig) -> None:
+    """Set ``requires_grad`` on every parameter as ``strategy`` prescribes at the start."""
+    model.bn_stats_frozen = cfg.bn == "frozen"
     set_trainable(model.head, True)
-    if strategy == "frozen":
+    n_groups = len(model.backbone.groups)
+    if strategy in ("frozen", "progressive"):
         set_trainable(model.backbone, False)
-    elif strategy == "full":
+        if isinstance(cfg, ProgressiveConfig) and len(cfg.unfreeze_epochs) > n_groups:
+            raise ConfigError(
+                f"finetune.progressive.unfreeze_epochs: {len(cfg.unfreeze_epochs)} steps but "
+                f"{model.backbone.name} has {n_groups} blocks"
+            )
+    elif strategy == "partial":
+        assert isinstance(cfg, PartialConfig)
+        if cfg.unfreeze_blocks > n_groups:
+            raise ConfigError(
+                f"finetune.partial.unfreeze_blocks: {cfg.unfreeze_blocks} but "
+                f"{model.backbone.name} has {n_groups} blocks"
+            )
+        unfreeze_last_blocks(model, cfg.unfreeze_blocks)
+    elif strategy in ("full", "lp-ft", "scratch"):
         set_trainable(model.backbone, True)
     else:
-        raise ValueError(f"unknown strategy {strategy!r}")
+        raise ConfigError(f"finetune: unknown strategy {strategy!r}")
 
 
-def _split_decay(params: list[tuple[str, nn.Parameter]]) -> tuple[list, list]:
-    """Weights of matrices/convolutions decay; biases and norm scales (1-D) do not."""
-    decay = [p for _, p in params if p.ndim > 1]
-    no_decay = [p for _, p in params if p.ndim <= 1]
-    return decay, no_decay
-
-
-def param_groups(model: TransferModel, cfg: StrategyConfig) -> list[dict[str, Any]]:
-    """Optimizer groups of the trainable parameters: head at ``lr``, backbone at a fraction."""
-    groups: list[dict[str, Any]] = []
-    for name, module, lr in (
-        ("head", model.head, cfg.lr),
-        ("backbone", model.backbone, cfg.lr * cfg.backbone_lr_mult),
-    ):
-        trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
-        decay, no_decay = _split_decay(trainable)
-        if decay:
-            groups.append({"name": name, "params": decay, "lr": lr, "weight_decay": cfg.weight_decay})
-        if no_decay:
-            groups.append({"name": f"{name}/no_decay", "params": no_decay, "lr": lr, "weight_decay": 0.0})
-    return groups
+def _group(name: str, params: list[nn.Parameter], lr: float, weight_decay: float) -> list[dict[str, Any]]:
+    """Optimizer groups for ``params``: matrices/convolutions decay, biases and norm scales do not."""
+    params = [p for p in params if p.requires_grad]
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    out = []
+    if decay:
+        out.append({"name": name, "params": decay, "lr": lr, "base_lr": lr, "weight_decay": weight_decay})
+    if no_decay:
+        out.append(
+            {"name": f"{name}/no_decay", "params": no_decay, "lr": lr, "base_lr": lr, "weight_decay": 0.0}
+        )
+    return out
 
 
 def head_param_groups(head: nn.Module, lr: float, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = _split_decay(list(head.named_parameters()))
-    groups = [{"name": "head", "params": decay, "lr": lr, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"name": "head/no_decay", "params": no_decay, "lr": lr, "weight_decay": 0.0})
+    return _group("head", list(head.parameters()), lr, weight_decay)
+
+
+def block_lr(cfg: StrategyConfig, depth_from_top: int) -> float:
+    """Rate of the backbone group ``depth_from_top`` (1 = last) under ``cfg``."""
+    decay = cfg.lr_decay if isinstance(cfg, ProgressiveConfig) else 1.0
+    return cfg.lr * cfg.backbone_lr_mult * decay ** (depth_from_top - 1)
+
+
+def param_groups(model: TransferModel, cfg: StrategyConfig) -> list[dict[str, Any]]:
+    """Optimizer groups of the currently trainable parameters.
+
+    The head trains at ``lr``. Strategies with a uniform backbone rate get one ``backbone``
+    group; progressive unfreezing gets one group per block (``block-<i>``) at its own rate.
+    """
+    groups = head_param_groups(model.head, cfg.lr, cfg.weight_decay)
+    blocks = model.backbone.groups
+    if isinstance(cfg, ProgressiveConfig):
+        for depth, i in enumerate(reversed(range(len(blocks))), start=1):
+            groups += _group(
+                f"block-{i}", list(blocks[i].parameters()), block_lr(cfg, depth), cfg.weight_decay
+            )
+    else:
+        groups += _group("backbone", list(model.backbone.parameters()), block_lr(cfg, 1), cfg.weight_decay)
     return groups
+
+
+class ProgressiveUnfreezer:
+    """Unfreezes backbone groups from the top at the epochs of ``cfg.unfreeze_epochs``.
+
+    Each joining group is made trainable and added to the optimizer as new param groups with
+    ``base_lr`` set, so the schedule (:class:`transferlab.training.WarmupCosine`) scales it
+    from the step it joins; its Adam moments start from zero, as for a fresh parameter.
+    """
+
+    def __init__(self, model: TransferModel, cfg: ProgressiveConfig) -> None:
+        self.model, self.cfg = model, cfg
+        self.joined = 0
+
+    def __call__(self, epoch: int, optimizer: torch.optim.Optimizer) -> list[str]:
+        """Called at the start of every epoch; returns the names of the groups that joined."""
+        added: list[str] = []
+        while self.joined < len(self.cfg.unfreeze_epochs) and self.cfg.unfreeze_epochs[self.joined] <= epoch:
+            self.joined += 1
+            blocks = self.model.backbone.groups
+            i = len(blocks) - self.joined
+            set_trainable(blocks[i], True)
+            for g in _group(
+                f"block-{i}",
+                list(blocks[i].parameters()),
+                block_lr(self.cfg, self.joined),
+                self.cfg.weight_decay,
+            ):
+                optimizer.add_param_group(g)
+                added.append(g["name"])
+        return added

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 
 from transferlab.config import OptimConfig
@@ -53,16 +52,36 @@ class TensorBatches:
                 yield self.x[idx], self.y[idx]
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int) -> LambdaLR:
-    """Scale every group's base rate: linear warm-up from ~0, then cosine decay to 0."""
+class WarmupCosine:
+    """Sets every group's rate to ``base_lr`` x a factor: linear warm-up, then cosine to 0.
 
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    Unlike ``torch.optim.lr_scheduler.LambdaLR``, which records its base rates once at
+    construction and never schedules a group added later, this reads ``base_lr`` from each
+    group at every step: a group that joins mid-run (progressive unfreezing) follows the
+    schedule from the step it joins.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int) -> None:
+        self.optimizer, self.total, self.warmup = optimizer, total_steps, warmup_steps
+        self.step_count = 0
+        self.apply()
+
+    def factor(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        progress = (step - self.warmup) / max(1, self.total - self.warmup)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
-    return LambdaLR(optimizer, factor)
+    def apply(self) -> None:
+        """Set the rates for the current step (call it after adding a group, too)."""
+        f = self.factor(self.step_count)
+        for g in self.optimizer.param_groups:
+            g.setdefault("base_lr", g["lr"])
+            g["lr"] = g["base_lr"] * f
+
+    def step(self) -> None:
+        self.step_count += 1
+        self.apply()
 
 
 def _progress(loader: Iterable, desc: str) -> Iterable:
@@ -70,22 +89,34 @@ def _progress(loader: Iterable, desc: str) -> Iterable:
     return tqdm(loader, desc=desc, leave=False, disable=None, dynamic_ncols=True)
 
 
+def _autocast(device: torch.device, enabled: bool) -> torch.autocast:
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: Iterable[Batch],
     criterion: nn.Module,
     optimizer: torch.optim.Optimizer,
-    scheduler: LambdaLR | None,
+    scheduler: WarmupCosine | None,
     device: torch.device,
     *,
     desc: str = "train",
+    amp: bool = False,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[float, float]:
-    """One pass over ``loader``; returns (mean loss, accuracy)."""
+    """One pass over ``loader``; returns (mean loss, accuracy).
+
+    ``forward`` replaces ``model(x)`` (a compiled version of the model, say); ``model`` is
+    still what is put in train mode.
+    """
     model.train()
+    forward = forward if forward is not None else model
     total_loss, correct, seen = 0.0, 0, 0
     for x, y in _progress(loader, desc):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        logits = model(x)
+        with _autocast(device, amp):
+            logits = forward(x).float()
         loss = criterion(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -100,23 +131,35 @@ def train_one_epoch(
 
 @torch.no_grad()
 def predict(
-    model: nn.Module, loader: Iterable[Batch], device: torch.device
+    model: nn.Module, loader: Iterable[Batch], device: torch.device, *, amp: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and labels of every batch, on the CPU."""
     model.eval()
     logits, labels = [], []
     for x, y in loader:
-        logits.append(model(x.to(device, non_blocking=True)).float().cpu())
+        with _autocast(device, amp):
+            logits.append(model(x.to(device, non_blocking=True)).float().cpu())
         labels.append(y)
     return torch.cat(logits), torch.cat(labels)
 
 
 def evaluate(
-    model: nn.Module, loader: Iterable[Batch], criterion: nn.Module, device: torch.device
+    model: nn.Module,
+    loader: Iterable[Batch],
+    criterion: nn.Module,
+    device: torch.device,
+    *,
+    amp: bool = False,
 ) -> tuple[float, float]:
     """(mean loss, accuracy) on ``loader`` in eval mode."""
-    logits, labels = predict(model, loader, device)
+    logits, labels = predict(model, loader, device, amp=amp)
     return criterion(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item()
+
+
+def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights, normalized so that a balanced data set gets all ones."""
+    counts = torch.bincount(labels, minlength=num_classes).float().clamp(min=1)
+    return counts.sum() / (num_classes * counts)
 
 
 @dataclass
@@ -152,6 +195,9 @@ def _group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     return out
 
 
+EpochStartHook = Callable[[int, torch.optim.Optimizer], list[str]]
+
+
 def fit(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -161,20 +207,30 @@ def fit(
     device: torch.device,
     *,
     on_epoch: Callable[[EpochRecord], None] | None = None,
+    on_epoch_start: EpochStartHook | None = None,
+    loss_weights: torch.Tensor | None = None,
     desc: str = "",
 ) -> FitResult:
     """Train for ``cfg.epochs`` (or until early stopping) and leave the best weights loaded.
 
-    "Best" is the epoch with the lowest validation loss.
+    "Best" is the epoch with the lowest validation loss. ``on_epoch_start(epoch, optimizer)``
+    may change what trains (progressive unfreezing) and returns the names of the groups it
+    added. Under ``cfg.compile`` no manual recompilation is needed for that: torch.compile's
+    guards cover ``requires_grad``, and tests/test_strategies.py checks that blocks unfrozen
+    mid-run do train when compiled.
     """
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    weight = loss_weights.to(device) if loss_weights is not None else None
+    criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
     eval_criterion = nn.CrossEntropyLoss()  # report the plain NLL whatever the training loss
-    steps = len(train_loader) * cfg.epochs  # type: ignore[arg-type]
-    scheduler = warmup_cosine(optimizer, steps, len(train_loader) * cfg.warmup_epochs)  # type: ignore[arg-type]
+    steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
+    scheduler = WarmupCosine(optimizer, steps_per_epoch * cfg.epochs, steps_per_epoch * cfg.warmup_epochs)
+    forward = torch.compile(model) if cfg.compile else model
     result = FitResult()
     best_loss, best_state, bad_epochs = math.inf, None, 0
     t_fit = time.perf_counter()
     for epoch in range(cfg.epochs):
+        if on_epoch_start is not None and on_epoch_start(epoch, optimizer):
+            scheduler.apply()  # groups that joined start at the current point of the schedule
         lrs = _group_lrs(optimizer)  # the rates this epoch starts with
         t0 = time.perf_counter()
         tr_loss, tr_acc = train_one_epoch(
@@ -185,10 +241,12 @@ def fit(
             scheduler,
             device,
             desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}".strip(),
+            amp=cfg.amp,
+            forward=forward,
         )
         sync(device)
         t_train = time.perf_counter() - t0
-        va_loss, va_acc = evaluate(model, val_loader, eval_criterion, device)
+        va_loss, va_acc = evaluate(model, val_loader, eval_criterion, device, amp=cfg.amp)
         rec = EpochRecord(epoch, tr_loss, tr_acc, va_loss, va_acc, t_train, time.perf_counter() - t0, lrs)
         result.history.append(rec)
         if on_epoch is not None:
