@@ -1,28 +1,84 @@
 """download: the images and their manifest (path, label, class, split, SHA-256).
 
-The embedded default writes scikit-learn's digits (1,797 real 8x8 scans, 10 classes) as PNG
-files under data/raw/<class>/ and splits them, stratified and seeded, into train/val/test.
+Sources (``download.source``): the embedded ``digits`` (scikit-learn's 1,797 8x8 scans, 10
+classes, offline), an image ``folder``, an archive ``url`` pinned by SHA-256, or a
+``torchvision`` data set. Images land under data/raw/ as delivered; the manifest splits them,
+stratified and seeded, keeping splits the source brings. Bad files are named, then fail the
+stage or are skipped (``download.on_bad``) and listed in results/download/download.json.
 Run through `dvc repro`; by hand: ``python stages/download.py``.
 """
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run the code DVC hashed
 
+import polars as pl
+from tqdm import tqdm
+
 from transferlab import layout
-from transferlab._io import publish
+from transferlab._io import publish, write_json
 from transferlab.cli import run_stage
 from transferlab.config import load_params
 from transferlab.data import build_manifest, write_digits
+from transferlab.sources import (
+    Collected,
+    archive_root,
+    check_splits,
+    copy_items,
+    cross_split_duplicates,
+    download,
+    extract_archive,
+    resolve_problems,
+    scan_folder,
+    write_torchvision,
+)
+
+DOWNLOADS = layout.DATA / "downloads"  # kept between runs: a broken download resumes
+
+
+def collect(cfg, raw: Path) -> tuple[list, list]:
+    """Fill ``raw`` with the source's images; return (items, skipped problems)."""
+    if cfg.source == "digits":
+        return [(p, c, None) for p, c in write_digits(raw)], []
+    if cfg.source == "torchvision":
+        return write_torchvision(cfg.dataset, Path(cfg.root) if cfg.root else None, cfg.download, raw), []
+    if cfg.source == "folder":
+        src, label = Path(cfg.path), f"download.path {cfg.path}"
+        staging = None
+    else:  # url
+        name = cfg.url.rstrip("/").rsplit("/", 1)[-1].split("?")[0] or "archive"
+        bar = tqdm(unit="B", unit_scale=True, desc=name, disable=None)
+
+        def progress(done: int, total: int | None) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        archive = download(cfg.url, DOWNLOADS / f"{cfg.sha256[:12]}-{name}", cfg.sha256, progress=progress)
+        bar.close()
+        staging = raw.parent / f".{raw.name}.extract"
+        shutil.rmtree(staging, ignore_errors=True)
+        extract_archive(archive, staging)
+        src, label = archive_root(staging), f"download.url {cfg.url}"
+    try:
+        found = scan_folder(src)
+        found.problems += check_splits(src, found.items)
+        items = resolve_problems(found, cfg.on_bad, label)
+        copy_items(src, items, raw)
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+    return items, found.problems
 
 
 def main(args: argparse.Namespace) -> None:
     p = load_params(args.params, "base", "download")
     cfg = p["download"]
     with publish(layout.RAW) as raw:
-        items = write_digits(raw)
+        raw.mkdir()
+        items, skipped = collect(cfg, raw)
         manifest = build_manifest(
             raw,
             items,
@@ -30,13 +86,35 @@ def main(args: argparse.Namespace) -> None:
             test_fraction=cfg.test_fraction,
             seed=p["base"].seed,
             max_per_class=cfg.max_per_class,
+            classes=cfg.classes,
         )
+        duplicates = cross_split_duplicates(manifest, raw)
+        if duplicates:
+            resolve_problems(Collected(problems=duplicates), cfg.on_bad, f"download.source {cfg.source}")
+            dropped = {Path(path).relative_to(raw).as_posix() for path, _ in duplicates}
+            manifest = manifest.filter(~pl.col("path").is_in(list(dropped)))
+            skipped += duplicates
         with publish(layout.MANIFEST) as tmp:
             manifest.write_parquet(tmp)
-    counts = manifest.group_by("split").len().sort("split")
+    counts = dict(manifest.group_by("split").len().iter_rows())
+    write_json(
+        layout.results_dir("download") / "download.json",
+        {
+            "source": cfg.source,
+            "images": manifest.height,
+            "classes": manifest["label"].n_unique(),
+            "splits": counts,
+            "skipped": [{"path": path, "reason": why} for path, why in skipped],
+        },
+    )
     print(
-        f"download: {len(manifest)} images, {manifest['label'].n_unique()} classes; "
-        + ", ".join(f"{s}={n}" for s, n in counts.iter_rows())
+        f"download: {manifest.height} images, {manifest['label'].n_unique()} classes; "
+        + ", ".join(f"{s}={counts.get(s, 0)}" for s in ("train", "val", "test"))
+        + (
+            f"; skipped {len(skipped)} bad file(s), listed in results/download/download.json"
+            if skipped
+            else ""
+        )
     )
 
 

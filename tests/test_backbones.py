@@ -91,3 +91,78 @@ def test_arbitrary_pickles_are_refused(tmp_path):
 def test_missing_weights_file(tmp_path):
     with pytest.raises(BackboneError, match="weights file not found"):
         create_backbone("efficientnet_lite0", 32, weights=tmp_path / "none.pth")
+
+
+TORCHVISION = ["resnet18", "resnet50", "mobilenet_v3_large", "efficientnet_b0", "convnext_tiny", "vit_b_16"]
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", *TORCHVISION])
+def test_registered_backbone_structure_and_preprocessing(name):
+    """Random weights (nothing downloaded): blocks, feature width and preprocessing."""
+    bb = create_backbone(name, 64, pretrained=False).eval()
+    with torch.no_grad():
+        feats = bb(torch.randn(2, 3, 64, 64))
+        logits = bb.imagenet_logits(torch.randn(1, 3, 64, 64))
+    assert feats.shape == (2, bb.num_features) and logits.shape == (1, 1000)
+    ids = [id(p) for g in bb.groups for p in g.parameters()]
+    assert len(ids) == len(set(ids)), "a parameter sits in two blocks"
+    assert set(ids) == {id(p) for p in bb.parameters()}, "blocks do not cover the backbone"
+    assert len(bb.groups) >= 5
+    pre = bb.preprocess
+    assert pre.image_size == 64 and len(pre.mean) == len(pre.std) == 3 and 0 < pre.crop_pct <= 1
+    assert bb.weights_sha256 is None
+
+
+def test_torchvision_weights_from_a_filled_hub_cache(tmp_path, monkeypatch):
+    """Offline use: a weights file already in torch's hub cache is loaded, not downloaded."""
+    import torchvision.models as tvm
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    (tmp_path / "checkpoints").mkdir()
+    reference = tvm.resnet18(weights=None).state_dict()
+    cached = tmp_path / "checkpoints" / tvm.ResNet18_Weights.DEFAULT.url.rsplit("/", 1)[-1]
+    torch.save(reference, cached)
+    bb = create_backbone("resnet18", 64)
+    assert torch.equal(bb.groups[0][0].weight, reference["conv1.weight"])
+    assert bb.weights_sha256 == hashlib.sha256(cached.read_bytes()).hexdigest()
+    assert bb.preprocess.mean == pytest.approx((0.485, 0.456, 0.406))
+
+
+def test_torchvision_weights_unavailable_offline(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", _no_network)
+    with pytest.raises(BackboneError, match="not in the cache .* put the file there or set backbone.weights"):
+        create_backbone("resnet18", 64)
+
+
+def _no_network(*args, **kwargs):
+    raise OSError("network unreachable")
+
+
+def test_local_weights_file_for_a_torchvision_architecture(tmp_path):
+    import torchvision.models as tvm
+
+    sd = tvm.mobilenet_v3_large(weights=None).state_dict()
+    path = tmp_path / "mine.pth"
+    torch.save(sd, path)
+    bb = create_backbone("mobilenet_v3_large", 64, weights=path)
+    assert torch.equal(bb.groups[0][0].weight, sd["features.0.0.weight"])
+    assert bb.weights_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_timm_backbones_when_installed():
+    timm = pytest.importorskip("timm")
+    assert timm.is_model("resnet18")
+    bb = create_backbone("timm/resnet18", 64, pretrained=False)
+    assert bb(torch.randn(1, 3, 64, 64)).shape == (1, bb.num_features)
+
+
+def test_timm_name_without_timm_or_model():
+    try:
+        import timm  # noqa: F401
+
+        with pytest.raises(BackboneError, match="timm has no model 'no_such_net'"):
+            create_backbone("timm/no_such_net", 64)
+    except ImportError:
+        with pytest.raises(BackboneError, match="needs timm"):
+            create_backbone("timm/resnet18", 64)

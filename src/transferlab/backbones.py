@@ -84,10 +84,25 @@ def available_backbones() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def _lookup(name: str) -> BackboneBuilder | None:
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if name.startswith("timm/"):  # any timm model, where timm is installed
+        try:
+            import timm
+        except ImportError:
+            raise BackboneError(f"backbone.name: {name!r} needs timm (pip install timm)") from None
+        if not timm.is_model(name[5:]):
+            raise BackboneError(f"backbone.name: timm has no model {name[5:]!r}")
+        return _timm_builder(name[5:])
+    return None
+
+
 def check_backbone_name(name: str) -> None:
-    if name not in _REGISTRY:
+    if _lookup(name) is None:
         raise BackboneError(
-            f"backbone.name: unknown backbone {name!r}; known: {', '.join(available_backbones())}"
+            f"backbone.name: unknown backbone {name!r}; known: {', '.join(available_backbones())}, "
+            "or timm/<model> where timm is installed"
         )
 
 
@@ -105,7 +120,9 @@ def create_backbone(
     then centre-crop ``size``); 1.0 keeps the whole image.
     """
     check_backbone_name(name)
-    return _REGISTRY[name](image_size, Path(weights) if weights else None, pretrained, crop_pct)
+    builder = _lookup(name)
+    assert builder is not None
+    return builder(image_size, Path(weights) if weights else None, pretrained, crop_pct)
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -206,3 +223,185 @@ def _efficientnet_lite0(
         weights_sha256=sha,
         imagenet_classifier=fc,
     )
+
+
+# --------------------------------------------------------------------- torchvision backbones
+
+
+class _Pooled(nn.Module):
+    """``features`` then global average pooling (and an optional norm) to a vector."""
+
+    def __init__(self, features: nn.Module, norm: nn.Module | None = None) -> None:
+        super().__init__()
+        self.features = features
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.norm = norm if norm is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.norm(self.pool(self.features(x))), 1)
+
+
+class _ViTBody(nn.Module):
+    """torchvision's ViT up to the normalized class token."""
+
+    def __init__(self, vit: nn.Module) -> None:
+        super().__init__()
+        self.vit = vit
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = self.vit
+        tokens = v._process_input(x)
+        tokens = torch.cat([v.class_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
+        return v.encoder(tokens)[:, 0]
+
+
+def fetch_state_dict(url: str, *, progress: bool = True) -> tuple[dict[str, torch.Tensor], Path]:
+    """Weights from torch's hub cache (``$TORCH_HOME/hub/checkpoints``), downloaded if absent.
+
+    Never unpickles arbitrary objects; a download is checked against the hash prefix in the
+    file name. Offline, a file already in the cache is used as is. Returns the state dict and
+    the cached file's path.
+    """
+    cache = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+    try:
+        sd = torch.hub.load_state_dict_from_url(
+            url, map_location="cpu", progress=progress, check_hash=True, weights_only=True
+        )
+        return sd, cache
+    except Exception as err:  # URLError, hash mismatch, unsafe pickle, ...
+        raise BackboneError(
+            f"backbone weights {url}: not in the cache ({cache}) and could not be fetched "
+            f"({type(err).__name__}: {err}); put the file there or set backbone.weights"
+        ) from None
+
+
+def _torchvision(
+    name: str,
+    build: str,
+    weights_enum: str,
+    split: Callable[[nn.Module], tuple[nn.Module, list[nn.Module], int, nn.Module]],
+) -> None:
+    """Register torchvision model ``build`` under ``name``.
+
+    ``split(model)`` returns (body, groups, feature width, ImageNet classifier).
+    """
+
+    def builder(image_size: int, weights: Path | None, pretrained: bool, crop_pct: float | None) -> Backbone:
+        import torchvision.models as tvm
+
+        enum = getattr(tvm, weights_enum).DEFAULT
+        kwargs = {"image_size": image_size} if name.startswith("vit") else {}
+        model = getattr(tvm, build)(weights=None, **kwargs)
+        sha = None
+        if weights is not None or pretrained:
+            if weights is not None:
+                sd, source = load_state_dict(weights), weights
+            else:
+                sd, source = fetch_state_dict(enum.url)
+            if name.startswith("vit") and image_size != enum.transforms().crop_size[0]:
+                from torchvision.models.vision_transformer import interpolate_embeddings
+
+                sd = interpolate_embeddings(image_size, 16, sd)  # position embeddings for this size
+            load_strict(model, sd, source)
+            sha = sha256_file(source)
+        body, groups, width, classifier = split(model)
+        t = enum.transforms()
+        return Backbone(
+            name=name,
+            body=body,
+            groups=groups,
+            num_features=width,
+            preprocess=Preprocess(
+                image_size=image_size,
+                mean=tuple(t.mean),
+                std=tuple(t.std),
+                crop_pct=crop_pct if crop_pct is not None else t.crop_size[0] / t.resize_size[0],
+                interpolation=t.interpolation,
+            ),
+            weights_sha256=sha,
+            imagenet_classifier=classifier,
+        )
+
+    builder.__doc__ = f"torchvision {build} with {weights_enum}.DEFAULT (downloaded once, then cached)."
+    register_backbone(name)(builder)
+
+
+def _resnet(m: nn.Module) -> tuple:
+    stem = nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool)
+    stages = [m.layer1, m.layer2, m.layer3, m.layer4]
+    return _Pooled(nn.Sequential(stem, *stages)), [stem, *stages], m.fc.in_features, m.fc
+
+
+def _mobilenet_v3(m: nn.Module) -> tuple:
+    # The pooled 960-d features; the 1280-d layer belongs to the ImageNet classifier.
+    return _Pooled(m.features), list(m.features), m.classifier[0].in_features, m.classifier
+
+
+def _efficientnet(m: nn.Module) -> tuple:
+    return _Pooled(m.features), list(m.features), m.classifier[1].in_features, m.classifier[1]
+
+
+def _convnext(m: nn.Module) -> tuple:
+    f = m.features  # stem, stage, downsample, stage, downsample, stage, downsample, stage
+    norm = m.classifier[0]
+    groups = [
+        f[0],
+        f[1],
+        nn.Sequential(f[2], f[3]),
+        nn.Sequential(f[4], f[5]),
+        nn.Sequential(f[6], f[7], norm),
+    ]
+    return _Pooled(f, norm), groups, m.classifier[2].in_features, m.classifier[2]
+
+
+def _vit(m: nn.Module) -> tuple:
+    embed = nn.Module()
+    embed.conv_proj = m.conv_proj
+    embed.class_token = m.class_token
+    embed.pos_embedding = m.encoder.pos_embedding
+    layers = list(m.encoder.layers)
+    layers[-1] = nn.Sequential(layers[-1], m.encoder.ln)  # the final norm trains with the last block
+    head = m.heads.head
+    return _ViTBody(m), [embed, *layers], head.in_features, head
+
+
+for _name, _build, _enum, _split in (
+    ("resnet18", "resnet18", "ResNet18_Weights", _resnet),
+    ("resnet50", "resnet50", "ResNet50_Weights", _resnet),
+    ("mobilenet_v3_large", "mobilenet_v3_large", "MobileNet_V3_Large_Weights", _mobilenet_v3),
+    ("efficientnet_b0", "efficientnet_b0", "EfficientNet_B0_Weights", _efficientnet),
+    ("convnext_tiny", "convnext_tiny", "ConvNeXt_Tiny_Weights", _convnext),
+    ("vit_b_16", "vit_b_16", "ViT_B_16_Weights", _vit),
+):
+    _torchvision(_name, _build, _enum, _split)
+
+
+# ----------------------------------------------------------------------------- timm (optional)
+
+
+def _timm_builder(model_name: str) -> BackboneBuilder:
+    def builder(image_size: int, weights: Path | None, pretrained: bool, crop_pct: float | None) -> Backbone:
+        import timm
+
+        model = timm.create_model(model_name, pretrained=pretrained and weights is None, num_classes=0)
+        if weights is not None:
+            load_strict(model, load_state_dict(weights), weights)
+        cfg = timm.data.resolve_data_config({}, model=model)
+        children = [c for c in model.children() if any(True for _ in c.parameters())]
+        return Backbone(
+            name=f"timm/{model_name}",
+            body=model,
+            groups=children,
+            num_features=model.num_features,
+            preprocess=Preprocess(
+                image_size=image_size,
+                mean=tuple(cfg["mean"]),
+                std=tuple(cfg["std"]),
+                crop_pct=crop_pct if crop_pct is not None else cfg.get("crop_pct", 0.875),
+            ),
+            weights_sha256=sha256_file(weights)
+            if weights is not None
+            else (model_name if pretrained else None),
+        )
+
+    return builder

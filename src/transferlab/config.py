@@ -37,22 +37,40 @@ class BaseConfig(_Strict):
 
 
 class DownloadConfig(_Strict):
-    """Where the images come from and how they are split."""
+    """Where the images come from and how they are split.
 
-    source: Literal["digits", "folder"] = "digits"
-    # For source=folder: root/<class>/* images, split here.
-    path: str | None = None
+    Sources: ``digits`` (embedded, offline), ``folder`` (``path`` holds ``<class>/*`` or
+    ``{train,val,test}/<class>/*``), ``url`` (a zip/tar archive of such a folder, pinned by
+    ``sha256``), ``torchvision`` (``dataset`` by name, from ``root`` or downloaded).
+    """
+
+    source: Literal["digits", "folder", "url", "torchvision"] = "digits"
+    # folder: the image folder. DVC tracks it as a dependency, so edits to it re-run download.
+    path: str = "data/images"
+    url: str | None = None
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    dataset: str | None = None
+    root: str | None = None  # torchvision: where the data set is (or goes)
+    download: bool = False  # torchvision: allowed to fetch it from the internet
     val_fraction: Fraction = 0.15
     test_fraction: Fraction = 0.15
-    # Small-data studies: keep at most this many images per class (None: all).
+    # Small-data studies: keep at most this many images per class (None: all) ...
     max_per_class: Annotated[int, Field(ge=3)] | None = None
+    # ... and only these classes (None: all).
+    classes: list[str] | None = None
+    # Unreadable, non-image or duplicated files: stop ("fail") or leave them out ("skip").
+    on_bad: Literal["fail", "skip"] = "fail"
 
     @model_validator(mode="after")
     def _check(self) -> DownloadConfig:
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError("val_fraction + test_fraction must be < 1")
-        if self.source == "folder" and not self.path:
-            raise ValueError("path is required when source is 'folder'")
+        if self.source == "url" and not (self.url and self.sha256):
+            raise ValueError("source 'url' needs url and sha256 (the archive's SHA-256, to verify it)")
+        if self.source == "torchvision" and not self.dataset:
+            raise ValueError("source 'torchvision' needs dataset (e.g. CIFAR10)")
+        if self.classes is not None and len(self.classes) < 2:
+            raise ValueError("classes must name at least 2 classes")
         return self
 
 

@@ -59,6 +59,40 @@ def write_digits(root: Path) -> list[tuple[str, str]]:
     return items
 
 
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL image as 8-bit RGB, the same way for every format.
+
+    16-bit and 32-bit integer images are scaled to 0..255 (PIL's own conversion would clip
+    them to white); transparency (RGBA, LA, palette with a transparent colour) is composited
+    over white rather than dropped, which would leave whatever colour the transparent pixels
+    happen to hold.
+    """
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        arr = np.asarray(im, dtype=np.int64)
+        top = 65535 if im.mode.startswith("I;16") or arr.max() <= 65535 else int(arr.max())
+        im = Image.fromarray((np.clip(arr, 0, top) * 255 // max(top, 1)).astype(np.uint8), mode="L")
+    elif im.mode == "F":
+        arr = np.nan_to_num(np.asarray(im, dtype=np.float64))
+        lo, hi = float(arr.min()), float(arr.max())
+        im = Image.fromarray(np.rint((arr - lo) * 255 / (hi - lo or 1)).astype(np.uint8), mode="L")
+    if im.mode == "P" and "transparency" in im.info or im.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(background, rgba)
+    return im.convert("RGB")
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """Decode ``path`` fully to RGB (see :func:`to_rgb`), or say which file failed."""
+    # PIL rather than torchvision.io, whose decoders are deprecated since torchvision 0.29.
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return to_rgb(im)
+    except (OSError, UnidentifiedImageError, ValueError) as err:
+        raise DataError(f"{path}: cannot decode image: {err}") from None
+
+
 def stratified_split(
     labels: Sequence[int], val_fraction: float, test_fraction: float, seed: int
 ) -> list[str]:
@@ -106,26 +140,48 @@ def cap_per_class(paths: list[str], classes: list[str], cap: int | None, seed: i
 
 def build_manifest(
     root: Path,
-    items: list[tuple[str, str]],
+    items: list[tuple[str, str]] | list[tuple[str, str, str | None]],
     *,
     val_fraction: float,
     test_fraction: float,
     seed: int,
     max_per_class: int | None = None,
+    classes: list[str] | None = None,
 ) -> pl.DataFrame:
-    """The manifest of ``items`` (paths relative to ``root``), hashed and split."""
-    items = sorted(items)
-    paths = [p for p, _ in items]
-    classes = [c for _, c in items]
-    keep = cap_per_class(paths, classes, max_per_class, seed)
-    paths = [paths[i] for i in keep]
-    classes = [classes[i] for i in keep]
-    class_names = sorted(set(classes), key=_natural_key)
+    """The manifest of ``items`` (paths relative to ``root``), hashed and split.
+
+    Items are ``(path, class)`` or ``(path, class, split)``. Splits that items bring (a
+    ``train/val/test`` folder layout, a data set's official test set) are kept; what has no
+    split is divided stratified and seeded; a missing validation split is carved from train.
+    ``classes`` keeps only those classes; ``max_per_class`` caps each class (per given split).
+    """
+    rows = sorted((it[0], it[1], it[2] if len(it) > 2 else None) for it in items)
+    if classes is not None:
+        unknown = sorted(set(classes) - {c for _, c, _ in rows})
+        if unknown:
+            raise DataError(f"download.classes: no images of class(es) {unknown} in {root}")
+        rows = [r for r in rows if r[1] in set(classes)]
+    groups: dict[str | None, list[tuple[str, str, str | None]]] = {}
+    for r in rows:
+        groups.setdefault(r[2], []).append(r)
+    rows = []
+    for _, group in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        keep = cap_per_class([p for p, _, _ in group], [c for _, c, _ in group], max_per_class, seed)
+        rows += [group[i] for i in keep]
+    rows.sort()
+    paths = [p for p, _, _ in rows]
+    class_list = [c for _, c, _ in rows]
+    class_names = sorted(set(class_list), key=_natural_key)
     if len(class_names) < 2:
         raise DataError(f"{root}: found {len(class_names)} class(es); need at least 2")
     label_of = {c: i for i, c in enumerate(class_names)}
-    labels = [label_of[c] for c in classes]
-    splits = stratified_split(labels, val_fraction, test_fraction, seed)
+    labels = [label_of[c] for c in class_list]
+    given = [s for _, _, s in rows]
+    if all(s is None for s in given):
+        splits = stratified_split(labels, val_fraction, test_fraction, seed)
+    else:
+        splits = _complete_splits(labels, given, val_fraction, seed)
+    classes = class_list
     return pl.DataFrame(
         {
             "path": paths,
@@ -136,6 +192,24 @@ def build_manifest(
         },
         schema=MANIFEST_SCHEMA,
     )
+
+
+def _complete_splits(labels: list[int], given: list[str | None], val_fraction: float, seed: int) -> list[str]:
+    """Keep the given splits; items without one, and a missing val split, come from train."""
+    splits = list(given)
+    pool = [i for i, s in enumerate(splits) if s in (None, "train")]
+    carve_val = "val" not in splits
+    sub = (
+        stratified_split([labels[i] for i in pool], val_fraction if carve_val else 0.0, 0.0, seed)
+        if pool
+        else []
+    )
+    for i, s in zip(pool, sub, strict=True):
+        splits[i] = s
+    missing = {s for s in ("train", "test") if s not in splits}
+    if missing:
+        raise DataError(f"the data set has no {' or '.join(sorted(missing))} images")
+    return splits
 
 
 def _natural_key(name: str) -> tuple:
@@ -244,13 +318,7 @@ class ImageDataset(Dataset):
 
     @staticmethod
     def _decode(path: Path) -> torch.Tensor:
-        # PIL rather than torchvision.io, whose decoders are deprecated since torchvision 0.29.
-        try:
-            with Image.open(path) as im:
-                rgb = im.convert("RGB")
-        except (OSError, UnidentifiedImageError, ValueError) as err:
-            raise DataError(f"{path}: cannot decode image: {err}") from None
-        return v2.functional.pil_to_tensor(rgb)
+        return v2.functional.pil_to_tensor(load_rgb(path))
 
     def with_transform(self, transform: v2.Transform) -> ImageDataset:
         """The same images (and decoded cache) under another transform."""
