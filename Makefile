@@ -7,7 +7,7 @@ export DVC_NO_ANALYTICS := 1
 # The pipeline's stages call `python`: make it the environment's.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup repro test test-fast lint clean-venv
+.PHONY: setup repro test test-fast lint browser exp-sweep exp-show clean-venv
 
 setup: $(VENV)/.installed
 
@@ -23,11 +23,32 @@ repro: setup
 	$(BIN)/dvc repro
 	@echo "Report: reports/report.md"
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest
+
+# Headless Chromium for the test that opens the HTML report (Debian's package, as root).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium for the HTML report test"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
+	      || echo "could not install chromium: the HTML report test will be skipped"; \
+	  else echo "chromium not found: the HTML report test will be skipped"; fi; }
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
+
+# Compare variations the DVC way: queue one experiment per value, run them, show the table.
+#   make exp-sweep PARAM=train_head.lr VALUES=0.001,0.003,0.01
+PARAM  ?= train_head.lr
+VALUES ?= 0.001,0.003,0.01
+exp-sweep: setup
+	$(BIN)/dvc exp run --queue -S '$(PARAM)=$(VALUES)'
+	$(BIN)/dvc exp run --run-all
+	$(MAKE) --no-print-directory exp-show
+
+exp-show: setup
+	$(BIN)/dvc exp show --only-changed --drop '.*_(std|ci_lo|ci_hi)$$|.*(nll|ece|epochs|total_params|peak_gpu_mb|seeds)$$'
 
 lint: setup
 	$(BIN)/ruff check src stages tests

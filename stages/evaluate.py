@@ -28,13 +28,17 @@ def main(args: argparse.Namespace) -> None:
     manifest = read_manifest(layout.MANIFEST)
     store = FeatureStore.open(layout.FEATURES)
     models = [*p["train_head"].models, *p["finetune"].runs]
-    metrics, details = evaluate_all(models, manifest, store, device, p["evaluate"].batch_size)
+    seeds = p["base"].seeds
+    metrics, details = evaluate_all(models, seeds, manifest, store, device, p["evaluate"].batch_size)
     out = layout.results_dir("evaluate")
     write_json(out / "details.json", details)
     write_json(out / "metrics.json", metrics)
     for name in models:
         m = metrics[name]
-        print(f"evaluate: {name:18s} test acc {m['test_acc']:.4f}  macro-F1 {m['macro_f1']:.4f}")
+        print(
+            f"evaluate: {name:18s} test acc {m['test_acc']:.4f} (sd {m['test_acc_std']:.4f}, "
+            f"{len(seeds)} seed(s))  macro-F1 {m['macro_f1']:.4f}"
+        )
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 One DVC stage per strategy in ``finetune.strategies`` (and ``finetune-from-head@lp-ft`` for
 the strategies in ``finetune.from_head``, which start from train-head's checkpoint); each
 depends on its own params section only, so tuning one strategy never re-runs another.
-Run through `dvc repro`; by hand: ``python stages/finetune.py frozen``.
+One stage per strategy and seed (``finetune@frozen-0``).
+Run through `dvc repro`; by hand: ``python stages/finetune.py frozen --seed 0``.
 """
 
 import argparse
@@ -35,9 +36,9 @@ from transferlab.tracking import CurveLogger, finish_run, training_summary
 from transferlab.training import class_weights, fit
 
 
-def probe_head(backbone, classes: list[str]) -> tuple[torch.nn.Module, HeadConfig]:
-    """train-head's linear probe, checked to come from this backbone and these classes."""
-    ckpt = layout.checkpoint(layout.FEATURES_MODEL)
+def probe_head(backbone, classes: list[str], seed: int) -> tuple[torch.nn.Module, HeadConfig]:
+    """train-head's linear probe of the same seed, checked to come from this backbone and classes."""
+    ckpt = layout.checkpoint(layout.run_name(layout.FEATURES_MODEL, seed))
     state, meta = load_checkpoint(ckpt)
     fp = meta["fingerprint"]
     expected = {
@@ -64,7 +65,8 @@ def main(args: argparse.Namespace) -> None:
     check_backbone_name(bcfg.name)
     configure_threads(base.num_threads)
     device = resolve_device(base.device)
-    generator = seed_everything(base.seed)
+    run = layout.run_name(strategy, args.seed)
+    generator = seed_everything(args.seed)
     manifest = read_manifest(layout.MANIFEST)
     classes = class_names(manifest)
 
@@ -72,7 +74,7 @@ def main(args: argparse.Namespace) -> None:
         bcfg.name, bcfg.image_size, bcfg.weights, pretrained=strategy != "scratch", crop_pct=bcfg.crop_pct
     )
     if strategy == "lp-ft":
-        head, head_cfg = probe_head(backbone, classes)
+        head, head_cfg = probe_head(backbone, classes, args.seed)
     else:
         head_cfg = ft.head
         head = make_head(head_cfg, backbone.num_features, len(classes))
@@ -107,7 +109,7 @@ def main(args: argparse.Namespace) -> None:
 
     optimizer = torch.optim.AdamW(param_groups(model, cfg))
     unfreezer = ProgressiveUnfreezer(model, cfg) if isinstance(cfg, ProgressiveConfig) else None
-    logger = CurveLogger(layout.results_dir(strategy))
+    logger = CurveLogger(layout.results_dir(run))
     result = fit(
         model,
         optimizer,
@@ -140,12 +142,13 @@ def main(args: argparse.Namespace) -> None:
         trainable_params=trainable,
         total_params=total,
         device=device,
-        extra={"bn": cfg.bn},
+        extra={"bn": cfg.bn, "seed": args.seed},
     )
-    finish_run(strategy, model.cpu(), result, meta, summary)
+    finish_run(run, model.cpu(), result, meta, summary)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("strategy", choices=STRATEGIES, help="an end-to-end strategy (see params: finetune)")
+    parser.add_argument("--seed", type=int, default=0, help="training seed (one of params: base.seeds)")
     run_stage(main, parser)

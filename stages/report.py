@@ -1,5 +1,9 @@
-"""report: reports/report.md and the learning curves of every model on one figure.
+"""report: reports/report.md and reports/report.html (self-contained), with figures.
 
+The comparison table, the recommendation (the decision matrix placed with measured
+quantities), the rules of thumb checked on this run, learning curves, accuracy against cost
+with the Pareto front, confusion matrices, per-class F1, and the params, code version, data
+hash and backbone behind every number.
 Run through `dvc repro`; by hand: ``python stages/report.py``.
 """
 
@@ -10,15 +14,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run the code DVC hashed
 
+import yaml
+
 from transferlab import layout
 from transferlab._io import publish, read_json
 from transferlab.cli import run_stage
-from transferlab.config import load_params
-from transferlab.report import plot_curves, render_markdown
+from transferlab.config import SECTIONS, load_params
+from transferlab.report import build
 
 
 def code_version() -> str:
-    """The git commit, marked dirty when the working tree differs from it."""
+    """The git commit, marked dirty when tracked files differ from it."""
     try:
         rev = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
@@ -35,21 +41,21 @@ def code_version() -> str:
 
 
 def main(args: argparse.Namespace) -> None:
-    p = load_params(args.params, "report")
+    p = load_params(args.params, *SECTIONS)  # every section: the report prints them all
+    params_text = yaml.safe_dump(
+        {k: v.model_dump(mode="json", by_alias=True) for k, v in p.items()}, sort_keys=False
+    )
     src = layout.results_dir("evaluate")
     metrics, details = read_json(src / "metrics.json"), read_json(src / "details.json")
+    title = p["report"].title
+    doc = build(metrics, details, title=title, code_version=code_version(), params_text=params_text)
     with publish(layout.REPORTS) as out:
         out.mkdir()
-        plot_curves(details, out / "learning_curves.png")
-        md = render_markdown(
-            metrics,
-            details,
-            title=p["report"].title,
-            code_version=code_version(),
-            curves_png="learning_curves.png",
-        )
-        (out / "report.md").write_text(md)
-    print(f"report: {layout.REPORTS / 'report.md'}")
+        for name, png in doc.figures.items():
+            (out / name).write_bytes(png)
+        (out / "report.md").write_text(doc.markdown())
+        (out / "report.html").write_text(doc.html(title))
+    print(f"report: {layout.REPORTS / 'report.md'}, {layout.REPORTS / 'report.html'}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ The two-stage path: epochs cost milliseconds because the backbone ran once, in
 extract-features. ``features`` trains on the training images' features; ``features-augmented``
 also on the K augmented views extract-features stored. Changing a parameter here re-runs only
 these stages, evaluate and report.
-Run through `dvc repro`; by hand: ``python stages/train_head.py features``.
+One stage per model and seed (``train-head@features-0``).
+Run through `dvc repro`; by hand: ``python stages/train_head.py features --seed 0``.
 """
 
 import argparse
@@ -33,7 +34,8 @@ def main(args: argparse.Namespace) -> None:
     base, bcfg, cfg = p["base"], p["backbone"], p["train_head"]
     configure_threads(base.num_threads)
     device = resolve_device(base.device)
-    generator = seed_everything(base.seed)
+    run = layout.run_name(args.model, args.seed)
+    generator = seed_everything(args.seed)
     manifest = read_manifest(layout.MANIFEST)
     store = FeatureStore.open(
         layout.FEATURES,
@@ -56,7 +58,7 @@ def main(args: argparse.Namespace) -> None:
     classes = class_names(manifest)
     head = make_head(cfg.head, x_train.shape[1], len(classes)).to(device)
     optimizer = torch.optim.AdamW(head_param_groups(head, cfg.lr, cfg.weight_decay))
-    logger = CurveLogger(layout.results_dir(args.model))
+    logger = CurveLogger(layout.results_dir(run))
     result = fit(
         head,
         optimizer,
@@ -80,15 +82,17 @@ def main(args: argparse.Namespace) -> None:
     summary = training_summary(
         result,
         model=args.model,
+        extra={"seed": args.seed},
         n_train=len(x_train),
         trainable_params=trainable,
         total_params=total,
         device=device,
     )
-    finish_run(args.model, head.cpu(), result, meta, summary)
+    finish_run(run, head.cpu(), result, meta, summary)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("model", choices=HEAD_MODELS, help="a model listed in params: train_head.models")
+    parser.add_argument("--seed", type=int, default=0, help="training seed (one of params: base.seeds)")
     run_stage(main, parser)

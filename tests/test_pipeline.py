@@ -26,8 +26,9 @@ TINY = {
         "progressive": {**ONE_EPOCH, "epochs": 2, "unfreeze_epochs": [1]},
     },
 }
-HEADS = {"train-head@features", "train-head@features-augmented"}
-END_TO_END = {f"finetune@{s}" for s in ("frozen", "partial", "full", "progressive", "scratch")}
+HEADS = {"train-head@features-0", "train-head@features-augmented-0"}
+END_TO_END = {f"finetune@{s}-0" for s in ("frozen", "partial", "full", "progressive", "scratch")}
+LP_FT = "finetune-from-head@lp-ft-0"
 ALL_MODELS = {
     "features",
     "features-augmented",
@@ -104,7 +105,7 @@ class TestPipeline:
             "extract-features",
             *HEADS,
             *END_TO_END,
-            "finetune-from-head@lp-ft",
+            LP_FT,
             "evaluate",
             "report",
         }
@@ -122,6 +123,8 @@ class TestPipeline:
         report = (project / "reports/report.md").read_text()
         assert "| model |" in report and all(f"| {m} |" in report for m in ALL_MODELS)
         assert (project / "reports/learning_curves.png").stat().st_size > 10_000
+        page = (project / "reports/report.html").read_text()
+        assert page.count("data:image/png;base64,") == 4 and "Recommendation" in page
         assert "changed" not in dvc(project, "status").stdout  # everything up to date
         run(project, "git", "add", "-A")
         run(project, "git", "commit", "-qm", "first run")
@@ -130,7 +133,7 @@ class TestPipeline:
         set_params(project, {"train_head": {"lr": 0.01}})
         res = dvc(project, "repro")
         # lp-ft starts from the head's checkpoint, so it (and no other strategy) follows the head.
-        assert ran(res.stdout) == {*HEADS, "finetune-from-head@lp-ft", "evaluate", "report"}
+        assert ran(res.stdout) == {*HEADS, LP_FT, "evaluate", "report"}
         assert "Stage 'extract-features' didn't change, skipping" in res.stdout
         for stage in END_TO_END:
             assert f"Stage '{stage}' didn't change, skipping" in res.stdout
@@ -139,12 +142,12 @@ class TestPipeline:
     def test_one_strategy_change_reruns_only_that_strategy(self, project):
         set_params(project, {"finetune": {"full": {"lr": 0.002}}})
         res = dvc(project, "repro")
-        assert ran(res.stdout) == {"finetune@full", "evaluate", "report"}
+        assert ran(res.stdout) == {"finetune@full-0", "evaluate", "report"}
         run(project, "git", "commit", "-qam", "full lr")
 
     def test_same_params_same_metrics(self, project):
         before = json.loads((project / "results/evaluate/metrics.json").read_text())
-        for stage in ("finetune@frozen", "finetune@progressive", *HEADS, "evaluate"):
+        for stage in ("finetune@frozen-0", "finetune@progressive-0", *HEADS, "evaluate"):
             dvc(project, "repro", "-f", "-s", stage)
         after = json.loads((project / "results/evaluate/metrics.json").read_text())
         for name in ("features", "features-augmented", "frozen", "progressive"):
@@ -161,9 +164,34 @@ class TestPipeline:
         assert "Traceback" not in res.stderr
         run(project, "git", "checkout", "-q", "--", "params.yaml")
 
-    def test_experiments_compare_in_exp_show(self, project):
-        dvc(project, "exp", "run", "-S", "train_head.lr=0.003", "-n", "lr3")
+    def test_adding_a_seed_runs_only_the_new_seed(self, project):
+        set_params(project, {"base": {"seeds": [0, 1]}})
+        res = dvc(project, "repro")
+        new = {s[:-1] + "1" for s in (*HEADS, *END_TO_END, LP_FT)}
+        assert ran(res.stdout) == new | {"evaluate", "report"}
+        metrics = json.loads((project / "results/evaluate/metrics.json").read_text())
+        assert all(metrics[m]["seeds"] == 2 for m in ALL_MODELS)
+        assert "test acc (mean ± sd)" in (project / "reports/report.md").read_text()
+        run(project, "git", "add", "-A")
+        run(project, "git", "commit", "-qm", "two seeds")
+
+    def test_queued_experiments_compare_in_exp_show(self, project):
+        set_params(project, {"base": {"seeds": [0]}})
+        run(project, "git", "commit", "-qam", "one seed")
+        dvc(project, "repro")  # back to one seed: only evaluate and report re-run
+        run(project, "git", "commit", "-qam", "one seed results")
+        dvc(project, "exp", "run", "--queue", "-S", "train_head.lr=0.001,0.02")
+        dvc(project, "exp", "run", "--run-all")
         show = json.loads(dvc(project, "exp", "show", "--json").stdout)
-        text = json.dumps(show)
-        assert "lr3" in text
-        assert '"test_acc"' in text and "results/evaluate/metrics.json" in text
+        exps = [
+            e for branch in show for e in (branch.get("experiments") or []) for e in (e.get("revs") or [e])
+        ]
+        lrs = {}
+        for e in exps:
+            data = e.get("data") or {}
+            lr = data.get("params", {}).get("params.yaml", {}).get("data", {}).get("train_head", {}).get("lr")
+            acc = data.get("metrics", {}).get("results/evaluate/metrics.json", {}).get("data", {})
+            if lr in (0.001, 0.02):
+                lrs[lr] = acc.get("features", {}).get("test_acc")
+        assert set(lrs) == {0.001, 0.02}, json.dumps(show)[:2000]
+        assert all(isinstance(v, float) for v in lrs.values())

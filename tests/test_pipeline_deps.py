@@ -30,7 +30,7 @@ def test_stage_depends_on_the_modules_it_imports(name, stage):
 def test_stage_params_exist(name, stage):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for key in stage.get("params", []):
-        section, *rest = key.replace("${item}", "frozen").split(".")
+        section, *rest = key.replace("${item.strategy}", "frozen").replace("${item}", "frozen").split(".")
         assert section in SECTIONS
         node = params[section]
         for part in rest:

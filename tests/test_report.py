@@ -1,28 +1,49 @@
+import re
+
 import pytest
 
-from transferlab.report import comparison_rows, plot_curves, render_markdown
+from transferlab.report import build, comparison_rows, pareto_front
 
 MODELS = ["features", "features-augmented", "frozen", "partial", "full", "progressive", "lp-ft", "scratch"]
 
 
-def _inputs(models):
+def _inputs(models, seeds=(0,)):
     metrics = {
         m: {
-            "test_acc": 0.5 + 0.05 * i,
+            "test_acc": round(0.5 + 0.05 * i, 4),
+            "test_acc_std": 0.01 * (len(seeds) > 1),
+            "test_acc_ci_lo": 0.45 + 0.05 * i,
+            "test_acc_ci_hi": 0.55 + 0.05 * i,
             "macro_f1": 0.5,
+            "macro_f1_std": 0.0,
+            "balanced_acc": 0.5,
             "nll": 1.0,
+            "ece": 0.05,
             "train_time_s": 10.0 + i,
             "time_per_epoch_s": 0.01 if m.startswith("features") else 2.0,
+            "images_per_s": 100.0,
             "epochs": 3,
             "trainable_params": 1000 * (i + 1),
-            "peak_rss_mb": 900.0,
+            "total_params": 10_000,
+            "peak_rss_mb": 900.0 + i,
+            "peak_gpu_mb": 0.0,
+            "seeds": len(seeds),
         }
         for i, m in enumerate(models)
     }
     metrics["extract"] = {"time_s": 7.0, "augment_time_s": 20.0, "images_per_s": 230.0, "store_mb": 3.0}
     curves = {"val/acc": [0.5, 0.6, 0.7], "val/loss": [1.0, 0.8, 0.7], "train/loss": [1.1, 0.9, 0.6]}
+    run = {"train": {"environment": {"torch": "x", "cpu_count": 2}}}
     details = {
-        "models": {m: {"curves": curves} for m in models},
+        "models": {
+            m: {
+                "curves": curves,
+                "confusion": [[3, 1], [0, 4]],
+                "per_class_f1": [0.8, 0.9],
+                "runs": {str(s): run for s in seeds},
+            }
+            for m in models
+        },
         "fingerprint": {
             "manifest_sha256": "a" * 64,
             "backbone": "efficientnet_lite0",
@@ -31,23 +52,45 @@ def _inputs(models):
         },
         "split_sizes": {"train": 10, "val": 3, "test": 3},
         "classes": ["0", "1"],
+        "seeds": list(seeds),
+        "rank_flips": [],
     }
     return metrics, details
 
 
 @pytest.mark.parametrize("models", [MODELS, ["features"], ["frozen", "full"], ["features", "scratch"]])
-def test_report_renders_any_subset(tmp_path, models):
+def test_report_renders_any_subset(models):
     metrics, details = _inputs(models)
-    md = render_markdown(metrics, details, title="T", code_version="abc", curves_png="c.png")
+    doc = build(metrics, details, title="T", code_version="abc", params_text="base: {}")
+    md, page = doc.markdown(), doc.html("T")
     for m in models:
-        assert f"| {m} |" in md
-    assert md.count("\n| ") == len(models) + 1  # header + one row per model
+        assert re.search(rf"\| (\*\*)?{re.escape(m)}(\*\*)? \|", md), m
+        assert f">{m}<" in page or f"<strong>{m}</strong>" in page
     best = max(models, key=lambda m: metrics[m]["test_acc"])
-    assert f"Best on the test split: **{best}**" in md
-    assert ("took 200x less time" in md) == ({"features", "frozen"} <= set(models))
-    assert ("Pretraining is worth" in md) == ("scratch" in models and len(models) > 1)
-    plot_curves(details, tmp_path / "c.png")
-    assert (tmp_path / "c.png").stat().st_size > 5000
+    assert f"**{best}**" in md and "## Recommendation" in md
+    assert ("Two-stage trains faster per epoch" in md) == ({"features", "frozen"} <= set(models))
+    assert ("Pretraining is worth it" in md) == ("scratch" in models and len(models) > 1)
+    for name, png in doc.figures.items():
+        assert png.startswith(b"\x89PNG") and len(png) > 5000, name
+        assert f"]({name})" in md
+    # self-contained: every image is embedded, nothing is fetched
+    assert page.count("data:image/png;base64,") == len(doc.figures)
+    assert not re.search(r"(src|href)=\"(https?:)?//", page)
+
+
+def test_seeds_show_mean_and_spread_and_flips():
+    metrics, details = _inputs(["features", "frozen"], seeds=(0, 1, 2))
+    details["rank_flips"] = [
+        {"models": ["features", "frozen"], "features_ahead_seeds": [1], "frozen_ahead_seeds": [0, 2]}
+    ]
+    md = build(metrics, details, title="T", code_version="abc", params_text="").markdown()
+    assert "test acc (mean ± sd)" in md and "0.5000 ± 0.0100" in md
+    assert "Rankings that flip between seeds: features vs frozen (seeds [1] vs [0, 2])" in md
+
+
+def test_pareto_front_by_hand():
+    pts = {"a": (1.0, 0.90), "b": (10.0, 0.95), "c": (5.0, 0.80), "d": (100.0, 0.95)}
+    assert pareto_front(pts) == ["a", "b"]  # c is dominated by a, d by b
 
 
 def test_rows_sorted_by_accuracy_then_time():

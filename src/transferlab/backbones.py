@@ -362,6 +362,7 @@ def _vit(m: nn.Module) -> tuple:
     layers = list(m.encoder.layers)
     layers[-1] = nn.Sequential(layers[-1], m.encoder.ln)  # the final norm trains with the last block
     head = m.heads.head
+    m.heads = nn.Identity()  # the ImageNet classifier is not part of the feature extractor
     return _ViTBody(m), [embed, *layers], head.in_features, head
 
 

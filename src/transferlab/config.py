@@ -30,7 +30,17 @@ class _Strict(BaseModel):
 class BaseConfig(_Strict):
     """Shared by every stage: what makes runs comparable and repeatable."""
 
+    @model_validator(mode="after")
+    def _seeds(self) -> BaseConfig:
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("seeds must list at least one seed, each once")
+        return self
+
+    # The data: splits and the augmented views of features-augmented.
     seed: Annotated[int, Field(ge=0)] = 0
+    # Training runs: every model is trained once per seed (initialization, shuffling,
+    # augmentation), and reported as mean and spread.
+    seeds: list[Annotated[int, Field(ge=0)]] = [0]
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # 0 means "let torch decide"; a fixed count makes CPU timings comparable across runs.
     num_threads: Annotated[int, Field(ge=0)] = 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import torch
 from torch.utils.data import DataLoader
@@ -70,48 +71,100 @@ def read_curves(results: Path) -> dict[str, list[float]]:
     return curves
 
 
-def headline(name: str, scores: dict[str, Any], train: dict[str, Any]) -> dict[str, Any]:
-    """The numbers ``dvc exp show`` lists per model: short names, rounded, no lists."""
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    arr = np.asarray(values, dtype=float)
+    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+
+
+def headline(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """The numbers ``dvc exp show`` lists per model: means over seeds (with the spread of the
+    two main scores), short names, rounded, no lists."""
+    scores = [r["scores"] for r in runs.values()]
+    train = [r["train"] for r in runs.values()]
+    acc, acc_sd = _mean_std([s["accuracy"] for s in scores])
+    f1, f1_sd = _mean_std([s["macro_f1"] for s in scores])
+
+    def mean(key: str, src: list[dict[str, Any]]) -> float:
+        return float(np.mean([x[key] for x in src]))
+
     return {
-        "test_acc": round(scores["accuracy"], 4),
-        "macro_f1": round(scores["macro_f1"], 4),
-        "nll": round(scores["nll"], 4),
-        "train_time_s": round(train["train_time_s"], 2),
-        "time_per_epoch_s": round(train["time_per_epoch_s"], 3),
-        "epochs": train["epochs_run"],
-        "trainable_params": train["trainable_params"],
-        "peak_rss_mb": round(train["peak_rss_bytes"] / MB, 1),
+        "test_acc": round(acc, 4),
+        "test_acc_std": round(acc_sd, 4),
+        "test_acc_ci_lo": round(float(np.mean([s["accuracy_ci95"][0] for s in scores])), 4),
+        "test_acc_ci_hi": round(float(np.mean([s["accuracy_ci95"][1] for s in scores])), 4),
+        "macro_f1": round(f1, 4),
+        "macro_f1_std": round(f1_sd, 4),
+        "balanced_acc": round(mean("balanced_accuracy", scores), 4),
+        "nll": round(mean("nll", scores), 4),
+        "ece": round(mean("ece", scores), 4),
+        "train_time_s": round(mean("train_time_s", train), 2),
+        "time_per_epoch_s": round(mean("time_per_epoch_s", train), 3),
+        "images_per_s": round(mean("train_images_per_s", train), 1),
+        "epochs": round(mean("epochs_run", train), 1),
+        "trainable_params": train[0]["trainable_params"],
+        "total_params": train[0]["total_params"],
+        "peak_rss_mb": round(max(t["peak_rss_bytes"] for t in train) / MB, 1),
+        "peak_gpu_mb": round(max(t["peak_gpu_bytes"] or 0 for t in train) / MB, 1),
+        "seeds": len(runs),
     }
+
+
+def rank_flips(acc: dict[str, dict[int, float]]) -> list[dict[str, Any]]:
+    """Pairs of models whose order by test accuracy differs between seeds."""
+    flips = []
+    models = sorted(acc)
+    for i, a in enumerate(models):
+        for b in models[i + 1 :]:
+            seeds = sorted(set(acc[a]) & set(acc[b]))
+            ahead = [s for s in seeds if acc[a][s] > acc[b][s]]
+            behind = [s for s in seeds if acc[a][s] < acc[b][s]]
+            if ahead and behind:
+                flips.append({"models": [a, b], f"{a}_ahead_seeds": ahead, f"{b}_ahead_seeds": behind})
+    return flips
 
 
 def evaluate_all(
     models: list[str],
+    seeds: list[int],
     manifest: pl.DataFrame,
     store: FeatureStore,
     device: torch.device,
     batch_size: int,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Returns (metrics for DVC, details for the report)."""
+    """Every model's every seed on the test split. Returns (metrics for DVC, details)."""
     metrics: dict[str, Any] = {}
-    details: dict[str, Any] = {"models": {}}
+    details: dict[str, Any] = {"models": {}, "seeds": seeds}
     classes: list[str] | None = None
     for name in models:
-        ckpt = layout.checkpoint(name)
-        _, meta = load_checkpoint(ckpt)
-        if meta["kind"] == "head":
-            scores = score_head(ckpt, store, device)
-        else:
-            scores = score_transfer(ckpt, manifest, device, batch_size)
-        train = read_json(layout.train_summary(name))
-        metrics[name] = headline(name, scores, train)
-        classes = meta["classes"]
-        cm = torch.tensor(scores["confusion"]).numpy()
+        runs: dict[int, dict[str, Any]] = {}
+        for seed in seeds:
+            run = layout.run_name(name, seed)
+            ckpt = layout.checkpoint(run)
+            _, meta = load_checkpoint(ckpt)
+            if meta["kind"] == "head":
+                scores = score_head(ckpt, store, device)
+            else:
+                scores = score_transfer(ckpt, manifest, device, batch_size)
+            runs[seed] = {
+                "scores": scores,
+                "train": read_json(layout.train_summary(run)),
+                "curves": read_curves(layout.results_dir(run)),
+            }
+            classes = meta["classes"]
+        metrics[name] = headline(runs)
+        confusion = np.sum([np.asarray(r["scores"]["confusion"]) for r in runs.values()], axis=0)
         details["models"][name] = {
-            "scores": scores,
-            "per_class_f1": per_class_f1(cm).round(4).tolist(),
-            "train": train,
-            "curves": read_curves(layout.results_dir(name)),
+            "runs": {str(s): r for s, r in runs.items()},
+            "confusion": confusion.tolist(),  # summed over seeds
+            "per_class_f1": per_class_f1(confusion).round(4).tolist(),
+            "curves": runs[seeds[0]]["curves"],
         }
+    details["rank_flips"] = rank_flips(
+        {
+            m: {int(s): r["scores"]["accuracy"] for s, r in d["runs"].items()}
+            for m, d in details["models"].items()
+        }
+    )
     extract = read_json(layout.results_dir("extract") / "extract.json")
     metrics["extract"] = {
         "time_s": round(extract["extract_time_s"], 2),
@@ -122,6 +175,5 @@ def evaluate_all(
     details["extract"] = extract
     details["classes"] = classes
     details["fingerprint"] = store.fingerprint
-    counts = manifest.group_by("split").len()
-    details["split_sizes"] = dict(counts.iter_rows())
+    details["split_sizes"] = dict(manifest.group_by("split").len().iter_rows())
     return metrics, details

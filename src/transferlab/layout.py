@@ -19,6 +19,11 @@ REPORTS = Path("reports")
 FEATURES_MODEL = "features"
 
 
+def run_name(model: str, seed: int) -> str:
+    """One training run: a model (strategy) trained with one seed, e.g. ``frozen-s0``."""
+    return f"{model}-s{seed}"
+
+
 def model_dir(name: str) -> Path:
     return MODELS / name
 
