@@ -7,7 +7,7 @@ export DVC_NO_ANALYTICS := 1
 # The pipeline's stages call `python`: make it the environment's.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup repro test test-fast lint browser exp-sweep exp-show clean-venv
+.PHONY: setup repro test test-fast lint browser exp-sweep exp-show bench clean-venv
 
 setup: $(VENV)/.installed
 
@@ -49,6 +49,10 @@ exp-sweep: setup
 
 exp-show: setup
 	$(BIN)/dvc exp show --only-changed --drop '.*_(std|ci_lo|ci_hi)$$|.*(nll|ece|epochs|total_params|peak_gpu_mb|seeds)$$'
+
+# Speed against the hardware and the obvious alternatives: bench/results/<machine>.{md,json}
+bench: setup
+	$(BIN)/python bench/bench.py
 
 lint: setup
 	$(BIN)/ruff check src stages tests

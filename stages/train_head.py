@@ -14,6 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run the code DVC hashed
 
+import numpy as np
 import torch
 
 from transferlab import layout
@@ -21,7 +22,7 @@ from transferlab.cli import run_stage
 from transferlab.config import HEAD_MODELS, load_params
 from transferlab.data import class_names, manifest_fingerprint, read_manifest
 from transferlab.errors import ConfigError
-from transferlab.features import FeatureStore
+from transferlab.features import FeatureStore, StreamedBatches
 from transferlab.models import count_parameters, make_head
 from transferlab.runtime import configure_threads, resolve_device, seed_everything
 from transferlab.strategies import head_param_groups
@@ -45,24 +46,36 @@ def main(args: argparse.Namespace) -> None:
             "manifest_sha256": manifest_fingerprint(manifest),
         },
     )
-    x_train, y_train, _ = store.load("train")
+    splits = ["train"]
     if args.model == "features-augmented":
         if "train_aug" not in store.splits():
             raise ConfigError(
                 "train_head.models: features-augmented needs augmented views, but "
                 "extract_features.augment_views is 0"
             )
-        x_aug, y_aug, _ = store.load("train_aug")
-        x_train, y_train = torch.cat([x_train, x_aug]), torch.cat([y_train, y_aug])
+        splits.append("train_aug")
+    n_train = sum(store.arrays(s)[1].shape[0] for s in splits)
+    in_features = store.arrays("train")[0].shape[1]
+    streamed = sum(store.nbytes(s) for s in splits) > cfg.memory_budget_mb * 2**20
+    if streamed:
+        train_batches = StreamedBatches(
+            [store.arrays(s) for s in splits], cfg.batch_size, shuffle=True, generator=generator
+        )
+        y_train = torch.cat([torch.from_numpy(np.asarray(store.arrays(s)[1][:])) for s in splits])
+    else:
+        parts = [store.load(s) for s in splits]
+        x_train = torch.cat([p[0] for p in parts])
+        y_train = torch.cat([p[1] for p in parts])
+        train_batches = TensorBatches(x_train, y_train, cfg.batch_size, shuffle=True, generator=generator)
     x_val, y_val, _ = store.load("val")
     classes = class_names(manifest)
-    head = make_head(cfg.head, x_train.shape[1], len(classes)).to(device)
+    head = make_head(cfg.head, in_features, len(classes)).to(device)
     optimizer = torch.optim.AdamW(head_param_groups(head, cfg.lr, cfg.weight_decay))
     logger = CurveLogger(layout.results_dir(run))
     result = fit(
         head,
         optimizer,
-        TensorBatches(x_train, y_train, cfg.batch_size, shuffle=True, generator=generator),
+        train_batches,
         TensorBatches(x_val, y_val, 4096),
         cfg,
         device,
@@ -75,15 +88,15 @@ def main(args: argparse.Namespace) -> None:
     meta = {
         "kind": "head",
         "head": cfg.head.model_dump(),
-        "in_features": int(x_train.shape[1]),
+        "in_features": int(in_features),
         "classes": classes,
         "fingerprint": store.fingerprint,
     }
     summary = training_summary(
         result,
         model=args.model,
-        extra={"seed": args.seed},
-        n_train=len(x_train),
+        extra={"seed": args.seed, "streamed": streamed},
+        n_train=n_train,
         trainable_params=trainable,
         total_params=total,
         device=device,

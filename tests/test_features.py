@@ -65,3 +65,44 @@ def test_interrupted_extraction_leaves_nothing(tmp_path, lite0_32):
 def test_missing_store(tmp_path):
     with pytest.raises(FileNotFoundError, match="run extract-features first"):
         FeatureStore.open(tmp_path / "none")
+
+
+class _Recording:
+    """Wraps a zarr array and records the size of every read."""
+
+    def __init__(self, arr, log):
+        self.arr, self.log, self.shape = arr, log, arr.shape
+
+    def __getitem__(self, key):
+        out = self.arr[key]
+        self.log.append(len(out))
+        return out
+
+
+def test_streamed_batches_visit_every_row_once_reading_one_block_at_a_time(tmp_path):
+    import zarr
+
+    from transferlab.features import StreamedBatches
+
+    g = zarr.open_group(tmp_path / "s", mode="w")
+    a = g.create_array("a/features", shape=(50, 3), dtype="float32", chunks=(8, 3))
+    a[:] = np.arange(150, dtype="float32").reshape(50, 3)
+    la = g.create_array("a/labels", shape=(50,), dtype="int64", chunks=(8,))
+    la[:] = np.arange(50)
+    b = g.create_array("b/features", shape=(13, 3), dtype="float32", chunks=(8, 3))
+    b[:] = np.arange(150, 189, dtype="float32").reshape(13, 3)
+    lb = g.create_array("b/labels", shape=(13,), dtype="int64", chunks=(8,))
+    lb[:] = np.arange(50, 63)
+    reads: list[int] = []
+    sources = [(_Recording(a, reads), _Recording(la, reads)), (_Recording(b, reads), _Recording(lb, reads))]
+    batches = StreamedBatches(
+        sources, 5, shuffle=True, generator=torch.Generator().manual_seed(0), block_rows=16
+    )
+    for _ in range(2):  # two epochs
+        seen = [y for _, ys in batches for y in ys.tolist()]
+        assert sorted(seen) == list(range(63))
+        assert seen != list(range(63))  # shuffled
+    assert max(reads) == 16  # never more than one block in memory
+    assert len(batches) == sum(-(-n // 5) for n in (16, 16, 16, 2, 13))
+    x, y = next(iter(StreamedBatches(sources, 4)))
+    assert torch.equal(x[:, 0], y.float() * 3)  # rows stay with their labels

@@ -43,3 +43,18 @@ def test_head_params_do_not_reach_extraction_or_finetuning():
         stage = PIPELINE[name].get("do", PIPELINE[name])
         assert not any(p.startswith("train_head") for p in stage["params"])
         assert "data/models/features" not in stage["deps"]
+
+
+def test_every_interpolated_key_is_in_params_yaml():
+    """DVC fills ${...} from params.yaml itself, not from the config's defaults."""
+    import re
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    text = (ROOT / "dvc.yaml").read_text()
+    for key in set(re.findall(r"\$\{([^}]+)\}", text)):
+        if key.startswith("item"):
+            continue
+        node = params
+        for part in key.split("."):
+            assert isinstance(node, dict) and part in node, f"dvc.yaml uses ${{{key}}}, params.yaml lacks it"
+            node = node[part]

@@ -165,6 +165,9 @@ class TrainHeadConfig(OptimConfig):
     # Two-stage models: the head on the plain features, and on features of augmented views.
     models: list[Literal["features", "features-augmented"]] = ["features", "features-augmented"]
     head: HeadConfig = HeadConfig()
+    # Training features larger than this are streamed from the store block by block instead
+    # of loaded whole: memory stays bounded, at the cost of reading the store every epoch.
+    memory_budget_mb: Annotated[float, Field(gt=0)] = 2048
 
     @model_validator(mode="after")
     def _unique(self) -> TrainHeadConfig:

@@ -242,5 +242,63 @@ class FeatureStore:
             np.asarray(g["row"][:]),
         )
 
+    def arrays(self, split: str) -> tuple[zarr.Array, zarr.Array]:
+        """The (features, labels) arrays of ``split``, not loaded."""
+        g = self.group[split]
+        return g["features"], g["labels"]
+
+    def nbytes(self, split: str) -> int:
+        """Size of ``split``'s features in memory."""
+        f = self.group[split]["features"]
+        return int(np.prod(f.shape)) * f.dtype.itemsize
+
     def nbytes_on_disk(self) -> int:
         return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+
+
+class StreamedBatches:
+    """Mini-batches read from Zarr arrays block by block: memory bounded by one block.
+
+    For feature sets larger than the memory budget. Each epoch visits the blocks (runs of
+    ``block_rows`` rows, aligned to the chunks so every read decodes whole chunks) in a
+    shuffled order and shuffles rows within each block: not a full permutation, but every
+    row once per epoch, and batches that mix a block's classes.
+    """
+
+    def __init__(
+        self,
+        sources: list[tuple[zarr.Array, zarr.Array]],
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+        block_rows: int = SHARD_ROWS,
+    ) -> None:
+        self.sources, self.batch_size = sources, batch_size
+        self.shuffle, self.generator = shuffle, generator
+        self.blocks = [
+            (i, start, min(start + block_rows, feats.shape[0]))
+            for i, (feats, _) in enumerate(sources)
+            for start in range(0, feats.shape[0], block_rows)
+        ]
+        self.n = sum(f.shape[0] for f, _ in sources)
+
+    def __len__(self) -> int:
+        # Batches never span blocks: count them per block.
+        return sum(-(-(end - start) // self.batch_size) for _, start, end in self.blocks)
+
+    def __iter__(self):
+        order = (
+            torch.randperm(len(self.blocks), generator=self.generator).tolist()
+            if self.shuffle
+            else range(len(self.blocks))
+        )
+        for b in order:
+            i, start, end = self.blocks[b]
+            feats, labels = self.sources[i]
+            x = torch.from_numpy(np.asarray(feats[start:end]))
+            y = torch.from_numpy(np.asarray(labels[start:end]))
+            idx = torch.randperm(len(y), generator=self.generator) if self.shuffle else torch.arange(len(y))
+            for k in range(0, len(y), self.batch_size):
+                sel = idx[k : k + self.batch_size]
+                yield x[sel], y[sel]

@@ -198,49 +198,48 @@ def extract_archive(archive: Path, dest: Path) -> None:
     total size exceed the limits (a "zip bomb").
     """
     dest.mkdir(parents=True, exist_ok=True)
-    total = 0
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
-            infos = zf.infolist()
-            if len(infos) > MAX_ARCHIVE_MEMBERS:
-                raise DataError(f"{archive}: more than {MAX_ARCHIVE_MEMBERS} members")
-            for info in infos:
-                target = _safe_member(info.filename, dest)
-                mode = info.external_attr >> 16
-                if mode and (mode & 0o170000) not in (0, 0o100000, 0o040000):
-                    raise DataError(f"{archive}: member {info.filename!r} is a link or special file")
-                total += info.file_size
-                if total > MAX_EXTRACTED_BYTES:
-                    raise DataError(f"{archive}: extracts to more than {MAX_EXTRACTED_BYTES} bytes")
-                if info.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as src, open(target, "wb") as out:
-                    shutil.copyfileobj(src, out)
+            members = []
+            for info in zf.infolist():
+                mode = (info.external_attr >> 16) & 0o170000
+                regular = mode in (0, 0o100000, 0o040000)  # 0: made on a system without modes
+                members.append(
+                    (info.filename, info.is_dir(), regular, info.file_size, lambda i=info: zf.open(i))
+                )
+            _extract_members(archive, members, dest)
         return
     try:
         tf = tarfile.open(archive)
     except tarfile.TarError:
         raise DataError(f"{archive}: neither a zip nor a tar archive") from None
     with tf:
-        for i, member in enumerate(tf):
-            if i >= MAX_ARCHIVE_MEMBERS:
-                raise DataError(f"{archive}: more than {MAX_ARCHIVE_MEMBERS} members")
-            target = _safe_member(member.name, dest)
-            if not (member.isfile() or member.isdir()):
-                raise DataError(f"{archive}: member {member.name!r} is a link or special file")
-            total += member.size
-            if total > MAX_EXTRACTED_BYTES:
-                raise DataError(f"{archive}: extracts to more than {MAX_EXTRACTED_BYTES} bytes")
-            if member.isdir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            src = tf.extractfile(member)
-            assert src is not None
-            with src, open(target, "wb") as out:
-                shutil.copyfileobj(src, out)
+        members = [
+            (m.name, m.isdir(), m.isfile() or m.isdir(), m.size, lambda m=m: tf.extractfile(m)) for m in tf
+        ]
+        _extract_members(archive, members, dest)
+
+
+def _extract_members(archive: Path, members: list[tuple], dest: Path) -> None:
+    """Check every member (name, is_dir, is_regular, size, opener) first, then write them."""
+    if len(members) > MAX_ARCHIVE_MEMBERS:
+        raise DataError(f"{archive}: more than {MAX_ARCHIVE_MEMBERS} members")
+    total = 0
+    targets = []
+    for name, _, regular, size, _ in members:
+        targets.append(_safe_member(name, dest))
+        if not regular:
+            raise DataError(f"{archive}: member {name!r} is a link or special file")
+        total += size
+        if total > MAX_EXTRACTED_BYTES:
+            raise DataError(f"{archive}: extracts to more than {MAX_EXTRACTED_BYTES} bytes")
+    for (_, is_dir, _, _, opener), target in zip(members, targets, strict=True):
+        if is_dir:
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with opener() as src, open(target, "wb") as out:
+            shutil.copyfileobj(src, out)
 
 
 def archive_root(folder: Path) -> Path:

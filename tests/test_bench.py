@@ -1,0 +1,58 @@
+"""The benchmark's measurements run (on a few images) and its table renders: bench/ stays alive."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("bench", ROOT / "bench" / "bench.py")
+bench = importlib.util.module_from_spec(spec)
+sys.modules["bench"] = bench
+spec.loader.exec_module(bench)
+
+
+def test_bench_measurements_on_a_few_images(tmp_path):
+    paths, labels = bench.digits(tmp_path, factor=2)
+    assert len(paths) == 2 * 1259 and len(labels) == len(paths)
+    few, few_labels = paths[:40], np.asarray(labels[:40])
+    cpu = torch.device("cpu")
+    ex = bench.extraction(few, few_labels, 32, 16, cpu, tmp_path)
+    assert ex["images"] == 40 and 0 < ex["efficiency"] < 5
+    ts = bench.two_stage_speedup(few, few_labels, 32, cpu, tmp_path)
+    assert ts["speedup"] > 1
+    ft = bench.finetune_efficiency(few, few_labels, 32, cpu, batch=8)
+    assert ft["epoch_images_per_s"] > 0 and ft["bare_step_images_per_s"] > 0
+    st = bench.store_stats(tmp_path)
+    assert st["images"] == 40 and st["files"] >= 1
+    result = {
+        "machine": {"device": "CPU", "platform": "test", "cpu_count": 2, "torch": torch.__version__},
+        "command": "test",
+        "date": "today",
+        "extraction": ex,
+        "two_stage": ts,
+        "finetune": ft,
+        "store": st,
+        "never_pay_twice": {
+            "full_repro_s": 10.0,
+            "head_change_repro_s": 1.0,
+            "ratio": 0.1,
+            "stages_rerun": ["evaluate"],
+            "extraction_rerun": False,
+        },
+        "scale": [
+            {
+                "factor": 1,
+                "images": 40,
+                "extract_s": 1.0,
+                "extract_images_per_s": 40.0,
+                "extract_peak_rss_mb": 1.0,
+                "memory": {"head_epoch_s": 0.1, "head_rss_growth_mb": 1.0, "features_mb": 0.2},
+                "streamed": {"head_epoch_s": 0.1, "head_rss_growth_mb": 0.5},
+            }
+        ],
+    }
+    md = bench.markdown(result)
+    assert "**extraction efficiency**" in md and "| 1x | 40 |" in md
