@@ -46,7 +46,7 @@ from transferlab.config import FullConfig, HeadConfig  # noqa: E402
 from transferlab.data import (  # noqa: E402
     ImageDataset,
     build_manifest,
-    eval_transform,
+    eval_loader,
     split_view,
     train_transform,
     write_digits,
@@ -103,8 +103,8 @@ def bare_forward_ips(backbone, size: int, batch: int, n: int, device) -> float:
 
 def extraction(paths, labels, size: int, batch: int, device, tmp: Path) -> dict:
     backbone = create_backbone("efficientnet_lite0", size, crop_pct=1.0)
-    ds, t_decode = timed(ImageDataset, paths, labels, eval_transform(backbone.preprocess))
-    loader = DataLoader(ds, batch_size=batch)
+    ds, t_decode = timed(ImageDataset, paths, labels, None)
+    loader = eval_loader(paths, labels, backbone.preprocess, batch, dataset=ds)
     fp = Fingerprint.of(backbone, "bench")
     bare = bare_forward_ips(backbone, size, batch, len(paths), device)
     stats, t_total = timed(
@@ -263,7 +263,7 @@ def _scale_worker(args) -> None:
     if args.step == "extract":
         paths, labels = digits(tmp, args.factor)
         base = peak_rss_bytes()
-        ex = extraction(paths, labels, args.image_size, 128, device, tmp)
+        ex = extraction(paths, labels, args.image_size, 64, device, tmp)
         print(
             json.dumps(
                 {
@@ -488,7 +488,7 @@ def main() -> None:
         tmp = Path(tmp_s)
         paths, labels = digits(tmp)
         print("extraction ...", flush=True)
-        ex = extraction(paths, labels, args.image_size, 128, device, tmp)
+        ex = extraction(paths, labels, args.image_size, 64, device, tmp)
         print("two-stage speed-up ...", flush=True)
         ts = two_stage_speedup(paths, labels, args.image_size, device, tmp)
         print("fine-tuning efficiency ...", flush=True)

@@ -22,7 +22,7 @@ from transferlab.config import load_params
 from transferlab.data import (
     SPLITS,
     ImageDataset,
-    eval_transform,
+    eval_loader,
     manifest_fingerprint,
     read_manifest,
     split_view,
@@ -48,29 +48,37 @@ def main(args: argparse.Namespace) -> None:
     backbone = create_backbone(bcfg.name, bcfg.image_size, bcfg.weights, crop_pct=bcfg.crop_pct)
     pre = backbone.preprocess
     views = {s: split_view(manifest, layout.RAW, s) for s in SPLITS}
-    datasets = {s: ImageDataset(v.paths, v.labels, eval_transform(pre)) for s, v in views.items()}
+    pin = device.type == "cuda"
+    decoded = {s: ImageDataset(v.paths, v.labels, None) for s, v in views.items()}
+    loaders = {
+        s: eval_loader(
+            v.paths,
+            v.labels,
+            pre,
+            cfg.batch_size,
+            num_workers=cfg.num_workers,
+            pin_memory=pin,
+            dataset=decoded[s],
+        )
+        for s, v in views.items()
+    }
     rows = {s: v.rows for s, v in views.items()}
     if cfg.augment_views:
-        # K augmented views of every training image, drawn from a seeded generator.
-        augmented = datasets["train"].with_transform(
+        # K augmented views of every training image: random per image, so transformed one
+        # by one, drawn from a seeded generator.
+        augmented = decoded["train"].with_transform(
             train_transform(
                 pre, crop_scale=aug.crop_scale, rotation_degrees=aug.rotation_degrees, hflip=aug.hflip
             )
         )
-        datasets["train_aug"] = ConcatDataset([augmented] * cfg.augment_views)
-        rows["train_aug"] = np.tile(views["train"].rows, cfg.augment_views)
-    generator = seed_everything(p["base"].seed)
-    loaders = {
-        s: DataLoader(
-            ds,
+        loaders["train_aug"] = DataLoader(
+            ConcatDataset([augmented] * cfg.augment_views),
             batch_size=cfg.batch_size,
-            shuffle=False,
             num_workers=cfg.num_workers,
-            pin_memory=device.type == "cuda",
-            generator=generator,
+            pin_memory=pin,
+            generator=seed_everything(p["base"].seed),
         )
-        for s, ds in datasets.items()
-    }
+        rows["train_aug"] = np.tile(views["train"].rows, cfg.augment_views)
     fingerprint = Fingerprint.of(
         backbone, manifest_fingerprint(manifest), cfg.augment_views, aug.model_dump(mode="json")
     )

@@ -23,7 +23,7 @@ from transferlab.config import STRATEGIES, HeadConfig, ProgressiveConfig, load_p
 from transferlab.data import (
     ImageDataset,
     class_names,
-    eval_transform,
+    eval_loader,
     read_manifest,
     split_view,
     train_transform,
@@ -91,7 +91,6 @@ def main(args: argparse.Namespace) -> None:
             pre, crop_scale=aug.crop_scale, rotation_degrees=aug.rotation_degrees, hflip=aug.hflip
         ),
     )
-    val_ds = ImageDataset(val.paths, val.labels, eval_transform(pre))
     loader_kw = {
         "num_workers": cfg.num_workers,
         "pin_memory": device.type == "cuda",
@@ -105,7 +104,14 @@ def main(args: argparse.Namespace) -> None:
         drop_last=len(train_ds) > cfg.batch_size,
         **loader_kw,
     )
-    val_loader = DataLoader(val_ds, batch_size=cfg.batch_size * 2, **loader_kw)
+    val_loader = eval_loader(
+        val.paths,
+        val.labels,
+        pre,
+        cfg.batch_size * 2,
+        num_workers=cfg.num_workers,
+        pin_memory=device.type == "cuda",
+    )
 
     optimizer = torch.optim.AdamW(param_groups(model, cfg))
     unfreezer = ProgressiveUnfreezer(model, cfg) if isinstance(cfg, ProgressiveConfig) else None

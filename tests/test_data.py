@@ -110,3 +110,16 @@ def test_corrupt_image_is_named(tmp_path):
     bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
     with pytest.raises(DataError, match="bad.png: cannot decode image"):
         ImageDataset([bad], np.array([0]), eval_transform(Preprocess(8, (0.5,) * 3, (0.5,) * 3)))
+
+
+def test_batched_eval_transform_equals_per_image(image_folder):
+    from transferlab.data import eval_loader
+
+    root, items = image_folder
+    m = build_manifest(root, items, val_fraction=0.2, test_fraction=0.2, seed=0)
+    view = split_view(m, root, "train")
+    pre = Preprocess(image_size=20, mean=(0.5,) * 3, std=(0.25,) * 3, crop_pct=0.875)
+    per_image = ImageDataset(view.paths, view.labels, eval_transform(pre))
+    batched = torch.cat([x for x, _ in eval_loader(view.paths, view.labels, pre, 5)])
+    expected = torch.stack([per_image[i][0] for i in range(len(per_image))])
+    torch.testing.assert_close(batched, expected, rtol=0, atol=1e-6)

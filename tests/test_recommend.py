@@ -48,3 +48,8 @@ def test_cheapest_model_near_the_best_counts_extraction():
 def test_without_a_probe_similarity_is_not_claimed():
     r = recommend(_m({"full": 0.9, "frozen": 0.8}), train_images=100, num_classes=2)
     assert r.probe_gap is None and "similarity not measured" in r.text
+
+
+def test_fine_tuning_behind_the_probe_is_said_plainly():
+    r = recommend(_m({"features": 0.9, "full": 0.8}), train_images=100, num_classes=2)
+    assert r.scenario == 1 and "the best fine-tuned model trails the linear probe by 0.1000" in r.text

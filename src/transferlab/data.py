@@ -17,7 +17,7 @@ import numpy as np
 import polars as pl
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from transferlab.errors import DataError
@@ -300,8 +300,52 @@ def train_transform(
     return v2.Compose(steps)
 
 
+class BatchTransform:
+    """A collate function that transforms a whole batch at once.
+
+    Images of one size (most data sets after decoding, all of them after a fixed resize) are
+    stacked as uint8 and go through ``transform`` in one call: one resize kernel launch per
+    batch instead of one per image. Mixed sizes fall back to per-image transforms. Only for
+    deterministic transforms: a random one would draw the same parameters for the batch.
+    """
+
+    def __init__(self, transform: v2.Transform) -> None:
+        self.transform = transform
+
+    def __call__(self, items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = zip(*items, strict=True)
+        if all(im.shape == images[0].shape for im in images):
+            x = self.transform(torch.stack(images))
+        else:
+            x = torch.stack([self.transform(im) for im in images])
+        return x, torch.stack(labels)
+
+
+def eval_loader(
+    paths: list[Path],
+    labels: np.ndarray,
+    pre: Preprocess,
+    batch_size: int,
+    *,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    dataset: ImageDataset | None = None,
+) -> DataLoader:
+    """Deterministic batches of ``paths`` in order, preprocessed as the backbone wants."""
+    ds = dataset.with_transform(None) if dataset is not None else ImageDataset(paths, labels, None)
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        collate_fn=BatchTransform(eval_transform(pre)),
+    )
+
+
 class ImageDataset(Dataset):
-    """Decodes images to uint8 RGB tensors and applies ``transform``.
+    """Decodes images to uint8 RGB tensors and applies ``transform`` (None: leave them uint8,
+    for :class:`BatchTransform`).
 
     Grayscale, palette and RGBA inputs all come out as 3-channel RGB, the input every
     ImageNet backbone expects. Small data sets are decoded once and kept in memory
@@ -309,7 +353,7 @@ class ImageDataset(Dataset):
     """
 
     def __init__(
-        self, paths: list[Path], labels: np.ndarray, transform: v2.Transform, *, cache: bool = True
+        self, paths: list[Path], labels: np.ndarray, transform: v2.Transform | None, *, cache: bool = True
     ) -> None:
         self.paths = paths
         self.labels = torch.as_tensor(labels, dtype=torch.long)
@@ -320,7 +364,7 @@ class ImageDataset(Dataset):
     def _decode(path: Path) -> torch.Tensor:
         return v2.functional.pil_to_tensor(load_rgb(path))
 
-    def with_transform(self, transform: v2.Transform) -> ImageDataset:
+    def with_transform(self, transform: v2.Transform | None) -> ImageDataset:
         """The same images (and decoded cache) under another transform."""
         other = object.__new__(ImageDataset)
         other.__dict__.update(self.__dict__)
@@ -332,4 +376,4 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         img = self._cache[i] if self._cache is not None else self._decode(self.paths[i])
-        return self.transform(img), self.labels[i]
+        return (self.transform(img) if self.transform is not None else img), self.labels[i]

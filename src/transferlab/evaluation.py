@@ -12,13 +12,12 @@ from typing import Any
 import numpy as np
 import polars as pl
 import torch
-from torch.utils.data import DataLoader
 
 from transferlab import layout
 from transferlab._io import read_json
 from transferlab.backbones import create_backbone
 from transferlab.config import HeadConfig
-from transferlab.data import ImageDataset, eval_transform, split_view
+from transferlab.data import eval_loader, split_view
 from transferlab.features import FeatureStore
 from transferlab.metrics import classification_metrics, per_class_f1
 from transferlab.models import TransferModel, load_checkpoint, make_head
@@ -52,10 +51,7 @@ def score_transfer(
     model = TransferModel(backbone, _head_from(meta, len(meta["classes"]), backbone.num_features))
     model.load_state_dict(state)
     test = split_view(manifest, layout.RAW, "test")
-    loader = DataLoader(
-        ImageDataset(test.paths, test.labels, eval_transform(backbone.preprocess)),
-        batch_size=batch_size,
-    )
+    loader = eval_loader(test.paths, test.labels, backbone.preprocess, batch_size)
     logits, labels = predict(model.to(device), loader, device)
     return classification_metrics(logits, labels, len(meta["classes"]))
 

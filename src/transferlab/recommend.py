@@ -101,7 +101,8 @@ def recommend(
         similarity = "similarity not measured (needs both the features model and a fine-tuned one)"
     else:
         similarity = (
-            f"the best fine-tuning beats the linear probe by {gap:+.4f} test accuracy "
+            f"the best fine-tuned model {'beats' if gap >= 0 else 'trails'} the linear probe by "
+            f"{abs(gap):.4f} test accuracy "
             f"({'more' if different else 'no more'} than {GAP_THRESHOLD:.2f}: "
             f"{'a different' if different else 'a similar'} domain for this backbone)"
         )

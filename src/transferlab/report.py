@@ -20,7 +20,7 @@ matplotlib.use("Agg")  # headless: CI and servers have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from transferlab.recommend import recommend  # noqa: E402
+from transferlab.recommend import GAP_THRESHOLD, recommend  # noqa: E402
 
 DESCRIPTIONS = {
     "features": "two-stage: head on cached features, no augmentation",
@@ -258,8 +258,9 @@ def _claims(by: dict[str, dict[str, Any]], extract: dict[str, Any], rec_gap: flo
         )
     if rec_gap is not None:
         out.append(
-            f"*Fine-tuning helps on a different domain*: the best fine-tuning beats the linear probe by "
-            f"{rec_gap:+.4f} on this data."
+            f"*Fine-tuning helps where frozen features fall short*: "
+            f"{'yes' if rec_gap > GAP_THRESHOLD else 'not here'}: the best fine-tuned model "
+            f"{'beats' if rec_gap >= 0 else 'trails'} the linear probe by {abs(rec_gap):.4f} test accuracy."
         )
     if "scratch" in by:
         pre = [r for k, r in by.items() if k != "scratch"]
