@@ -30,7 +30,7 @@ from transferlab.data import (
 )
 from transferlab.errors import FingerprintMismatch
 from transferlab.models import TransferModel, count_parameters, load_checkpoint, make_head
-from transferlab.runtime import configure_threads, resolve_device, seed_everything
+from transferlab.runtime import configure_threads, memory_format, resolve_device, seed_everything
 from transferlab.strategies import ProgressiveUnfreezer, apply_strategy, param_groups
 from transferlab.tracking import CurveLogger, finish_run, training_summary
 from transferlab.training import class_weights, fit
@@ -80,7 +80,7 @@ def main(args: argparse.Namespace) -> None:
         head = make_head(head_cfg, backbone.num_features, len(classes))
     model = TransferModel(backbone, head)
     apply_strategy(model, strategy, cfg)
-    model.to(device)
+    model.to(device, memory_format=memory_format(device))
 
     pre = backbone.preprocess
     train, val = (split_view(manifest, layout.RAW, s) for s in ("train", "val"))

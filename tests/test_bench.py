@@ -49,6 +49,7 @@ def test_bench_measurements_on_a_few_images(tmp_path):
                 "extract_s": 1.0,
                 "extract_images_per_s": 40.0,
                 "extract_peak_rss_mb": 1.0,
+                "extract_rss_growth_mb": 0.5,
                 "memory": {"head_epoch_s": 0.1, "head_rss_growth_mb": 1.0, "features_mb": 0.2},
                 "streamed": {"head_epoch_s": 0.1, "head_rss_growth_mb": 0.5},
             }

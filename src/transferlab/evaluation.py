@@ -21,6 +21,7 @@ from transferlab.data import eval_loader, split_view
 from transferlab.features import FeatureStore
 from transferlab.metrics import classification_metrics, per_class_f1
 from transferlab.models import TransferModel, load_checkpoint, make_head
+from transferlab.runtime import memory_format
 from transferlab.training import TensorBatches, predict
 
 MB = 1024 * 1024
@@ -52,7 +53,7 @@ def score_transfer(
     model.load_state_dict(state)
     test = split_view(manifest, layout.RAW, "test")
     loader = eval_loader(test.paths, test.labels, backbone.preprocess, batch_size)
-    logits, labels = predict(model.to(device), loader, device)
+    logits, labels = predict(model.to(device, memory_format=memory_format(device)), loader, device)
     return classification_metrics(logits, labels, len(meta["classes"]))
 
 

@@ -37,7 +37,7 @@ import zarr
 from transferlab._io import publish
 from transferlab.backbones import Backbone
 from transferlab.errors import FingerprintMismatch
-from transferlab.runtime import sync
+from transferlab.runtime import memory_format, sync
 
 STORE_FORMAT = 1
 CHUNK_ROWS = 1024
@@ -158,11 +158,7 @@ def extract_features(
     ``loaders[split]`` yields (images, labels) in the order of ``rows[split]``. The store
     appears at ``out`` only when every split is complete.
     """
-    backbone.eval().to(device)
-    if device.type == "cpu":
-        # Depthwise convolutions run about 1.45x faster in channels-last on CPU (measured
-        # on EfficientNet-Lite0 at 64 px, batch 128).
-        backbone.to(memory_format=torch.channels_last)
+    backbone.eval().to(device, memory_format=memory_format(device))
     fwd = 0.0
     split_seconds: dict[str, float] = {}
     split_images: dict[str, int] = {}
@@ -176,9 +172,7 @@ def extract_features(
             writer = _SplitWriter(group, split, len(split_rows), backbone.num_features)
             pos = 0
             for images, labels in loader:
-                images = images.to(device, non_blocking=True)
-                if device.type == "cpu":
-                    images = images.contiguous(memory_format=torch.channels_last)
+                images = images.to(device, non_blocking=True, memory_format=memory_format(device))
                 t = time.perf_counter()
                 feats = backbone(images).float()
                 sync(device)

@@ -39,6 +39,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def memory_format(device: torch.device) -> torch.memory_format:
+    """Channels-last on CPU: EfficientNet-Lite0 at 64 px trains 1.85x and infers 1.3-1.5x
+    faster there (bench/results). On CUDA not measured here, so left contiguous."""
+    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+
+
 def peak_rss_bytes() -> int:
     """Peak resident memory of this process so far (each DVC stage is its own process)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -18,7 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from transferlab.config import OptimConfig
-from transferlab.runtime import sync
+from transferlab.runtime import memory_format, sync
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -89,6 +89,13 @@ def _progress(loader: Iterable, desc: str) -> Iterable:
     return tqdm(loader, desc=desc, leave=False, disable=None, dynamic_ncols=True)
 
 
+def _to(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Images in the memory format the device runs fastest; anything else as it is."""
+    if x.dim() == 4:
+        return x.to(device, non_blocking=True, memory_format=memory_format(device))
+    return x.to(device, non_blocking=True)
+
+
 def _autocast(device: torch.device, enabled: bool) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
@@ -114,7 +121,7 @@ def train_one_epoch(
     forward = forward if forward is not None else model
     total_loss, correct, seen = 0.0, 0, 0
     for x, y in _progress(loader, desc):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, y = _to(x, device), y.to(device, non_blocking=True)
         with _autocast(device, amp):
             logits = forward(x).float()
         loss = criterion(logits, y)
@@ -138,7 +145,7 @@ def predict(
     logits, labels = [], []
     for x, y in loader:
         with _autocast(device, amp):
-            logits.append(model(x.to(device, non_blocking=True)).float().cpu())
+            logits.append(model(_to(x, device)).float().cpu())
         labels.append(y)
     return torch.cat(logits), torch.cat(labels)
 
