@@ -190,3 +190,13 @@ def test_compiled_model_trains_blocks_unfrozen_mid_run():
     _, _, snaps, _, _ = _progressive(compile_=True)
     assert not torch.equal(snaps[1][1], snaps[0][1])
     assert not torch.equal(snaps[2][0], snaps[1][0])
+
+
+def test_bn_momentum_applies_only_when_statistics_train():
+    from transferlab.config import ScratchConfig
+
+    trained = _model("full", FullConfig(bn="train", bn_momentum=0.2))
+    assert {b.momentum for b in _bn(trained)} == {0.2}
+    assert ScratchConfig().bn == "train" and ScratchConfig().bn_momentum == 0.1
+    kept = _model("full", FullConfig())
+    assert {b.momentum for b in _bn(kept)} == {0.010000000000000009}  # the port's own, untouched

@@ -6,8 +6,6 @@ import os
 import random
 import resource
 import sys
-import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -61,27 +59,6 @@ def sync(device: torch.device) -> None:
     """Wait for queued GPU work so that wall-clock timings measure the work itself."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-@dataclass
-class Stopwatch:
-    """Accumulates wall time of named phases (``with sw("forward"): ...``)."""
-
-    totals: dict[str, float] = field(default_factory=dict)
-    _name: str | None = None
-    _t0: float = 0.0
-
-    def __call__(self, name: str) -> Stopwatch:
-        self._name = name
-        return self
-
-    def __enter__(self) -> Stopwatch:
-        self._t0 = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._name is not None
-        self.totals[self._name] = self.totals.get(self._name, 0.0) + time.perf_counter() - self._t0
 
 
 def environment() -> dict[str, str | int]:

@@ -44,6 +44,10 @@ def unfreeze_last_blocks(model: TransferModel, n: int) -> None:
 def apply_strategy(model: TransferModel, strategy: str, cfg: StrategyConfig) -> None:
     """Set ``requires_grad`` on every parameter as ``strategy`` prescribes at the start."""
     model.bn_stats_frozen = cfg.bn == "frozen"
+    if cfg.bn == "train":
+        for m in model.backbone.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.momentum = cfg.bn_momentum
     set_trainable(model.head, True)
     n_groups = len(model.backbone.groups)
     if strategy in ("frozen", "progressive"):
