@@ -31,8 +31,12 @@ def _head_from(meta: dict[str, Any], num_classes: int, in_features: int) -> torc
     return make_head(HeadConfig(**meta["head"]), in_features, num_classes)
 
 
-def score_head(ckpt: Path, store: FeatureStore, device: torch.device) -> dict[str, Any]:
-    state, meta = load_checkpoint(ckpt)
+Checkpoint = tuple[dict[str, torch.Tensor], dict[str, Any]]
+
+
+def score_head(ckpt: Path, loaded: Checkpoint, store: FeatureStore, device: torch.device) -> dict[str, Any]:
+    """A head checkpoint (already loaded from ``ckpt``) on the store's test features."""
+    state, meta = loaded
     if meta.get("fingerprint") != store.fingerprint:
         raise ValueError(f"{ckpt}: trained on other features than {store.path}; re-run train-head")
     head = _head_from(meta, len(meta["classes"]), meta["in_features"])
@@ -43,9 +47,10 @@ def score_head(ckpt: Path, store: FeatureStore, device: torch.device) -> dict[st
 
 
 def score_transfer(
-    ckpt: Path, manifest: pl.DataFrame, device: torch.device, batch_size: int
+    loaded: Checkpoint, manifest: pl.DataFrame, device: torch.device, batch_size: int
 ) -> dict[str, Any]:
-    state, meta = load_checkpoint(ckpt)
+    """An end-to-end checkpoint, rebuilt and run on the test images."""
+    state, meta = loaded
     backbone = create_backbone(
         meta["backbone"], meta["image_size"], pretrained=False, crop_pct=meta["crop_pct"]
     )
@@ -137,11 +142,12 @@ def evaluate_all(
         for seed in seeds:
             run = layout.run_name(name, seed)
             ckpt = layout.checkpoint(run)
-            _, meta = load_checkpoint(ckpt)
+            loaded = load_checkpoint(ckpt)  # read once: its kind decides how to score it
+            meta = loaded[1]
             if meta["kind"] == "head":
-                scores = score_head(ckpt, store, device)
+                scores = score_head(ckpt, loaded, store, device)
             else:
-                scores = score_transfer(ckpt, manifest, device, batch_size)
+                scores = score_transfer(loaded, manifest, device, batch_size)
             runs[seed] = {
                 "scores": scores,
                 "train": read_json(layout.train_summary(run)),
