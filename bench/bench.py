@@ -177,7 +177,7 @@ def two_stage_speedup(paths, labels, size: int, device, tmp: Path) -> dict:
         paths, labels, train_transform(bb.preprocess, crop_scale=(0.8, 1.0), rotation_degrees=10, hflip=False)
     )
     loader = DataLoader(ds, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
-    opt = torch.optim.AdamW(param_groups(model, FullConfig()))
+    opt = torch.optim.AdamW(param_groups(model, FullConfig(), 1e-3))
     t_frozen = best_of(2, train_one_epoch, model, loader, crit, opt, None, device)
     return {"head_epoch_s": t_head, "frozen_epoch_s": t_frozen, "speedup": t_frozen / t_head}
 
@@ -189,7 +189,7 @@ def finetune_efficiency(paths, labels, size: int, device, batch: int = 64) -> di
     apply_strategy(model, "full", cfg)
     model.to(device, memory_format=memory_format(device))
     crit = torch.nn.CrossEntropyLoss()
-    opt = torch.optim.AdamW(param_groups(model, cfg))
+    opt = torch.optim.AdamW(param_groups(model, cfg, 1e-3))
     # bare: the same model, step and batch on pre-made tensors
     x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=memory_format(device))
     yb = torch.randint(0, 10, (batch,), device=device)
@@ -237,10 +237,10 @@ def never_pay_twice(tmp: Path) -> dict:
             (proj / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, proj / rel)
     params = yaml.safe_load((proj / "params.yaml").read_text())
-    params["finetune"]["strategies"] = ["frozen", "full"]
-    params["finetune"]["from_head"] = []
+    for s in ("partial", "progressive", "scratch", "lp-ft"):
+        params["finetune"][s]["lr"] = []  # an empty grid skips a strategy
     for s in ("frozen", "full"):
-        params["finetune"][s].update({"epochs": 1, "warmup_epochs": 0})
+        params["finetune"][s].update({"epochs": 1, "warmup_epochs": 0, "lr": params["finetune"][s]["lr"][:1]})
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {
         **os.environ,
@@ -260,14 +260,14 @@ def never_pay_twice(tmp: Path) -> dict:
     sh("git", "commit", "-qm", "bench")
     dvc = [sys.executable, "-m", "dvc", "repro"]
     full, t_full = timed(sh, *dvc)
-    params["train_head"]["lr"] = params["train_head"]["lr"] * 2
+    params["train_head"]["linear"]["l2"] = [v * 2 for v in params["train_head"]["linear"]["l2"]]
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     again, t_again = timed(sh, *dvc)
     rerun = sorted(
         line.split("'")[1] for line in again.stdout.splitlines() if line.startswith("Running stage")
     )
     return {
-        "pipeline": "default params, strategies frozen and full at 1 epoch, one seed",
+        "pipeline": "default params, strategies frozen and full at 1 epoch and one rate, one seed",
         "full_repro_s": t_full,
         "head_change_repro_s": t_again,
         "ratio": t_again / t_full,
@@ -385,7 +385,7 @@ def levers(size: int, device, tmp: Path) -> dict:
             m.to(memory_format=fmt).train()
             xb = torch.randn(64, 3, size, size).contiguous(memory_format=fmt)
             yb = torch.randint(0, 10, (64,))
-            opt = torch.optim.AdamW(param_groups(m, FullConfig()))
+            opt = torch.optim.AdamW(param_groups(m, FullConfig(), 1e-3))
 
             def step(m=m, xb=xb, yb=yb, opt=opt) -> None:
                 loss = torch.nn.functional.cross_entropy(m(xb), yb)

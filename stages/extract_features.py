@@ -30,7 +30,7 @@ from transferlab.data import (
 )
 from transferlab.features import FeatureStore, Fingerprint, extract_features
 from transferlab.runtime import (
-    configure_threads,
+    configure_runtime,
     environment,
     peak_rss_bytes,
     resolve_device,
@@ -42,12 +42,14 @@ def main(args: argparse.Namespace) -> None:
     p = load_params(args.params, "base", "backbone", "augment", "extract_features")
     bcfg, cfg, aug = p["backbone"], p["extract_features"], p["augment"]
     check_backbone_name(bcfg.name)
-    configure_threads(p["base"].num_threads)
     device = resolve_device(p["base"].device)
+    configure_runtime(p["base"].num_threads, device)
     manifest = read_manifest(layout.MANIFEST)
     backbone = create_backbone(bcfg.name, bcfg.image_size, bcfg.weights, crop_pct=bcfg.crop_pct)
     pre = backbone.preprocess
     views = {s: split_view(manifest, layout.RAW, s) for s in SPLITS}
+    # Training rows in a seeded random order: streamed heads then see mixed-class blocks.
+    views["train"] = views["train"].permuted(p["base"].seed)
     pin = device.type == "cuda"
     decoded = {s: ImageDataset(v.paths, v.labels, None) for s, v in views.items()}
     loaders = {

@@ -1,10 +1,10 @@
-"""finetune@<strategy>: backbone + head trained end to end from augmented images.
+"""finetune-<strategy>@<seed>-<lr>: backbone + head trained end to end from augmented images.
 
-One DVC stage per strategy in ``finetune.strategies`` (and ``finetune-from-head@lp-ft`` for
-the strategies in ``finetune.from_head``, which start from train-head's checkpoint); each
+One DVC stage per strategy, seed and point of the strategy's learning-rate grid
+(``finetune.<strategy>.lr``); evaluate picks each strategy's rate on validation. Each stage
 depends on its own params section only, so tuning one strategy never re-runs another.
-One stage per strategy and seed (``finetune@frozen-0``).
-Run through `dvc repro`; by hand: ``python stages/finetune.py frozen --seed 0``.
+``lp-ft`` trains with ``full``'s recipe from train-head's linear probe of the same seed.
+Run through `dvc repro`; by hand: ``python stages/finetune.py full --seed 0 --lr 0.001``.
 """
 
 import argparse
@@ -17,44 +17,51 @@ import torch
 from torch.utils.data import DataLoader
 
 from transferlab import layout
-from transferlab.backbones import check_backbone_name, create_backbone
+from transferlab.backbones import backbone_fingerprint, check_backbone_name, create_backbone
 from transferlab.cli import run_stage
 from transferlab.config import STRATEGIES, HeadConfig, ProgressiveConfig, load_params
 from transferlab.data import (
     ImageDataset,
     class_names,
     eval_loader,
+    manifest_fingerprint,
     read_manifest,
     split_view,
     train_transform,
 )
-from transferlab.errors import FingerprintMismatch
+from transferlab.errors import ConfigError, FingerprintMismatch
 from transferlab.models import TransferModel, count_parameters, load_checkpoint, make_head
-from transferlab.runtime import configure_threads, memory_format, resolve_device, seed_everything
+from transferlab.runtime import (
+    configure_runtime,
+    environment,
+    memory_format,
+    peak_gpu_bytes,
+    peak_rss_bytes,
+    resolve_device,
+    seed_everything,
+)
 from transferlab.strategies import ProgressiveUnfreezer, apply_strategy, param_groups
 from transferlab.tracking import CurveLogger, finish_run, training_summary
 from transferlab.training import class_weights, fit
 
 
-def probe_head(backbone, classes: list[str], seed: int) -> tuple[torch.nn.Module, HeadConfig]:
-    """train-head's linear probe of the same seed, checked to come from this backbone and classes."""
+def probe_head(expected: dict, classes: list[str], seed: int) -> tuple[torch.nn.Module, HeadConfig, dict]:
+    """train-head's probe of the same seed, checked to come from exactly this backbone,
+    preprocessing and manifest (the whole fingerprint) and these classes."""
     ckpt = layout.checkpoint(layout.run_name(layout.FEATURES_MODEL, seed))
     state, meta = load_checkpoint(ckpt)
-    fp = meta["fingerprint"]
-    expected = {
-        "backbone": backbone.name,
-        "image_size": backbone.preprocess.image_size,
-        "weights_sha256": backbone.weights_sha256,
-    }
-    diffs = [f"{k}: head has {fp.get(k)!r}, backbone {v!r}" for k, v in expected.items() if fp.get(k) != v]
-    if diffs or meta["classes"] != classes:
+    fp = meta.get("fingerprint", {})
+    diffs = [f"{k}: probe has {fp.get(k)!r}, expected {v!r}" for k, v in expected.items() if fp.get(k) != v]
+    if meta.get("classes") != classes:
+        diffs.append("classes differ")
+    if diffs:
         raise FingerprintMismatch(
-            f"{ckpt}: trained on other features ({'; '.join(diffs) or 'classes'}); re-run train-head"
+            f"{ckpt}: probe made from other features ({'; '.join(diffs)}); re-run train-head"
         )
     head_cfg = HeadConfig(**meta["head"])
     head = make_head(head_cfg, meta["in_features"], len(classes))
     head.load_state_dict(state)
-    return head, head_cfg
+    return head, head_cfg, meta
 
 
 def main(args: argparse.Namespace) -> None:
@@ -62,22 +69,38 @@ def main(args: argparse.Namespace) -> None:
     base, bcfg, aug, ft = p["base"], p["backbone"], p["augment"], p["finetune"]
     strategy = args.strategy
     cfg = ft.strategy(strategy)
+    lr = float(args.lr)
+    if lr not in cfg.lr:
+        raise ConfigError(f"finetune.{strategy}.lr: {args.lr} is not in the grid {cfg.lr}")
     check_backbone_name(bcfg.name)
-    configure_threads(base.num_threads)
     device = resolve_device(base.device)
-    run = layout.run_name(strategy, args.seed)
+    configure_runtime(base.num_threads, device)
+    run = layout.run_name(strategy, args.seed, args.lr)
     generator = seed_everything(args.seed)
     manifest = read_manifest(layout.MANIFEST)
     classes = class_names(manifest)
 
+    pretrained = strategy != "scratch"
     backbone = create_backbone(
-        bcfg.name, bcfg.image_size, bcfg.weights, pretrained=strategy != "scratch", crop_pct=bcfg.crop_pct
+        bcfg.name, bcfg.image_size, bcfg.weights, pretrained=pretrained, crop_pct=bcfg.crop_pct
     )
+    fingerprint = {**backbone_fingerprint(backbone), "manifest_sha256": manifest_fingerprint(manifest)}
     if strategy == "lp-ft":
-        head, head_cfg = probe_head(backbone, classes, args.seed)
+        head, head_cfg, probe_meta = probe_head(fingerprint, classes, args.seed)
+        init = {
+            "backbone": f"pretrained weights {backbone.weights_sha256}",
+            "head": "linear probe",
+            "probe": str(layout.checkpoint(layout.run_name(layout.FEATURES_MODEL, args.seed))),
+        }
     else:
         head_cfg = ft.head
         head = make_head(head_cfg, backbone.num_features, len(classes))
+        init = {
+            "backbone": f"pretrained weights {backbone.weights_sha256}"
+            if pretrained
+            else f"random (torch seed {args.seed})",
+            "head": f"random (torch seed {args.seed})",
+        }
     model = TransferModel(backbone, head)
     apply_strategy(model, strategy, cfg)
     model.to(device, memory_format=memory_format(device))
@@ -113,8 +136,8 @@ def main(args: argparse.Namespace) -> None:
         pin_memory=device.type == "cuda",
     )
 
-    optimizer = torch.optim.AdamW(param_groups(model, cfg))
-    unfreezer = ProgressiveUnfreezer(model, cfg) if isinstance(cfg, ProgressiveConfig) else None
+    optimizer = torch.optim.AdamW(param_groups(model, cfg, lr))
+    unfreezer = ProgressiveUnfreezer(model, cfg, lr) if isinstance(cfg, ProgressiveConfig) else None
     logger = CurveLogger(layout.results_dir(run))
     result = fit(
         model,
@@ -126,7 +149,7 @@ def main(args: argparse.Namespace) -> None:
         on_epoch=logger,
         on_epoch_start=unfreezer,
         loss_weights=class_weights(train_ds.labels, len(classes)) if cfg.class_balance == "loss" else None,
-        desc=f"finetune@{strategy}",
+        desc=f"finetune-{strategy} lr={args.lr}",
     )
     logger.close()
     # Counted at the end: progressive unfreezing grows the trainable set during the run.
@@ -134,27 +157,58 @@ def main(args: argparse.Namespace) -> None:
     meta = {
         "kind": "transfer",
         "strategy": strategy,
-        "backbone": bcfg.name,
-        "image_size": bcfg.image_size,
-        "crop_pct": pre.crop_pct,
-        "weights_sha256": backbone.weights_sha256,
+        "lr": lr,
         "head": head_cfg.model_dump(),
         "classes": classes,
+        "fingerprint": fingerprint,
+        "manifest_sha256": fingerprint["manifest_sha256"],
+        "init": init,
     }
+    steps = len(train_loader) * len(result.history)
     summary = training_summary(
         result,
         model=strategy,
         n_train=len(train_ds),
-        trainable_params=trainable,
-        total_params=total,
-        device=device,
-        extra={"bn": cfg.bn, "seed": args.seed},
+        extra={
+            "bn": cfg.bn,
+            "seed": args.seed,
+            "lr": lr,
+            "init": init,
+            "protocol": {
+                "budget": {
+                    "epochs": cfg.epochs,
+                    "warmup_epochs": cfg.warmup_epochs,
+                    "batch_size": cfg.batch_size,
+                    "steps": steps,
+                    "images_seen": steps * cfg.batch_size,
+                },
+            },
+            "trainable_params": trainable,
+            "total_params": total,
+            "peak_rss_bytes": peak_rss_bytes(),
+            "peak_gpu_bytes": peak_gpu_bytes(device),
+            "device": str(device),
+            "environment": environment(),
+        },
     )
-    finish_run(run, model.cpu(), result, meta, summary)
+    if strategy == "lp-ft":
+        summary["probe_train_time_s"] = read_probe_cost(args.seed)
+    finish_run(run, model.cpu(), meta, summary)
+
+
+def read_probe_cost(seed: int) -> float:
+    """Seconds the probe lp-ft starts from cost (its whole grid search): lp-ft pays for it."""
+    from transferlab._io import read_json
+
+    s = read_json(layout.train_summary(layout.run_name(layout.FEATURES_MODEL, seed)))
+    return float(s.get("search_time_s", s["train_time_s"]))
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("strategy", choices=STRATEGIES, help="an end-to-end strategy (see params: finetune)")
     parser.add_argument("--seed", type=int, default=0, help="training seed (one of params: base.seeds)")
+    parser.add_argument(
+        "--lr", required=True, help="a learning rate of the strategy's grid (params: finetune.<strategy>.lr)"
+    )
     run_stage(main, parser)

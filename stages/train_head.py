@@ -18,34 +18,156 @@ import numpy as np
 import torch
 
 from transferlab import layout
+from transferlab.backbones import backbone_fingerprint, check_backbone_name, create_backbone
 from transferlab.cli import run_stage
-from transferlab.config import HEAD_MODELS, load_params
+from transferlab.config import HEAD_MODELS, TrainHeadConfig, load_params
 from transferlab.data import class_names, manifest_fingerprint, read_manifest
 from transferlab.errors import ConfigError
 from transferlab.features import FeatureStore, StreamedBatches
 from transferlab.models import count_parameters, make_head
-from transferlab.runtime import configure_threads, resolve_device, seed_everything
+from transferlab.probe import fit_linear_probe
+from transferlab.runtime import (
+    configure_runtime,
+    environment,
+    peak_gpu_bytes,
+    peak_rss_bytes,
+    resolve_device,
+    seed_everything,
+)
+from transferlab.selection import best_index
 from transferlab.strategies import head_param_groups
 from transferlab.tracking import CurveLogger, finish_run, training_summary
 from transferlab.training import TensorBatches, class_weights, fit
+
+# Rows per chunk when the in-memory features are standardized for the probe: bounds the
+# temporary copy, not the data.
+CHUNK = 65536
+
+
+def fit_linear(cfg: TrainHeadConfig, chunks, x_val, y_val, n_classes, weight, device, run):
+    """The probe's L2 grid, picked on validation; dvclive logs one step per grid point."""
+    res = fit_linear_probe(
+        chunks,
+        x_val,
+        y_val,
+        n_classes,
+        cfg.linear.l2,
+        max_iter=cfg.linear.max_iter,
+        class_weight=weight,
+        device=device,
+    )
+    logger = CurveLogger(layout.results_dir(run))
+    for pt in res.grid:
+        logger.log_point(
+            {
+                "grid/l2": pt.l2,
+                "train/loss": pt.train_loss,
+                "train/acc": pt.train_acc,
+                "val/loss": pt.val_loss,
+                "val/acc": pt.val_acc,
+            }
+        )
+    logger.close()
+    best = res.best
+    passes = sum(p.function_evals for p in res.grid)
+    summary = {
+        "model": run.rsplit("-s", 1)[0],
+        "solver": "lbfgs",
+        "val_acc": best.val_acc,
+        "val_loss": best.val_loss,
+        "best_epoch": None,
+        "epochs_run": best.function_evals,
+        "stopped_early": False,
+        "train_time_s": best.seconds,
+        "search_time_s": res.seconds,
+        # one "epoch" of a full-batch solver: one pass over the training features
+        "time_per_epoch_s": best.seconds / max(best.function_evals, 1),
+        "train_images_per_s": res.n_train * best.function_evals / max(best.seconds, 1e-9),
+        "protocol": {
+            "selection": "validation accuracy, ties to lower validation loss",
+            "grid": {"l2": [p.l2 for p in res.grid]},
+            "picked": {"l2": best.l2},
+            "points": [p.to_json() for p in res.grid],
+            "budget": {
+                "solver": "full-batch L-BFGS to convergence",
+                "max_iter": cfg.linear.max_iter,
+                "iterations": best.iterations,
+                "images_seen": res.n_train * best.function_evals,
+                "search_images_seen": res.n_train * passes,
+            },
+        },
+    }
+    return res.head, summary
+
+
+def fit_mlp(
+    cfg: TrainHeadConfig, make_batches, val_batches, in_features, n_train, n_classes, weight, device, run
+):
+    """The MLP head by mini-batch AdamW, one run per rate in the grid, picked on validation."""
+    mcfg = cfg.mlp
+    runs = []
+    for lr in mcfg.lr:
+        torch.manual_seed(0)
+        head = make_head(cfg.head_config, in_features, n_classes).to(device)
+        optimizer = torch.optim.AdamW(head_param_groups(head, lr, mcfg.weight_decay))
+        result = fit(
+            head,
+            optimizer,
+            make_batches(),
+            val_batches,
+            mcfg,
+            device,
+            loss_weights=weight,
+            desc=f"train-head lr={lr:g}",
+        )
+        runs.append((lr, head, result))
+    picked = best_index([r[2].best for r in runs])
+    lr, head, result = runs[picked]
+    logger = CurveLogger(layout.results_dir(run))
+    for rec in result.history:
+        logger(rec)
+    logger.close()
+    steps = len(make_batches()) * len(result.history)
+    summary = training_summary(result, model=run.rsplit("-s", 1)[0], n_train=n_train)
+    summary.update(
+        {
+            "solver": "adamw",
+            "search_time_s": sum(r[2].seconds for r in runs),
+            "protocol": {
+                "selection": "validation accuracy, ties to lower validation loss",
+                "grid": {"lr": list(mcfg.lr)},
+                "picked": {"lr": lr},
+                "points": [
+                    {
+                        "lr": r[0],
+                        "val_acc": r[2].best.val_acc,
+                        "val_loss": r[2].best.val_loss,
+                        "seconds": r[2].seconds,
+                    }
+                    for r in runs
+                ],
+                "budget": {"epochs": mcfg.epochs, "steps": steps, "images_seen": steps * mcfg.batch_size},
+            },
+        }
+    )
+    return head, summary
 
 
 def main(args: argparse.Namespace) -> None:
     p = load_params(args.params, "base", "backbone", "train_head")
     base, bcfg, cfg = p["base"], p["backbone"], p["train_head"]
-    configure_threads(base.num_threads)
+    check_backbone_name(bcfg.name)
     device = resolve_device(base.device)
+    configure_runtime(base.num_threads, device)
     run = layout.run_name(args.model, args.seed)
     generator = seed_everything(args.seed)
     manifest = read_manifest(layout.MANIFEST)
-    store = FeatureStore.open(
-        layout.FEATURES,
-        expect={
-            "backbone": bcfg.name,
-            "image_size": bcfg.image_size,
-            "manifest_sha256": manifest_fingerprint(manifest),
-        },
-    )
+    # The store must come from exactly this backbone (weights, size, crop, normalization)
+    # and this manifest: compare the whole fingerprint, not a few fields.
+    backbone = create_backbone(bcfg.name, bcfg.image_size, bcfg.weights, crop_pct=bcfg.crop_pct)
+    expect = {**backbone_fingerprint(backbone), "manifest_sha256": manifest_fingerprint(manifest)}
+    del backbone
+    store = FeatureStore.open(layout.FEATURES, expect=expect)
     splits = ["train"]
     if args.model == "features-augmented":
         if "train_aug" not in store.splits():
@@ -57,51 +179,65 @@ def main(args: argparse.Namespace) -> None:
     n_train = sum(store.arrays(s)[1].shape[0] for s in splits)
     in_features = store.arrays("train")[0].shape[1]
     streamed = sum(store.nbytes(s) for s in splits) > cfg.memory_budget_mb * 2**20
+    y_train = torch.cat([torch.from_numpy(np.asarray(store.arrays(s)[1][:])) for s in splits])
+    sources = [store.arrays(s) for s in splits]
     if streamed:
-        train_batches = StreamedBatches(
-            [store.arrays(s) for s in splits], cfg.batch_size, shuffle=True, generator=generator
-        )
-        y_train = torch.cat([torch.from_numpy(np.asarray(store.arrays(s)[1][:])) for s in splits])
+
+        def make_batches(batch_size=cfg.mlp.batch_size, shuffle=True):
+            return StreamedBatches(sources, batch_size, shuffle=shuffle, generator=generator)
+
+        def chunks():
+            return StreamedBatches(sources, CHUNK, shuffle=False)
     else:
-        parts = [store.load(s) for s in splits]
-        x_train = torch.cat([p[0] for p in parts])
-        y_train = torch.cat([p[1] for p in parts])
-        train_batches = TensorBatches(x_train, y_train, cfg.batch_size, shuffle=True, generator=generator)
+        x_train = torch.cat([store.load(s)[0] for s in splits])
+
+        def make_batches():
+            return TensorBatches(x_train, y_train, cfg.mlp.batch_size, shuffle=True, generator=generator)
+
+        def chunks():
+            return ((x_train[i : i + CHUNK], y_train[i : i + CHUNK]) for i in range(0, n_train, CHUNK))
+
     x_val, y_val, _ = store.load("val")
     classes = class_names(manifest)
-    head = make_head(cfg.head, in_features, len(classes)).to(device)
-    optimizer = torch.optim.AdamW(head_param_groups(head, cfg.lr, cfg.weight_decay))
-    logger = CurveLogger(layout.results_dir(run))
-    result = fit(
-        head,
-        optimizer,
-        train_batches,
-        TensorBatches(x_val, y_val, 4096),
-        cfg,
-        device,
-        on_epoch=logger,
-        loss_weights=class_weights(y_train, len(classes)) if cfg.class_balance == "loss" else None,
-        desc=f"train-head@{args.model}",
-    )
-    logger.close()
+    weight = class_weights(y_train, len(classes)) if cfg.class_balance == "loss" else None
+    if cfg.head == "linear":
+        head, summary = fit_linear(cfg, chunks, x_val, y_val, len(classes), weight, device, run)
+    else:
+        head, summary = fit_mlp(
+            cfg,
+            make_batches,
+            TensorBatches(x_val, y_val, 4096),
+            in_features,
+            n_train,
+            len(classes),
+            weight,
+            device,
+            run,
+        )
     trainable, total = count_parameters(head)
     meta = {
         "kind": "head",
-        "head": cfg.head.model_dump(),
+        "head": cfg.head_config.model_dump(),
         "in_features": int(in_features),
         "classes": classes,
         "fingerprint": store.fingerprint,
+        "manifest_sha256": store.fingerprint["manifest_sha256"],
+        "init": "random head on the cached features",
     }
-    summary = training_summary(
-        result,
-        model=args.model,
-        extra={"seed": args.seed, "streamed": streamed},
-        n_train=n_train,
-        trainable_params=trainable,
-        total_params=total,
-        device=device,
+    summary.update(
+        {
+            "seed": args.seed,
+            "streamed": streamed,
+            "n_train": n_train,
+            "trainable_params": trainable,
+            "total_params": total,
+            "peak_rss_bytes": peak_rss_bytes(),
+            "peak_gpu_bytes": peak_gpu_bytes(device),
+            "device": str(device),
+            "environment": environment(),
+        }
     )
-    finish_run(run, head.cpu(), result, meta, summary)
+    finish_run(run, head.cpu(), meta, summary)
 
 
 if __name__ == "__main__":

@@ -18,8 +18,24 @@ def test_project_params_are_valid():
     params = load_params(ROOT / "params.yaml", *SECTIONS)
     assert params["backbone"].name == "efficientnet_lite0"
     ft = params["finetune"]
-    assert ft.runs == ["frozen", "partial", "full", "progressive", "scratch", "lp-ft"]
-    assert ft.strategy("lp-ft").epochs == 8  # the hyphenated section is read
+    assert ft.runs == ["frozen", "partial", "full", "progressive", "lp-ft", "scratch"]
+    # lp-ft trains with full's recipe exactly; only its grid is its own
+    lpft, full = ft.strategy("lp-ft"), ft.strategy("full")
+    assert lpft.model_dump(exclude={"lr"}) == full.model_dump(exclude={"lr"})
+    assert lpft.lr == ft.lp_ft.lr  # the hyphenated section is read
+
+
+def test_every_strategy_gets_the_same_budget_by_default():
+    ft = load_params(ROOT / "params.yaml", "finetune")["finetune"]
+    budgets = {
+        s: (ft.strategy(s).epochs, ft.strategy(s).batch_size, ft.strategy(s).warmup_epochs) for s in ft.runs
+    }
+    assert len(set(budgets.values())) == 1, budgets
+
+
+def test_empty_grid_skips_a_strategy():
+    ft = parse_section("finetune", {"scratch": {"lr": []}, "lp-ft": {"lr": []}})
+    assert "scratch" not in ft.runs and "lp-ft" not in ft.runs and "full" in ft.runs
 
 
 def test_strategy_defaults_survive_partial_overrides():
@@ -33,22 +49,28 @@ def test_strategy_defaults_survive_partial_overrides():
 def test_yaml_exponent_strings_are_numbers(tmp_path):
     # PyYAML reads 1e-3 as a string; users (and `dvc exp run -S lr=1e-3`) write it anyway.
     p = tmp_path / "params.yaml"
-    p.write_text("train_head:\n  lr: 1e-3\n")
-    assert load_params(p, "train_head")["train_head"].lr == pytest.approx(1e-3)
+    p.write_text("finetune:\n  full:\n    lr: [1e-3, 3e-3]\n")
+    assert load_params(p, "finetune")["finetune"].full.lr == pytest.approx([1e-3, 3e-3])
 
 
 @pytest.mark.parametrize(
     ("data", "message"),
     [
         ({"train_head": {"learning_rate": 0.1}}, "train_head.learning_rate: unknown key"),
-        ({"train_head": {"lr": -1}}, "train_head.lr: Input should be greater than 0"),
-        ({"train_head": {"epochs": "many"}}, "train_head.epochs: Input should be a valid integer"),
-        ({"train_head": {"head": {"kind": "svm"}}}, "train_head.head.kind: Input should be"),
-        ({"finetune": {"strategies": ["frozen", "magic"]}}, "finetune.strategies.1: Input should be"),
+        ({"train_head": {"linear": {"l2": [-1]}}}, "train_head.linear.l2.0: Input should be greater than 0"),
+        ({"train_head": {"linear": {"l2": []}}}, "l2 must list at least one value"),
+        (
+            {"train_head": {"mlp": {"epochs": "many"}}},
+            "train_head.mlp.epochs: Input should be a valid integer",
+        ),
+        ({"train_head": {"head": "svm"}}, "train_head.head: Input should be"),
+        ({"finetune": {"magic": {"lr": [1e-3]}}}, "finetune.magic: unknown key"),
         ({"download": {"val_fraction": 0.6, "test_fraction": 0.5}}, "val_fraction + test_fraction"),
+        ({"download": {"val_fraction": 0}}, "download.val_fraction: Input should be greater than 0"),
+        ({"download": {"test_fraction": 0}}, "download.test_fraction: Input should be greater than 0"),
         ({"trian_head": {}}, "unknown section 'trian_head'"),
-        ({"finetune": {"strategies": ["lp-ft"]}}, "finetune.strategies.0: Input should be"),
         ({"finetune": {"progressive": {"epochs": 4, "unfreeze_epochs": [2, 1]}}}, "strictly increasing"),
+        ({"finetune": {"progressive": {"unfreeze_epochs": []}}}, "unfreeze_epochs must list at least one"),
         (
             {"finetune": {"progressive": {"epochs": 4, "unfreeze_epochs": [2, 4]}}},
             "not before the last epoch",
@@ -57,8 +79,20 @@ def test_yaml_exponent_strings_are_numbers(tmp_path):
             {"finetune": {"partial": {"unfreeze_blocks": 0}}},
             "finetune.partial.unfreeze_blocks: Input should be",
         ),
-        ({"train_head": {"epochs": 2, "warmup_epochs": 2}}, "warmup_epochs (2) must be < epochs (2)"),
+        ({"finetune": {"full": {"epochs": 2, "warmup_epochs": 2}}}, "warmup_epochs (2) must be < epochs (2)"),
         ({"augment": {"crop_scale": [0.9, 0.5]}}, "augment: Value error, crop_scale"),
+        # keys that would do nothing
+        ({"finetune": {"scratch": {"bn": "frozen"}}}, "bn must be 'train'"),
+        (
+            {"finetune": {"frozen": {"backbone_lr_mult": 0.5}}},
+            "backbone_lr_mult has no effect on this strategy",
+        ),
+        ({"finetune": {"frozen": {"bn": "train"}}}, "bn has no effect on this strategy"),
+        ({"finetune": {"full": {"bn_momentum": 0.2}}}, "bn_momentum has no effect with bn: frozen"),
+        ({"finetune": {"lp-ft": {"epochs": 3}}}, "finetune.lp-ft.epochs: unknown key"),
+        ({"finetune": {"full": {"lr": [1e-3, 0.001]}}}, "lr lists a value twice"),
+        # across sections: lp-ft needs the probe
+        ({"train_head": {"models": ["features-augmented"]}}, "finetune.lp-ft: starts from the linear probe"),
     ],
 )
 def test_bad_params_name_the_key(tmp_path, data, message):

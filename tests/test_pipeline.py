@@ -16,20 +16,24 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
-ONE_EPOCH = {"epochs": 1, "batch_size": 16, "warmup_epochs": 0}
+ONE_EPOCH = {"epochs": 1, "batch_size": 16, "warmup_epochs": 0, "lr": [1e-3]}
 TINY = {
     "download": {"max_per_class": 6, "val_fraction": 0.2, "test_fraction": 0.2},
     "backbone": {"image_size": 32},
     "extract_features": {"batch_size": 32, "augment_views": 2},
-    "train_head": {"epochs": 3, "batch_size": 16},
+    "train_head": {"linear": {"l2": [0.01, 1.0]}},
     "finetune": {
-        **{s: ONE_EPOCH for s in ("frozen", "partial", "full", "lp-ft", "scratch")},
+        **{s: ONE_EPOCH for s in ("frozen", "partial", "scratch")},
+        "full": {**ONE_EPOCH, "lr": [1e-3, 3e-3]},  # a real grid: evaluate must pick on val
+        "lp-ft": {"lr": [1e-3]},
         "progressive": {**ONE_EPOCH, "epochs": 2, "unfreeze_epochs": [1]},
     },
 }
 HEADS = {"train-head@features-0", "train-head@features-augmented-0"}
-END_TO_END = {f"finetune@{s}-0" for s in ("frozen", "partial", "full", "progressive", "scratch")}
-LP_FT = "finetune-from-head@lp-ft-0"
+END_TO_END = {f"finetune-{s}@0-0.001" for s in ("frozen", "partial", "full", "progressive", "scratch")} | {
+    "finetune-full@0-0.003"
+}
+LP_FT = "finetune-lp-ft@0-0.001"
 ALL_MODELS = {
     "features",
     "features-augmented",
@@ -121,7 +125,25 @@ class TestPipeline:
         assert trainable["frozen"] < trainable["partial"] < trainable["full"]
         assert trainable["full"] == trainable["lp-ft"] == trainable["scratch"]
         assert trainable["frozen"] < trainable["progressive"] < trainable["full"]
+        details = json.loads((project / "results/evaluate/details.json").read_text())
+        # full's rate was chosen on validation, by the project's one rule, and is the one scored
+        prot = details["models"]["full"]["protocol"]
+        assert prot["grid"] == {"lr": [0.001, 0.003]}
+        val = {
+            lr: json.loads((project / f"results/full-s0-lr{lr}/train.json").read_text())
+            for lr in ("0.001", "0.003")
+        }
+        want = min(val, key=lambda k: (-val[k]["val_acc"], val[k]["val_loss"]))
+        assert prot["picked"] == {"lr": float(want)}
+        assert details["models"]["full"]["runs"]["0"]["run"] == f"full-s0-lr{want}"
+        # lp-ft pays for the extraction and the probe it starts from
+        assert metrics["lp-ft"]["total_time_s"] > metrics["lp-ft"]["train_time_s"]
+        assert details["models"]["lp-ft"]["protocol"]["depends_on"] == [
+            "extract-features",
+            "train-head@features",
+        ]
         report = (project / "reports/report.md").read_text()
+        assert "## Protocol" in report and "chosen on validation" in report
         assert "| model |" in report
         assert all(re.search(rf"\| (\*\*)?{re.escape(m)}(\*\*)? \|", report) for m in ALL_MODELS)
         assert (project / "reports/learning_curves.png").stat().st_size > 10_000
@@ -132,7 +154,7 @@ class TestPipeline:
         run(project, "git", "commit", "-qm", "first run")
 
     def test_head_param_change_reruns_only_heads_evaluate_report(self, project):
-        set_params(project, {"train_head": {"lr": 0.01}})
+        set_params(project, {"train_head": {"linear": {"l2": [0.1, 1.0]}}})
         res = dvc(project, "repro")
         # lp-ft starts from the head's checkpoint, so it (and no other strategy) follows the head.
         assert ran(res.stdout) == {*HEADS, LP_FT, "evaluate", "report"}
@@ -142,14 +164,19 @@ class TestPipeline:
         run(project, "git", "commit", "-qam", "head lr")
 
     def test_one_strategy_change_reruns_only_that_strategy(self, project):
-        set_params(project, {"finetune": {"full": {"lr": 0.002}}})
+        set_params(project, {"finetune": {"partial": {"lr": [0.002]}}})
+        # DVC keeps the outputs of a stage that no longer exists; evaluate would ignore them,
+        # but they are part of data/models, which it depends on: remove them (README).
+        shutil.rmtree(project / "data/models/partial-s0-lr0.001")
+        shutil.rmtree(project / "results/partial-s0-lr0.001")
         res = dvc(project, "repro")
-        assert ran(res.stdout) == {"finetune@full-0", "evaluate", "report"}
-        run(project, "git", "commit", "-qam", "full lr")
+        assert ran(res.stdout) == {"finetune-partial@0-0.002", "evaluate", "report"}
+        run(project, "git", "add", "-A")
+        run(project, "git", "commit", "-qm", "partial lr")
 
     def test_same_params_same_metrics(self, project):
         before = json.loads((project / "results/evaluate/metrics.json").read_text())
-        for stage in ("finetune@frozen-0", "finetune@progressive-0", *HEADS, "evaluate"):
+        for stage in ("finetune-frozen@0-0.001", "finetune-progressive@0-0.001", *HEADS, "evaluate"):
             dvc(project, "repro", "-f", "-s", stage)
         after = json.loads((project / "results/evaluate/metrics.json").read_text())
         for name in ("features", "features-augmented", "frozen", "progressive"):
@@ -159,10 +186,13 @@ class TestPipeline:
         dvc(project, "checkout", "-q")
 
     def test_bad_param_fails_with_one_clear_line(self, project):
-        set_params(project, {"train_head": {"lr": -1}})
+        set_params(project, {"train_head": {"linear": {"l2": [-1]}}})
         res = dvc(project, "repro", check=False)
         assert res.returncode != 0
-        assert "error: params.yaml: train_head.lr: Input should be greater than 0 (got -1)" in res.stderr
+        assert (
+            "error: params.yaml: train_head.linear.l2.0: Input should be greater than 0 (got -1)"
+            in res.stderr
+        )
         assert "Traceback" not in res.stderr
         # DVC clears a stage's outputs before running it; the last good ones come back from
         # git (small uncached results) and DVC's cache (data, models).
@@ -174,7 +204,11 @@ class TestPipeline:
     def test_adding_a_seed_runs_only_the_new_seed(self, project):
         set_params(project, {"base": {"seeds": [0, 1]}})
         res = dvc(project, "repro")
-        new = {s[:-1] + "1" for s in (*HEADS, *END_TO_END, LP_FT)}
+        new = (
+            {s[:-1] + "1" for s in HEADS}
+            | {s.replace("@0-", "@1-") for s in (*END_TO_END, LP_FT) if "partial" not in s}
+            | {"finetune-partial@1-0.002"}
+        )
         assert ran(res.stdout) == new | {"evaluate", "report"}
         metrics = json.loads((project / "results/evaluate/metrics.json").read_text())
         assert all(metrics[m]["seeds"] == 2 for m in ALL_MODELS)
@@ -187,7 +221,7 @@ class TestPipeline:
         run(project, "git", "commit", "-qam", "one seed")
         dvc(project, "repro")  # back to one seed: only evaluate and report re-run
         run(project, "git", "commit", "-qam", "one seed results")
-        dvc(project, "exp", "run", "--queue", "-S", "train_head.lr=0.001,0.02")
+        dvc(project, "exp", "run", "--queue", "-S", "train_head.linear.max_iter=3,100")
         dvc(project, "exp", "run", "--run-all")
         show = json.loads(dvc(project, "exp", "show", "--json").stdout)
         exps = [
@@ -196,9 +230,10 @@ class TestPipeline:
         lrs = {}
         for e in exps:
             data = e.get("data") or {}
-            lr = data.get("params", {}).get("params.yaml", {}).get("data", {}).get("train_head", {}).get("lr")
+            th = data.get("params", {}).get("params.yaml", {}).get("data", {}).get("train_head", {})
+            it = th.get("linear", {}).get("max_iter")
             acc = data.get("metrics", {}).get("results/evaluate/metrics.json", {}).get("data", {})
-            if lr in (0.001, 0.02):
-                lrs[lr] = acc.get("features", {}).get("test_acc")
-        assert set(lrs) == {0.001, 0.02}, json.dumps(show)[:2000]
+            if it in (3, 100):
+                lrs[it] = acc.get("features", {}).get("test_acc")
+        assert set(lrs) == {3, 100}, json.dumps(show)[:2000]
         assert all(isinstance(v, float) for v in lrs.values())

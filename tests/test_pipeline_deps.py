@@ -39,10 +39,25 @@ def test_stage_params_exist(name, stage):
 
 
 def test_head_params_do_not_reach_extraction_or_finetuning():
-    for name in ("extract-features", "finetune"):
-        stage = PIPELINE[name].get("do", PIPELINE[name])
+    names = ["extract-features"] + [
+        n for n in PIPELINE if n.startswith("finetune-") and n != "finetune-lp-ft"
+    ]
+    assert len(names) == 6  # extraction and the five strategies that do not start from the probe
+    for name in names:
+        stage = PIPELINE[name]
         assert not any(p.startswith("train_head") for p in stage["params"])
-        assert "data/models/features" not in stage["deps"]
+        assert not any(d.startswith("data/models/features") for d in stage["deps"])
+
+
+def test_every_strategy_has_a_stage_over_its_lr_grid():
+    """One stage block per strategy, one run per seed and learning rate of its grid."""
+    from transferlab.config import STRATEGIES
+
+    for s in STRATEGIES:
+        stage = PIPELINE[f"finetune-{s}"]
+        assert stage["matrix"] == {"seed": "${base.seeds}", "lr": f"${{finetune.{s}.lr}}"}
+        assert "--lr ${item.lr}" in stage["cmd"] and f" {s} " in stage["cmd"]
+        assert f"data/models/{s}-s${{item.seed}}-lr${{item.lr}}" in stage["outs"]
 
 
 def test_every_interpolated_key_is_in_params_yaml():

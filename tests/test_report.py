@@ -7,6 +7,22 @@ from transferlab.report import build, comparison_rows, pareto_front
 MODELS = ["features", "features-augmented", "frozen", "partial", "full", "progressive", "lp-ft", "scratch"]
 
 
+def _protocol(model):
+    if model.startswith("features"):
+        return {
+            "grid": {"l2": [0.01, 0.1]},
+            "picked": {"0": {"l2": 0.1}},
+            "budget": {"iterations": 12, "images_seen": 1200},
+            "depends_on": ["extract-features"],
+        }
+    return {
+        "grid": {"lr": [0.001, 0.003]},
+        "picked": {"lr": 0.003},
+        "budget": {"epochs": 5, "warmup_epochs": 1, "steps": 100, "batch_size": 64, "images_seen": 6400},
+        "depends_on": ["extract-features", "train-head@features"] if model == "lp-ft" else [],
+    }
+
+
 def _inputs(models, seeds=(0,)):
     metrics = {
         m: {
@@ -20,6 +36,8 @@ def _inputs(models, seeds=(0,)):
             "nll": 1.0,
             "ece": 0.05,
             "train_time_s": 10.0 + i,
+            "total_time_s": 10.0 + i + (7.0 if m.startswith("features") else 0.0),
+            "search_time_s": 20.0 + i,
             "time_per_epoch_s": 0.01 if m.startswith("features") else 2.0,
             "images_per_s": 100.0,
             "epochs": 3,
@@ -41,6 +59,7 @@ def _inputs(models, seeds=(0,)):
                 "confusion": [[3, 1], [0, 4]],
                 "per_class_f1": [0.8, 0.9],
                 "runs": {str(s): run for s in seeds},
+                "protocol": _protocol(m),
             }
             for m in models
         },

@@ -42,11 +42,11 @@ def _train_steps(model, optimizer, steps=3, size=32):
 
 
 def test_frozen_backbone_is_bit_for_bit_unchanged_and_bn_stays_in_eval():
-    cfg = FrozenConfig(lr=1e-2, bn="train")  # even with bn=train: frozen blocks stay in eval
+    cfg = StrategyConfig(lr=[1e-2], bn="train")  # even with bn=train: frozen blocks stay in eval
     m = _model("frozen", cfg)
     before = {k: v.clone() for k, v in m.backbone.state_dict().items()}  # includes BN statistics
     head_before = [p.clone() for p in m.head.parameters()]
-    _train_steps(m, torch.optim.AdamW(param_groups(m, cfg)))
+    _train_steps(m, torch.optim.AdamW(param_groups(m, cfg, cfg.lr[0])))
     after = m.backbone.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert not any(b.training for b in _bn(m))
@@ -56,7 +56,7 @@ def test_frozen_backbone_is_bit_for_bit_unchanged_and_bn_stays_in_eval():
 
 def test_optimizer_holds_only_trainable_parameters():
     m = _model("frozen", FrozenConfig())
-    opt = torch.optim.AdamW(param_groups(m, FrozenConfig()))
+    opt = torch.optim.AdamW(param_groups(m, FrozenConfig(), 1e-3))
     held = {id(p) for g in opt.param_groups for p in g["params"]}
     assert held == {id(p) for p in m.head.parameters()}
     _train_steps(m, opt, steps=1)
@@ -64,11 +64,11 @@ def test_optimizer_holds_only_trainable_parameters():
 
 
 def test_full_trains_backbone_at_a_lower_rate_without_decay_on_norms():
-    cfg = FullConfig(lr=1e-3, backbone_lr_mult=0.1, weight_decay=0.05)
+    cfg = FullConfig(lr=[1e-3], backbone_lr_mult=0.1, weight_decay=0.05)
     m = _model("full", cfg)
     trainable, total = count_parameters(m)
     assert trainable == total
-    groups = param_groups(m, cfg)
+    groups = param_groups(m, cfg, cfg.lr[0])
     by = {g["name"]: g for g in groups}
     assert by["head"]["lr"] == pytest.approx(1e-3)
     assert by["backbone"]["lr"] == pytest.approx(1e-4)
@@ -82,12 +82,12 @@ def test_full_trains_backbone_at_a_lower_rate_without_decay_on_norms():
 
 
 def test_partial_trains_exactly_the_last_blocks():
-    cfg = PartialConfig(unfreeze_blocks=2, lr=1e-2)
+    cfg = PartialConfig(unfreeze_blocks=2, lr=[1e-2])
     m = _model("partial", cfg)
     groups = m.backbone.groups
     frozen_before = [{k: v.clone() for k, v in g.state_dict().items()} for g in groups[:-2]]
     last_before = [p.clone() for p in groups[-1].parameters()]
-    _train_steps(m, torch.optim.AdamW(param_groups(m, cfg)), steps=2)
+    _train_steps(m, torch.optim.AdamW(param_groups(m, cfg, cfg.lr[0])), steps=2)
     for before, g in zip(frozen_before, groups[:-2], strict=True):
         assert all(torch.equal(v, g.state_dict()[k]) for k, v in before.items())
     assert any(not torch.equal(a, b) for a, b in zip(last_before, groups[-1].parameters(), strict=True))
@@ -104,11 +104,11 @@ def test_partial_with_more_blocks_than_the_backbone_has():
 
 @pytest.mark.parametrize("strategy", ["frozen", "full"])
 def test_bn_statistics_frozen_by_default_while_affine_trains(strategy):
-    cfg = FullConfig(lr=1e-2)
+    cfg = FullConfig(lr=[1e-2])
     m = _model(strategy, cfg)
     stats = [(b.running_mean.clone(), b.running_var.clone()) for b in _bn(m)]
     scale = _bn(m)[-1].weight.clone()
-    _train_steps(m, torch.optim.AdamW(param_groups(m, cfg)), steps=2)
+    _train_steps(m, torch.optim.AdamW(param_groups(m, cfg, cfg.lr[0])), steps=2)
     assert all(
         torch.equal(mu, b.running_mean) and torch.equal(v, b.running_var)
         for (mu, v), b in zip(stats, _bn(m), strict=True)
@@ -120,7 +120,7 @@ def test_bn_train_mode_updates_statistics_of_trainable_blocks():
     cfg = FullConfig(bn="train")
     m = _model("full", cfg)
     before = _bn(m)[-1].running_mean.clone()
-    _train_steps(m, torch.optim.AdamW(param_groups(m, cfg)), steps=1)
+    _train_steps(m, torch.optim.AdamW(param_groups(m, cfg, cfg.lr[0])), steps=1)
     assert not torch.equal(before, _bn(m)[-1].running_mean)
 
 
@@ -128,7 +128,7 @@ def _progressive(compile_: bool = False):
     torch.manual_seed(0)
     cfg = ProgressiveConfig(
         epochs=4,
-        lr=0.01,
+        lr=[0.01],
         backbone_lr_mult=0.5,
         lr_decay=0.5,
         unfreeze_epochs=[1, 2],
@@ -139,7 +139,7 @@ def _progressive(compile_: bool = False):
     apply_strategy(m, "progressive", cfg)
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(32, 3, 8, 8, generator=g), torch.randint(0, 3, (32,), generator=g)
-    opt = torch.optim.AdamW(param_groups(m, cfg))
+    opt = torch.optim.AdamW(param_groups(m, cfg, cfg.lr[0]))
     b1, b2 = (blk[0].weight for blk in m.backbone.groups)
     snapshots = []
     seen_groups = []
@@ -148,7 +148,7 @@ def _progressive(compile_: bool = False):
         snapshots.append((b1.detach().clone(), b2.detach().clone()))
         seen_groups.append(rec.lrs)
 
-    unfreezer = ProgressiveUnfreezer(m, cfg)
+    unfreezer = ProgressiveUnfreezer(m, cfg, cfg.lr[0])
     fit(
         m,
         opt,
@@ -167,8 +167,13 @@ def test_progressive_unfreezes_top_down_with_discriminative_rates():
     # epoch 0: head only; epoch 1: the top block (b2) joins; epoch 2: b1 joins.
     assert list(lrs[0]) == ["head"]
     assert list(lrs[1]) == ["head", "block-1"] and list(lrs[2]) == ["head", "block-1", "block-0"]
-    assert lrs[2]["block-1"] == pytest.approx(lrs[2]["head"] * 0.5)
-    assert lrs[2]["block-0"] == pytest.approx(lrs[2]["head"] * 0.25)
+    # nominal rates: the top block at backbone_lr_mult x lr, each deeper one lr_decay x that
+    nominal = {g["name"]: g["base_lr"] for g in opt.param_groups}
+    assert nominal["block-1"] == pytest.approx(0.01 * 0.5) and nominal["block-0"] == pytest.approx(
+        0.01 * 0.25
+    )
+    # a joining block starts its own warm-up (one epoch = 4 steps here): 1/4 of its rate
+    assert lrs[1]["block-1"] == pytest.approx(0.005 / 4) and lrs[2]["block-0"] == pytest.approx(0.0025 / 4)
     init = snaps[0]
     assert torch.equal(snaps[0][1], init[1])  # b2 untouched during epoch 0 ...
     assert not torch.equal(snaps[1][1], snaps[0][1])  # ... trained from epoch 1

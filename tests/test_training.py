@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from transferlab.config import OptimConfig
+from transferlab.config import OptimConfig, StrategyConfig
 from transferlab.training import TensorBatches, WarmupCosine, class_weights, fit
 
 CPU = torch.device("cpu")
@@ -14,11 +14,11 @@ def _problem(seed=0, n=200):
     return x, y
 
 
-def _fit(cfg, seed=0):
+def _fit(cfg, seed=0, lr=0.05):
     torch.manual_seed(seed)
     x, y = _problem()
     model = torch.nn.Linear(5, 2)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
     g = torch.Generator().manual_seed(seed)
     res = fit(
         model,
@@ -32,7 +32,7 @@ def _fit(cfg, seed=0):
 
 
 def test_fit_learns_and_keeps_the_best_epoch():
-    model, res = _fit(OptimConfig(epochs=15, lr=0.05))
+    model, res = _fit(OptimConfig(epochs=15))
     assert res.best.val_acc > 0.9
     best = min(range(len(res.history)), key=lambda i: res.history[i].val_loss)
     assert res.best_epoch == best
@@ -42,13 +42,13 @@ def test_fit_learns_and_keeps_the_best_epoch():
 
 
 def test_same_seed_same_run():
-    _, a = _fit(OptimConfig(epochs=3, lr=0.05))
-    _, b = _fit(OptimConfig(epochs=3, lr=0.05))
+    _, a = _fit(OptimConfig(epochs=3))
+    _, b = _fit(OptimConfig(epochs=3))
     assert [r.val_loss for r in a.history] == [r.val_loss for r in b.history]
 
 
 def test_early_stopping():
-    _, res = _fit(OptimConfig(epochs=200, lr=0.5, early_stopping_patience=2))
+    _, res = _fit(OptimConfig(epochs=200, early_stopping_patience=2), lr=0.5)
     assert res.stopped_early and len(res.history) < 200
     assert len(res.history) - 1 - res.best_epoch == 2
 
@@ -79,16 +79,37 @@ def test_tensor_batches_cover_everything_once():
     assert sorted(got.squeeze(1).tolist()) == list(range(10))
 
 
-def test_schedule_reaches_groups_added_later():
+def test_groups_added_later_get_their_own_warmup_and_decay():
+    """A block joining at step 5 of 10 must reach its nominal rate, not inherit the global
+    cosine position (which would start it at half its rate and keep it below that)."""
     a, b = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
-    opt = torch.optim.SGD([a], lr=1.0)
-    sched = WarmupCosine(opt, total_steps=10, warmup_steps=0)
-    for _ in range(5):
+    opt = torch.optim.SGD([{"params": [a], "lr": 1.0, "name": "head"}])
+    sched = WarmupCosine(opt, total_steps=10, warmup_steps=0, join_warmup_steps=2)
+    lrs = []
+    for step in range(10):
+        if step == 5:
+            opt.add_param_group({"params": [b], "lr": 0.5, "base_lr": 0.5, "name": "block"})
+            sched.apply()
+        if step >= 5:
+            lrs.append(opt.param_groups[1]["lr"])
+        opt.step()
         sched.step()
-    opt.add_param_group({"params": [b], "lr": 0.5, "base_lr": 0.5})
-    sched.apply()
-    assert opt.param_groups[1]["lr"] == pytest.approx(0.5 * opt.param_groups[0]["lr"])
-    assert opt.param_groups[0]["lr"] == pytest.approx(0.5)  # halfway through the cosine
+    assert opt.param_groups[0]["lr"] < 0.05  # the head decayed to ~0 over the whole run
+    assert lrs[0] == pytest.approx(0.25) and lrs[1] == pytest.approx(0.5)  # own warm-up
+    assert max(lrs) == pytest.approx(0.5)  # reaches its nominal rate
+    assert all(x >= y for x, y in zip(lrs[1:], lrs[2:], strict=False)) and lrs[-1] < 0.2  # then decays
+    rates = sched.rates()
+    assert rates["block"]["nominal"] == 0.5 and rates["block"]["joined_step"] == 5
+    assert rates["block"]["peak"] == pytest.approx(0.5)
+    assert rates["block"]["mean"] > 0.25  # trained near its nominal rate, not a fraction of it
+    assert rates["head"]["first"] == pytest.approx(1.0)
+
+
+def test_fit_reports_nominal_and_effective_rates():
+    _, res = _fit(OptimConfig(epochs=3))
+    (rates,) = res.lr_schedule.values()
+    assert rates["nominal"] == pytest.approx(0.05) and rates["first"] == pytest.approx(0.05)
+    assert 0 < rates["last"] < rates["mean"] < rates["nominal"]
 
 
 def test_class_weights_are_inverse_frequency():
@@ -98,5 +119,5 @@ def test_class_weights_are_inverse_frequency():
 
 
 def test_bf16_autocast_trains():
-    _, res = _fit(OptimConfig(epochs=5, lr=0.05, amp=True))
+    _, res = _fit(StrategyConfig(epochs=5, amp=True))
     assert res.best.val_acc > 0.85

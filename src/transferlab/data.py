@@ -248,6 +248,11 @@ class SplitView:
     paths: list[Path]
     labels: np.ndarray  # int64
 
+    def permuted(self, seed: int) -> SplitView:
+        """The same rows in a seeded random order (the manifest is sorted by class)."""
+        order = np.random.default_rng(seed).permutation(len(self.rows))
+        return SplitView(self.rows[order], [self.paths[i] for i in order], self.labels[order])
+
 
 def split_view(manifest: pl.DataFrame, root: Path, split: str) -> SplitView:
     df = manifest.with_row_index("row").filter(pl.col("split") == split)

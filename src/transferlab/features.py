@@ -14,6 +14,11 @@ Cached features are not condemned to go without augmentation: ``train_aug`` hold
 augmented views per training image, extracted once at K times the cost of the training
 split, and the ``features-augmented`` head trains on them next to the originals.
 
+Training rows (``train`` and every view in ``train_aug``) are written in a seeded random
+order, not in manifest order, which is sorted by path and so by class: a head streamed
+block by block from a large store then sees every block as a random sample of all
+classes, as a full shuffle would give it. ``row`` maps each store row back to the manifest.
+
 The fingerprint says what the features are: backbone, SHA-256 of its weights, input size,
 normalization, crop and the manifest's content hash. A reader states what it expects and
 :meth:`FeatureStore.open` refuses a store made from anything else, naming the differences.
@@ -35,11 +40,11 @@ import torch
 import zarr
 
 from transferlab._io import publish
-from transferlab.backbones import Backbone
+from transferlab.backbones import Backbone, backbone_fingerprint
 from transferlab.errors import FingerprintMismatch
 from transferlab.runtime import memory_format, sync
 
-STORE_FORMAT = 1
+STORE_FORMAT = 2  # 2: training rows in a seeded random order; interpolation recorded
 CHUNK_ROWS = 1024
 SHARD_ROWS = 16384
 
@@ -52,6 +57,7 @@ class Fingerprint:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     crop_pct: float
+    interpolation: str
     manifest_sha256: str
     # Augmented views of each training image in the "train_aug" group, and how they were made.
     augment_views: int = 0
@@ -71,17 +77,13 @@ class Fingerprint:
         augment_views: int = 0,
         augment: dict[str, Any] | None = None,
     ) -> Fingerprint:
-        pre = backbone.preprocess
+        fp = backbone_fingerprint(backbone)
+        fp["mean"], fp["std"] = tuple(fp["mean"]), tuple(fp["std"])
         return cls(
+            **fp,
+            manifest_sha256=manifest_sha256,
             augment_views=augment_views,
             augment=augment if augment_views else None,
-            backbone=backbone.name,
-            weights_sha256=backbone.weights_sha256,
-            image_size=pre.image_size,
-            mean=tuple(pre.mean),
-            std=tuple(pre.std),
-            crop_pct=pre.crop_pct,
-            manifest_sha256=manifest_sha256,
         )
 
 
@@ -255,8 +257,10 @@ class StreamedBatches:
 
     For feature sets larger than the memory budget. Each epoch visits the blocks (runs of
     ``block_rows`` rows, aligned to the chunks so every read decodes whole chunks) in a
-    shuffled order and shuffles rows within each block: not a full permutation, but every
-    row once per epoch, and batches that mix a block's classes.
+    shuffled order and shuffles rows within each block: every row once per epoch. Since
+    extract-features writes training rows in a random order, each block is a random sample
+    of the whole split, and the batches are statistically those of a full shuffle (a store
+    written in class order would give nearly single-class batches here).
     """
 
     def __init__(

@@ -56,11 +56,6 @@ class Recommendation:
     text: str
 
 
-def _total_time(name: str, m: dict[str, Any], extract_s: float) -> float:
-    """Training time, plus the one-time extraction for the two-stage models."""
-    return m["train_time_s"] + (extract_s if name.startswith("features") else 0.0)
-
-
 def recommend(
     metrics: dict[str, Any],
     *,
@@ -76,7 +71,6 @@ def recommend(
     models = {k: v for k, v in metrics.items() if k != "extract"}
     if not models:
         raise ValueError("no models to compare")
-    extract = metrics.get("extract", {})
     acc = {k: v["test_acc"] for k, v in models.items()}
     best = max(acc, key=lambda k: (acc[k], -models[k]["train_time_s"]))
 
@@ -90,8 +84,7 @@ def recommend(
     agrees = best in predicted
 
     def cost(k: str) -> float:
-        augmented = extract.get("augment_time_s", 0.0) if k == "features-augmented" else 0.0
-        return _total_time(k, models[k], extract.get("time_s", 0.0)) + augmented
+        return models[k]["total_time_s"]  # its own training plus what it needed first
 
     near = [k for k in models if acc[k] >= acc[best] - tolerance]
     cheapest = min(near, key=cost)
@@ -126,7 +119,7 @@ def recommend(
     if cheapest != best:
         lines.append(
             f"Within {tolerance:.3f} of the best, {cheapest} costs least: "
-            f"{cost(cheapest):.1f} s against {cost(best):.1f} s (extraction included for two-stage models)."
+            f"{cost(cheapest):.1f} s against {cost(best):.1f} s (extraction included for the two-stage models, extraction and probe for lp-ft)."
         )
     return Recommendation(
         scenario=scenario,

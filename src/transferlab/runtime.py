@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
+import platform
 import random
 import resource
 import sys
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,9 +26,18 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def configure_threads(num_threads: int) -> None:
+def configure_runtime(num_threads: int, device: torch.device | None = None) -> None:
+    """Thread count and, on CPU, deterministic algorithms.
+
+    Reductions split across threads add in an order that depends on the thread count, so
+    bit-identical results need the same count: ``base.num_threads`` fixes it (0 leaves
+    torch's default, the number of cores). Deterministic algorithms cost little on CPU; on
+    CUDA they would cost speed and need cuBLAS settings, so they are left off there.
+    """
     if num_threads > 0:
         torch.set_num_threads(num_threads)
+    if device is None or device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -61,12 +73,38 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def environment() -> dict[str, str | int]:
-    """What the numbers were measured on, recorded next to them."""
+def _cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def installed_packages() -> dict[str, str]:
+    """Every installed distribution and its version: the environment behind a number."""
+    out = {}
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata["Name"]
+        if name:
+            out[name.lower()] = dist.version
+    return dict(sorted(out.items()))
+
+
+def environment() -> dict[str, Any]:
+    """What the numbers were measured on, recorded next to them: bit-identical results need
+    the same packages, the same CPU instruction set (torch picks kernels by it) and the same
+    thread count."""
     return {
         "python": sys.version.split()[0],
         "torch": torch.__version__,
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_count": os.cpu_count() or 0,
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+        "packages": installed_packages(),
     }

@@ -90,27 +90,30 @@ def head_param_groups(head: nn.Module, lr: float, weight_decay: float) -> list[d
     return _group("head", list(head.parameters()), lr, weight_decay)
 
 
-def block_lr(cfg: StrategyConfig, depth_from_top: int) -> float:
-    """Rate of the backbone group ``depth_from_top`` (1 = last) under ``cfg``."""
+def block_lr(cfg: StrategyConfig, lr: float, depth_from_top: int) -> float:
+    """Rate of the backbone group ``depth_from_top`` (1 = last) under ``cfg``, head rate ``lr``."""
     decay = cfg.lr_decay if isinstance(cfg, ProgressiveConfig) else 1.0
-    return cfg.lr * cfg.backbone_lr_mult * decay ** (depth_from_top - 1)
+    return lr * cfg.backbone_lr_mult * decay ** (depth_from_top - 1)
 
 
-def param_groups(model: TransferModel, cfg: StrategyConfig) -> list[dict[str, Any]]:
+def param_groups(model: TransferModel, cfg: StrategyConfig, lr: float) -> list[dict[str, Any]]:
     """Optimizer groups of the currently trainable parameters.
 
-    The head trains at ``lr``. Strategies with a uniform backbone rate get one ``backbone``
-    group; progressive unfreezing gets one group per block (``block-<i>``) at its own rate.
+    The head trains at ``lr`` (one point of the strategy's grid). Strategies with a uniform
+    backbone rate get one ``backbone`` group; progressive unfreezing gets one group per
+    block (``block-<i>``) at its own rate.
     """
-    groups = head_param_groups(model.head, cfg.lr, cfg.weight_decay)
+    groups = head_param_groups(model.head, lr, cfg.weight_decay)
     blocks = model.backbone.groups
     if isinstance(cfg, ProgressiveConfig):
         for depth, i in enumerate(reversed(range(len(blocks))), start=1):
             groups += _group(
-                f"block-{i}", list(blocks[i].parameters()), block_lr(cfg, depth), cfg.weight_decay
+                f"block-{i}", list(blocks[i].parameters()), block_lr(cfg, lr, depth), cfg.weight_decay
             )
     else:
-        groups += _group("backbone", list(model.backbone.parameters()), block_lr(cfg, 1), cfg.weight_decay)
+        groups += _group(
+            "backbone", list(model.backbone.parameters()), block_lr(cfg, lr, 1), cfg.weight_decay
+        )
     return groups
 
 
@@ -118,12 +121,13 @@ class ProgressiveUnfreezer:
     """Unfreezes backbone groups from the top at the epochs of ``cfg.unfreeze_epochs``.
 
     Each joining group is made trainable and added to the optimizer as new param groups with
-    ``base_lr`` set, so the schedule (:class:`transferlab.training.WarmupCosine`) scales it
-    from the step it joins; its Adam moments start from zero, as for a fresh parameter.
+    ``base_lr`` set, so the schedule (:class:`transferlab.training.WarmupCosine`) gives it
+    its own warm-up and decay from the step it joins; its Adam moments start from zero, as
+    for a fresh parameter.
     """
 
-    def __init__(self, model: TransferModel, cfg: ProgressiveConfig) -> None:
-        self.model, self.cfg = model, cfg
+    def __init__(self, model: TransferModel, cfg: ProgressiveConfig, lr: float) -> None:
+        self.model, self.cfg, self.lr = model, cfg, lr
         self.joined = 0
 
     def __call__(self, epoch: int, optimizer: torch.optim.Optimizer) -> list[str]:
@@ -137,7 +141,7 @@ class ProgressiveUnfreezer:
             for g in _group(
                 f"block-{i}",
                 list(blocks[i].parameters()),
-                block_lr(self.cfg, self.joined),
+                block_lr(self.cfg, self.lr, self.joined),
                 self.cfg.weight_decay,
             ):
                 optimizer.add_param_group(g)

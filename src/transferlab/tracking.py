@@ -15,7 +15,6 @@ import torch
 from dvclive import Live
 
 from transferlab._io import write_json
-from transferlab.runtime import environment, peak_gpu_bytes, peak_rss_bytes
 from transferlab.training import EpochRecord, FitResult
 
 
@@ -37,6 +36,12 @@ class CurveLogger:
             live.log_metric(f"lr/{group}", lr)
         live.next_step()
 
+    def log_point(self, values: dict[str, float]) -> None:
+        """One step of anything that is not an epoch (a point of a hyper-parameter grid)."""
+        for name, value in values.items():
+            self.live.log_metric(name, value)
+        self.live.next_step()
+
     def close(self) -> None:
         self.live.end()
 
@@ -46,11 +51,9 @@ def training_summary(
     *,
     model: str,
     n_train: int,
-    trainable_params: int,
-    total_params: int,
-    device: torch.device,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The outcome and cost of a mini-batch run (the stage adds memory and parameters)."""
     per_epoch = [r.train_seconds for r in fit.history]
     return {
         "model": model,
@@ -62,12 +65,7 @@ def training_summary(
         "train_time_s": fit.seconds,
         "time_per_epoch_s": statistics.fmean(per_epoch),
         "train_images_per_s": n_train / statistics.fmean(per_epoch),
-        "peak_rss_bytes": peak_rss_bytes(),
-        "peak_gpu_bytes": peak_gpu_bytes(device),
-        "trainable_params": trainable_params,
-        "total_params": total_params,
-        "device": str(device),
-        "environment": environment(),
+        "lr_schedule": fit.lr_schedule,
         **(extra or {}),
     }
 
@@ -76,21 +74,14 @@ def write_summary(path: Path, summary: dict[str, Any]) -> None:
     write_json(path, summary)
 
 
-def finish_run(
-    name: str,
-    model: torch.nn.Module,
-    fit: FitResult,
-    meta: dict[str, Any],
-    summary: dict[str, Any],
-) -> None:
-    """Publish the best checkpoint and the run summary of model ``name``."""
+def finish_run(name: str, model: torch.nn.Module, meta: dict[str, Any], summary: dict[str, Any]) -> None:
+    """Publish the best checkpoint and the run summary of run ``name``."""
     from transferlab import layout
     from transferlab.models import save_checkpoint
 
     save_checkpoint(layout.checkpoint(name), model, meta)
     write_summary(layout.train_summary(name), summary)
     print(
-        f"{name}: best val acc {fit.best.val_acc:.4f} at epoch {fit.best_epoch + 1}/"
-        f"{len(fit.history)}, {summary['time_per_epoch_s']:.2f}s/epoch, "
+        f"{name}: val acc {summary['val_acc']:.4f}, {summary['time_per_epoch_s']:.3f}s/epoch, "
         f"{summary['trainable_params']:,}/{summary['total_params']:,} params trainable"
     )

@@ -53,35 +53,77 @@ class TensorBatches:
 
 
 class WarmupCosine:
-    """Sets every group's rate to ``base_lr`` x a factor: linear warm-up, then cosine to 0.
+    """Every group's rate is its ``base_lr`` x a factor: linear warm-up, then cosine to 0.
 
-    Unlike ``torch.optim.lr_scheduler.LambdaLR``, which records its base rates once at
-    construction and never schedules a group added later, this reads ``base_lr`` from each
-    group at every step: a group that joins mid-run (progressive unfreezing) follows the
-    schedule from the step it joins.
+    Each group follows the schedule *from the step it joined*: a group present from the
+    start warms up over ``warmup_steps``; a group added later (progressive unfreezing) gets
+    its own warm-up of ``join_warmup_steps`` from the step it joins and then decays to zero
+    at the end of the run. (Inheriting the global position instead would start a late block
+    far below its nominal rate and leave it there.) ``torch.optim.lr_scheduler.LambdaLR``
+    records its groups once at construction, which is why this is written here.
+
+    :meth:`rates` reports, per named group, its nominal rate next to the rates it actually
+    trained at, so the schedule can be checked rather than assumed.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int) -> None:
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        total_steps: int,
+        warmup_steps: int,
+        join_warmup_steps: int | None = None,
+    ) -> None:
         self.optimizer, self.total, self.warmup = optimizer, total_steps, warmup_steps
+        self.join_warmup = warmup_steps if join_warmup_steps is None else join_warmup_steps
         self.step_count = 0
+        self._trained: dict[str, list[float]] = {}
         self.apply()
 
-    def factor(self, step: int) -> float:
-        if step < self.warmup:
-            return (step + 1) / self.warmup
-        progress = (step - self.warmup) / max(1, self.total - self.warmup)
+    def factor(self, step: int, start: int = 0) -> float:
+        """Factor at ``step`` for a group that joined at ``start``."""
+        warmup = self.warmup if start == 0 else self.join_warmup
+        local = step - start
+        if local < warmup:
+            return (local + 1) / warmup
+        progress = (local - warmup) / max(1, self.total - start - warmup)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     def apply(self) -> None:
         """Set the rates for the current step (call it after adding a group, too)."""
-        f = self.factor(self.step_count)
         for g in self.optimizer.param_groups:
             g.setdefault("base_lr", g["lr"])
-            g["lr"] = g["base_lr"] * f
+            g.setdefault("start_step", self.step_count)
+            g["lr"] = g["base_lr"] * self.factor(self.step_count, g["start_step"])
 
     def step(self) -> None:
+        """After an optimizer step: record the rates it used, then move to the next step."""
+        for g in self.optimizer.param_groups:
+            self._trained.setdefault(_group_name(g), []).append(g["lr"])
         self.step_count += 1
         self.apply()
+
+    def rates(self) -> dict[str, dict[str, float]]:
+        """Per group: nominal rate, step joined, and the first, peak, mean and last rates used."""
+        out: dict[str, dict[str, float]] = {}
+        for g in self.optimizer.param_groups:
+            name = _group_name(g)
+            used = self._trained.get(name, [])
+            if name in out or not used:
+                continue
+            out[name] = {
+                "nominal": g["base_lr"],
+                "joined_step": g["start_step"],
+                "first": used[0],
+                "peak": max(used),
+                "mean": sum(used) / len(used),
+                "last": used[-1],
+            }
+        return out
+
+
+def _group_name(g: dict) -> str:
+    """Decay and no-decay halves of a group share its name and its rate."""
+    return str(g.get("name", "group")).split("/")[0]
 
 
 def _progress(loader: Iterable, desc: str) -> Iterable:
@@ -187,6 +229,8 @@ class FitResult:
     best_epoch: int = 0
     seconds: float = 0.0
     stopped_early: bool = False
+    # Per parameter group: nominal rate against the rates it trained at (WarmupCosine.rates).
+    lr_schedule: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def best(self) -> EpochRecord:
@@ -196,9 +240,8 @@ class FitResult:
 def _group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     """Effective learning rate per named group (decay/no-decay halves share one rate)."""
     out: dict[str, float] = {}
-    for i, g in enumerate(optimizer.param_groups):
-        name = str(g.get("name", f"group{i}")).split("/")[0]
-        out.setdefault(name, g["lr"])
+    for g in optimizer.param_groups:
+        out.setdefault(_group_name(g), g["lr"])
     return out
 
 
@@ -230,14 +273,22 @@ def fit(
     criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
     eval_criterion = nn.CrossEntropyLoss()  # report the plain NLL whatever the training loss
     steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
-    scheduler = WarmupCosine(optimizer, steps_per_epoch * cfg.epochs, steps_per_epoch * cfg.warmup_epochs)
-    forward = torch.compile(model) if cfg.compile else model
+    # Groups that join mid-run warm up over one epoch (or the configured warm-up, if longer).
+    scheduler = WarmupCosine(
+        optimizer,
+        steps_per_epoch * cfg.epochs,
+        steps_per_epoch * cfg.warmup_epochs,
+        join_warmup_steps=steps_per_epoch * max(1, cfg.warmup_epochs),
+    )
+    # amp and compile are end-to-end options; heads on cached features have neither.
+    amp, compile_ = getattr(cfg, "amp", False), getattr(cfg, "compile", False)
+    forward = torch.compile(model) if compile_ else model
     result = FitResult()
     best_loss, best_state, bad_epochs = math.inf, None, 0
     t_fit = time.perf_counter()
     for epoch in range(cfg.epochs):
         if on_epoch_start is not None and on_epoch_start(epoch, optimizer):
-            scheduler.apply()  # groups that joined start at the current point of the schedule
+            scheduler.apply()  # groups that joined start their own warm-up and decay here
         lrs = _group_lrs(optimizer)  # the rates this epoch starts with
         t0 = time.perf_counter()
         tr_loss, tr_acc = train_one_epoch(
@@ -248,12 +299,12 @@ def fit(
             scheduler,
             device,
             desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}".strip(),
-            amp=cfg.amp,
+            amp=amp,
             forward=forward,
         )
         sync(device)
         t_train = time.perf_counter() - t0
-        va_loss, va_acc = evaluate(model, val_loader, eval_criterion, device, amp=cfg.amp)
+        va_loss, va_acc = evaluate(model, val_loader, eval_criterion, device, amp=amp)
         rec = EpochRecord(epoch, tr_loss, tr_acc, va_loss, va_acc, t_train, time.perf_counter() - t0, lrs)
         result.history.append(rec)
         if on_epoch is not None:
@@ -269,4 +320,5 @@ def fit(
     if best_state is not None:
         model.load_state_dict(best_state)
     result.seconds = time.perf_counter() - t_fit
+    result.lr_schedule = scheduler.rates()
     return result
