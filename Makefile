@@ -7,15 +7,27 @@ export DVC_NO_ANALYTICS := 1
 # The pipeline's stages call `python`: make it the environment's.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup repro test test-fast lint browser exp-sweep exp-show bench clean-venv
+.PHONY: setup lock repro test test-fast lint browser exp-sweep exp-show bench clean-venv
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# requirements.lock pins every package (pip's constraints file): the same versions on every
+# machine, so results are comparable. `make lock` regenerates it (see the README).
+$(VENV)/.installed: pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -c requirements.lock -e '.[dev]'
 	touch $@
+
+# Resolve the newest versions pyproject.toml allows in a scratch environment and pin them.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install -q --upgrade pip
+	.lock-venv/bin/python -m pip install -q -e '.[dev]'
+	{ echo "# Every package make setup installs, pinned: pip install -c requirements.lock -e '.[dev]'."; \
+	  echo "# Regenerate with make lock (resolves the newest versions pyproject.toml allows)."; \
+	  .lock-venv/bin/python -m pip freeze --exclude-editable; } > requirements.lock
+	rm -rf .lock-venv
 
 repro: setup
 	@git rev-parse --verify -q HEAD >/dev/null || { \

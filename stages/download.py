@@ -31,6 +31,7 @@ from transferlab.sources import (
     cross_split_duplicates,
     download,
     extract_archive,
+    label_conflicts,
     resolve_problems,
     scan_folder,
     write_torchvision,
@@ -73,6 +74,15 @@ def collect(cfg, raw: Path) -> tuple[list, list]:
     return items, found.problems
 
 
+def source_name(cfg) -> str:
+    """The data as the user named it in params.yaml."""
+    return {
+        "folder": f"download.path {cfg.path}",
+        "url": f"download.url {cfg.url}",
+        "torchvision": f"download.dataset {cfg.dataset}",
+    }.get(cfg.source, "scikit-learn digits")
+
+
 def main(args: argparse.Namespace) -> None:
     p = load_params(args.params, "base", "download")
     cfg = p["download"]
@@ -87,13 +97,17 @@ def main(args: argparse.Namespace) -> None:
             seed=p["base"].seed,
             max_per_class=cfg.max_per_class,
             classes=cfg.classes,
+            source=source_name(cfg),
         )
-        duplicates = cross_split_duplicates(manifest, raw)
-        if duplicates:
-            resolve_problems(Collected(problems=duplicates), cfg.on_bad, f"download.source {cfg.source}")
-            dropped = {Path(path).relative_to(raw).as_posix() for path, _ in duplicates}
-            manifest = manifest.filter(~pl.col("path").is_in(list(dropped)))
-            skipped += duplicates
+        # Files are named as the user knows them: under their folder, not the staging one.
+        shown = Path(cfg.path) if cfg.source == "folder" else layout.RAW
+        for check in (label_conflicts, cross_split_duplicates):
+            problems = check(manifest, shown)
+            if problems:
+                resolve_problems(Collected(problems=problems), cfg.on_bad, f"download.source {cfg.source}")
+                dropped = {Path(path).relative_to(shown).as_posix() for path, _ in problems}
+                manifest = manifest.filter(~pl.col("path").is_in(list(dropped)))
+                skipped += problems
         with publish(layout.MANIFEST) as tmp:
             manifest.write_parquet(tmp)
     counts = dict(manifest.group_by("split").len().iter_rows())

@@ -117,3 +117,21 @@ def test_unknown_strategy_lookup():
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="file not found"):
         load_params(tmp_path / "nope.yaml", "base")
+
+
+def test_the_lock_pins_every_dependency():
+    """make setup installs from requirements.lock: every dependency pinned to one version."""
+    import re
+    import tomllib
+
+    pins = {}
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[re.sub(r"[-_.]+", "-", name.lower())] = version
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    deps = project["dependencies"] + project["optional-dependencies"]["dev"]
+    for dep in deps:
+        name = re.sub(r"[-_.]+", "-", re.split(r"[<>=!~\[ ;]", dep, maxsplit=1)[0].lower())
+        assert name in pins, f"{name} is not pinned in requirements.lock"
+    assert pins["torch"] == "2.14.1" and pins["torchvision"] == "0.29.1"

@@ -142,6 +142,20 @@ class TestPipeline:
             "extract-features",
             "train-head@features",
         ]
+        # how every run started, and the exact environment, travel with it
+        scratch = json.loads((project / "results/scratch-s0-lr0.001/train.json").read_text())
+        assert scratch["init"]["backbone"].startswith("random")
+        full = json.loads((project / f"results/full-s0-lr{want}/train.json").read_text())
+        assert full["init"]["backbone"].startswith("pretrained weights ")
+        pins = dict(
+            line.split("==") for line in (ROOT / "requirements.lock").read_text().splitlines() if "==" in line
+        )
+        assert full["environment"]["packages"]["torch"] == pins["torch"] == "2.14.1"
+        # the training rows of the store are in a seeded random order, not class order
+        import zarr
+
+        rows = zarr.open_group(project / "data/features", mode="r")["train"]["row"][:]
+        assert len(set(rows.tolist())) == len(rows) and rows.tolist() != sorted(rows.tolist())
         report = (project / "reports/report.md").read_text()
         assert "## Protocol" in report and "chosen on validation" in report
         assert "| model |" in report
@@ -176,10 +190,11 @@ class TestPipeline:
 
     def test_same_params_same_metrics(self, project):
         before = json.loads((project / "results/evaluate/metrics.json").read_text())
-        for stage in ("finetune-frozen@0-0.001", "finetune-progressive@0-0.001", *HEADS, "evaluate"):
+        stages = ("finetune-frozen@0-0.001", "finetune-progressive@0-0.001", "finetune-scratch@0-0.001")
+        for stage in (*stages, *HEADS, "evaluate"):
             dvc(project, "repro", "-f", "-s", stage)
         after = json.loads((project / "results/evaluate/metrics.json").read_text())
-        for name in ("features", "features-augmented", "frozen", "progressive"):
+        for name in ("features", "features-augmented", "frozen", "progressive", "scratch"):
             for key in ("test_acc", "macro_f1", "nll", "trainable_params"):
                 assert after[name][key] == before[name][key], (name, key)
         run(project, "git", "checkout", "-q", "--", ".")

@@ -27,6 +27,7 @@ from transferlab.sources import (
     cross_split_duplicates,
     download,
     extract_archive,
+    label_conflicts,
     resolve_problems,
     scan_folder,
     write_torchvision,
@@ -389,3 +390,77 @@ def test_stage_url_source(tmp_path, server):
     assert res.returncode == 0, res.stderr
     assert "12 images, 2 classes" in res.stdout
     assert not list((tmp_path / "proj" / "data").glob(".*extract*"))
+
+
+# ------------------------------------------------------------------------------ more bad data
+
+
+def test_mixed_layouts_are_refused_naming_the_folder(tmp_path):
+    src = folder(tmp_path / "src", n=3)  # cat/, dog/
+    folder(src, classes=("cat",), n=2, split="train")  # and train/cat/ beside them
+    with pytest.raises(
+        DataError, match=r"src: mixes two layouts: split folder\(s\) train/ beside class folder\(s\) cat, dog"
+    ):
+        scan_folder(src)
+
+
+def test_same_bytes_under_two_classes_is_a_label_conflict(tmp_path):
+    src = folder(tmp_path / "src", n=4)
+    (src / "dog" / "copy.png").write_bytes((src / "cat" / "1.png").read_bytes())
+    m = build_manifest(src, scan_folder(src).items, val_fraction=0.25, test_fraction=0.25, seed=0)
+    problems = label_conflicts(m, src)
+    assert sorted(p for p, _ in problems) == [str(src / "cat/1.png"), str(src / "dog/copy.png")]
+    assert all("same bytes under different classes" in why for _, why in problems)
+    assert label_conflicts(m.filter(~m["path"].is_in(["dog/copy.png"])), src) == []
+
+
+def test_stage_names_label_conflicts_and_skips_every_copy(tmp_path):
+    src = folder(tmp_path / "src", n=6)
+    (src / "dog" / "copy.png").write_bytes((src / "cat" / "1.png").read_bytes())
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    res = _stage(proj, {"source": "folder", "path": str(src)})
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert f"{src / 'cat/1.png'}: same bytes under different classes" in res.stderr  # the user's path
+    assert not (proj / "data" / "manifest.parquet").exists()
+    res = _stage(proj, {"source": "folder", "path": str(src), "on_bad": "skip"})
+    assert res.returncode == 0, res.stderr
+    report = json.loads((proj / "results" / "download" / "download.json").read_text())
+    assert report["images"] == 11 and {Path(s["path"]).name for s in report["skipped"]} == {
+        "1.png",
+        "copy.png",
+    }
+
+
+def test_one_class_error_names_the_users_folder_not_the_staging_one(tmp_path):
+    src = folder(tmp_path / "mine", classes=("only",), n=6)
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    res = _stage(proj, {"source": "folder", "path": str(src)})
+    assert res.returncode == 1
+    assert f"error: download.path {src}: found 1 class(es); need at least 2" in res.stderr
+    assert "raw" not in res.stderr.split("need at least")[0].replace(str(src), "")
+
+
+def test_zip_bomb_is_refused_before_anything_is_written(tmp_path):
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("cat/0.png", b"\0" * (64 << 20))  # 64 MiB of zeros: about 64 KiB packed
+    dest = tmp_path / "out"
+    with pytest.raises(
+        DataError, match=r"cat/0.png' would expand [\d,]+x .* refused as a decompression bomb"
+    ):
+        extract_archive(bomb, dest)
+    assert not any(p.is_file() for p in dest.rglob("*"))
+
+
+def test_tar_gz_bomb_is_refused_before_anything_is_written(tmp_path):
+    bomb = tmp_path / "bomb.tar.gz"
+    payload = tmp_path / "zeros"
+    payload.write_bytes(b"\0" * (64 << 20))
+    with tarfile.open(bomb, "w:gz") as tf:
+        tf.add(payload, arcname="cat/0.png")
+    dest = tmp_path / "out"
+    with pytest.raises(DataError, match="refused as a decompression bomb"):
+        extract_archive(bomb, dest)
+    assert not any(p.is_file() for p in dest.rglob("*"))

@@ -147,8 +147,12 @@ def build_manifest(
     seed: int,
     max_per_class: int | None = None,
     classes: list[str] | None = None,
+    source: str | None = None,
 ) -> pl.DataFrame:
     """The manifest of ``items`` (paths relative to ``root``), hashed and split.
+
+    ``source`` names the data in errors the way the user knows it (their folder, their URL),
+    since ``root`` is a staging folder they never saw.
 
     Items are ``(path, class)`` or ``(path, class, split)``. Splits that items bring (a
     ``train/val/test`` folder layout, a data set's official test set) are kept; what has no
@@ -159,7 +163,7 @@ def build_manifest(
     if classes is not None:
         unknown = sorted(set(classes) - {c for _, c, _ in rows})
         if unknown:
-            raise DataError(f"download.classes: no images of class(es) {unknown} in {root}")
+            raise DataError(f"download.classes: no images of class(es) {unknown} in {source or root}")
         rows = [r for r in rows if r[1] in set(classes)]
     groups: dict[str | None, list[tuple[str, str, str | None]]] = {}
     for r in rows:
@@ -173,7 +177,7 @@ def build_manifest(
     class_list = [c for _, c, _ in rows]
     class_names = sorted(set(class_list), key=_natural_key)
     if len(class_names) < 2:
-        raise DataError(f"{root}: found {len(class_names)} class(es); need at least 2")
+        raise DataError(f"{source or root}: found {len(class_names)} class(es); need at least 2")
     label_of = {c: i for i, c in enumerate(class_names)}
     labels = [label_of[c] for c in class_list]
     given = [s for _, _, s in rows]

@@ -464,6 +464,21 @@ def build(
     doc.add("h2", "Provenance")
     env = next(iter(details["models"].values()))["runs"]
     first_env = next(iter(env.values()))["train"].get("environment", {})
-    doc.add("p", "Measured on: " + ", ".join(f"{k} {v}" for k, v in first_env.items()) + ".")
+    packages = first_env.get("packages", {})
+    shown = {k: v for k, v in first_env.items() if k != "packages"}
+    key = ("torch", "torchvision", "numpy", "pillow", "zarr", "dvc")
+    doc.add(
+        "p",
+        "Measured on: "
+        + ", ".join(f"{k} {v}" for k, v in shown.items())
+        + (
+            f"; {len(packages)} packages installed, among them "
+            + ", ".join(f"{k} {packages[k]}" for k in key if k in packages)
+            + " (every version is in each run's train.json)"
+            if packages
+            else ""
+        )
+        + ".",
+    )
     doc.add("pre", params_text)
     return doc

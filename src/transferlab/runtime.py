@@ -50,8 +50,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def memory_format(device: torch.device) -> torch.memory_format:
-    """Channels-last on CPU: EfficientNet-Lite0 at 64 px trains 1.85x and infers 1.3-1.5x
-    faster there (bench/results). On CUDA not measured here, so left contiguous."""
+    """Channels-last on CPU, where the benchmark measures it faster for both training and
+    inference (the "levers" table of bench/results/cpu-2cores.md). On CUDA it has not been
+    measured here, so it is left contiguous."""
     return torch.channels_last if device.type == "cpu" else torch.contiguous_format
 
 

@@ -66,7 +66,15 @@ def scan_folder(root: Path) -> Collected:
     if not root.is_dir():
         raise DataError(f"{root}: image folder not found")
     top = _class_dirs(root)
-    split_layout = bool(top) and {p.name for p in top} <= set(SPLITS) and "train" in {p.name for p in top}
+    names = {p.name for p in top}
+    split_layout = bool(top) and names <= set(SPLITS) and "train" in names
+    if names & set(SPLITS) and not split_layout:
+        splits, classes = sorted(names & set(SPLITS)), sorted(names - set(SPLITS))
+        raise DataError(
+            f"{root}: mixes two layouts: split folder(s) {', '.join(s + '/' for s in splits)} beside "
+            + (f"class folder(s) {', '.join(classes[:5])}" if classes else "no train/ folder")
+            + "; use either <class>/* or train/<class>/* (with optional val/, test/)"
+        )
     out = Collected()
     for stray in sorted(p for p in root.iterdir() if p.is_file() and _visible(p)):
         out.problems.append((str(stray), "file outside any class folder"))
@@ -99,6 +107,24 @@ def check_splits(root: Path, items: list[Item]) -> list[tuple[str, str]]:
         for path, cls, split in items
         if split not in (None, "train") and cls not in train_classes
     ]
+
+
+def label_conflicts(manifest: pl.DataFrame, root: Path) -> list[tuple[str, str]]:
+    """Files with exactly the same bytes under different classes: one image, two labels.
+
+    Every copy is a problem (which label is right cannot be told), and copies in different
+    splits would also leak. ``root`` is how the files are named to the user.
+    """
+    problems = []
+    by_digest = manifest.group_by("sha256").agg(pl.col("path"), pl.col("class_name"))
+    for _, paths, classes in sorted(by_digest.iter_rows(), key=lambda r: r[1][0]):
+        if len(set(classes)) > 1:
+            others = ", ".join(f"{root / p} ({c})" for p, c in zip(paths, classes, strict=True))
+            for p, c in zip(paths, classes, strict=True):
+                problems.append(
+                    (str(root / p), f"same bytes under different classes: {others} (class {c!r} here)")
+                )
+    return problems
 
 
 def cross_split_duplicates(manifest: pl.DataFrame, root: Path) -> list[tuple[str, str]]:
@@ -143,6 +169,9 @@ def copy_items(src: Path, items: list[Item], dst: Path) -> None:
 
 MAX_ARCHIVE_MEMBERS = 1_000_000
 MAX_EXTRACTED_BYTES = 64 * 1024**3
+# Images barely compress (JPEG, PNG are compressed already; raw TIFF or BMP a few times):
+# a member that claims to expand more than this is a decompression bomb, refused unread.
+MAX_COMPRESSION_RATIO = 200
 
 
 def download(
@@ -204,6 +233,13 @@ def extract_archive(archive: Path, dest: Path) -> None:
             for info in zf.infolist():
                 mode = (info.external_attr >> 16) & 0o170000
                 regular = mode in (0, 0o100000, 0o040000)  # 0: made on a system without modes
+                ratio = info.file_size / max(info.compress_size, 1)
+                if info.file_size > 1 << 20 and ratio > MAX_COMPRESSION_RATIO:
+                    raise DataError(
+                        f"{archive}: member {info.filename!r} would expand {ratio:,.0f}x "
+                        f"({info.compress_size:,} to {info.file_size:,} bytes; limit "
+                        f"{MAX_COMPRESSION_RATIO}x): refused as a decompression bomb, nothing extracted"
+                    )
                 members.append(
                     (info.filename, info.is_dir(), regular, info.file_size, lambda i=info: zf.open(i))
                 )
@@ -217,6 +253,12 @@ def extract_archive(archive: Path, dest: Path) -> None:
         members = [
             (m.name, m.isdir(), m.isfile() or m.isdir(), m.size, lambda m=m: tf.extractfile(m)) for m in tf
         ]
+        declared, packed = sum(m[3] for m in members), archive.stat().st_size
+        if declared > 1 << 20 and declared > packed * MAX_COMPRESSION_RATIO:
+            raise DataError(
+                f"{archive}: declares {declared:,} bytes in {packed:,} ({declared / packed:,.0f}x; limit "
+                f"{MAX_COMPRESSION_RATIO}x): refused as a decompression bomb, nothing extracted"
+            )
         _extract_members(archive, members, dest)
 
 
@@ -233,13 +275,23 @@ def _extract_members(archive: Path, members: list[tuple], dest: Path) -> None:
         total += size
         if total > MAX_EXTRACTED_BYTES:
             raise DataError(f"{archive}: extracts to more than {MAX_EXTRACTED_BYTES} bytes")
-    for (_, is_dir, _, _, opener), target in zip(members, targets, strict=True):
+    for (name, is_dir, _, size, opener), target in zip(members, targets, strict=True):
         if is_dir:
             target.mkdir(parents=True, exist_ok=True)
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         with opener() as src, open(target, "wb") as out:
-            shutil.copyfileobj(src, out)
+            _copy_at_most(src, out, size, archive, name)
+
+
+def _copy_at_most(src, out, size: int, archive: Path, name: str) -> None:
+    """Copy a member, refusing one that yields more bytes than its header declared."""
+    written = 0
+    while chunk := src.read(1 << 20):
+        written += len(chunk)
+        if written > size:
+            raise DataError(f"{archive}: member {name!r} is larger than its header says; refused")
+        out.write(chunk)
 
 
 def archive_root(folder: Path) -> Path:
