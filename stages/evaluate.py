@@ -1,7 +1,8 @@
-"""evaluate: every trained model on the test split -> results/evaluate/metrics.json.
+"""evaluate: every model's runs aggregated -> results/evaluate/{metrics,details,comparisons}.json.
 
-Scores (accuracy, macro-F1, NLL, confusion matrix) next to each model's training cost, in
-the file `dvc metrics show` and `dvc exp show` read.
+Picks each strategy's learning rate and the best model on validation, compares every pair
+of models on the same test images (comparisons.json), and names the models the test split
+cannot tell from the best. Reads the predictions each run wrote; runs no model.
 Run through `dvc repro`; by hand: ``python stages/evaluate.py``.
 """
 
@@ -17,35 +18,35 @@ from transferlab.cli import run_stage
 from transferlab.config import load_params
 from transferlab.data import read_manifest
 from transferlab.evaluation import evaluate_all
-from transferlab.features import FeatureStore
-from transferlab.runtime import configure_runtime, resolve_device
 
 
 def main(args: argparse.Namespace) -> None:
-    p = load_params(args.params, "base", "train_head", "finetune", "evaluate")
-    device = resolve_device(p["base"].device)
-    configure_runtime(p["base"].num_threads, device)
+    p = load_params(args.params, "base", "train_head", "finetune")
     manifest = read_manifest(layout.MANIFEST)
-    store = FeatureStore.open(layout.FEATURES)
     ft = p["finetune"]
     heads = list(p["train_head"].models)
     strategies = {s: list(ft.section(s).lr) for s in ft.runs}
-    models = [*heads, *strategies]
     seeds = p["base"].seeds
-    metrics, details = evaluate_all(
-        heads, strategies, seeds, manifest, store, device, p["evaluate"].batch_size
-    )
+    metrics, details, comparisons = evaluate_all(heads, strategies, seeds, manifest)
     out = layout.results_dir("evaluate")
     write_json(out / "details.json", details)
+    write_json(out / "comparisons.json", comparisons)
     write_json(out / "metrics.json", metrics)
-    for name in models:
+    for name in [*heads, *strategies]:
         m = metrics[name]
         picked = details["models"][name]["protocol"]["picked"]
-        pick = f"lr {picked['lr']:g}" if "lr" in picked else "per seed"
+        pick = f"lr {picked['lr']:g}" if "lr" in picked else "l2 per seed"
         print(
-            f"evaluate: {name:18s} ({pick}, chosen on val) test acc {m['test_acc']:.4f} (sd {m['test_acc_std']:.4f}, "
-            f"{len(seeds)} seed(s))  macro-F1 {m['macro_f1']:.4f}"
+            f"evaluate: {name:18s} ({pick}, chosen on val) val acc {m['val_acc']:.4f}  test acc "
+            f"{m['test_acc']:.4f} [{m['test_acc_ci_lo']:.3f}, {m['test_acc_ci_hi']:.3f}]  "
+            f"{len(seeds)} seed(s)"
         )
+    v = details["verdict"]
+    print(
+        f"evaluate: best on validation {v['best_on_val']}; the test split cannot separate it from "
+        f"{', '.join(m for m in v['tie_set'] if m != v['best_on_val']) or 'no other model'}; "
+        f"recommended (cheapest of those): {v['recommended']}"
+    )
 
 
 if __name__ == "__main__":

@@ -104,6 +104,7 @@ def main(args: argparse.Namespace) -> None:
         "peak_rss_bytes": peak_rss_bytes(),
         "device": str(device),
         "environment": environment(),
+        "fingerprint": fingerprint.to_json(),
     }
     write_json(layout.results_dir("extract") / "extract.json", summary)
     print(

@@ -40,9 +40,10 @@ from transferlab.runtime import (
     resolve_device,
     seed_everything,
 )
+from transferlab.scoring import write_predictions
 from transferlab.strategies import ProgressiveUnfreezer, apply_strategy, param_groups
 from transferlab.tracking import CurveLogger, finish_run, training_summary
-from transferlab.training import class_weights, fit
+from transferlab.training import class_weights, fit, predict
 
 
 def probe_head(expected: dict, classes: list[str], seed: int) -> tuple[torch.nn.Module, HeadConfig, dict]:
@@ -152,6 +153,27 @@ def main(args: argparse.Namespace) -> None:
         desc=f"finetune-{strategy} lr={args.lr}",
     )
     logger.close()
+    # Score the best epoch's weights on val and test, image by image.
+    test = split_view(manifest, layout.RAW, "test")
+    paths = manifest["path"].to_list()
+    scored = {}
+    for name, view, loader in (
+        ("val", val, val_loader),
+        (
+            "test",
+            test,
+            eval_loader(test.paths, test.labels, pre, cfg.batch_size * 2, num_workers=cfg.num_workers),
+        ),
+    ):
+        logits, labels = predict(model, loader, device, amp=cfg.amp)
+        scored[name] = (logits, labels, [paths[r] for r in view.rows])
+    write_predictions(
+        run,
+        manifest_sha256=fingerprint["manifest_sha256"],
+        classes=classes,
+        val=scored["val"],
+        test=scored["test"],
+    )
     # Counted at the end: progressive unfreezing grows the trainable set during the run.
     trainable, total = count_parameters(model)
     meta = {

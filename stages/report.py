@@ -47,8 +47,11 @@ def main(args: argparse.Namespace) -> None:
     )
     src = layout.results_dir("evaluate")
     metrics, details = read_json(src / "metrics.json"), read_json(src / "details.json")
+    comparisons = read_json(src / "comparisons.json")
     title = p["report"].title
-    doc = build(metrics, details, title=title, code_version=code_version(), params_text=params_text)
+    doc = build(
+        metrics, details, comparisons, title=title, code_version=code_version(), params_text=params_text
+    )
     with publish(layout.REPORTS) as out:
         out.mkdir()
         for name, png in doc.figures.items():

@@ -34,10 +34,11 @@ from transferlab.runtime import (
     resolve_device,
     seed_everything,
 )
+from transferlab.scoring import write_predictions
 from transferlab.selection import best_index
 from transferlab.strategies import head_param_groups
 from transferlab.tracking import CurveLogger, finish_run, training_summary
-from transferlab.training import TensorBatches, class_weights, fit
+from transferlab.training import TensorBatches, class_weights, fit, predict
 
 # Rows per chunk when the in-memory features are standardized for the probe: bounds the
 # temporary copy, not the data.
@@ -214,6 +215,20 @@ def main(args: argparse.Namespace) -> None:
             device,
             run,
         )
+    # Score the chosen head on val and test, image by image: the verdict's raw material.
+    paths = manifest["path"].to_list()
+    scored = {}
+    for split in ("val", "test"):
+        x, y, rows = store.load(split)
+        logits, labels = predict(head.to(device), TensorBatches(x, y, 4096), device)
+        scored[split] = (logits, labels, [paths[r] for r in rows])
+    write_predictions(
+        run,
+        manifest_sha256=store.fingerprint["manifest_sha256"],
+        classes=classes,
+        val=scored["val"],
+        test=scored["test"],
+    )
     trainable, total = count_parameters(head)
     meta = {
         "kind": "head",

@@ -105,7 +105,7 @@ def test_bad_params_name_the_key(tmp_path, data, message):
 
 
 def test_missing_section_means_defaults():
-    assert parse_section("evaluate", None).batch_size == 256
+    assert parse_section("report", None).title == "Transfer strategies compared"
 
 
 def test_unknown_strategy_lookup():

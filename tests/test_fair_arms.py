@@ -216,11 +216,11 @@ def test_backbone_fingerprint_covers_everything_that_changes_features(lite0_32):
     assert backbone_fingerprint(other_crop)["crop_pct"] != fp["crop_pct"]
 
 
-def test_evaluate_refuses_a_checkpoint_from_another_manifest(tmp_path):
-    _check_manifest(tmp_path / "model.pt", {"manifest_sha256": "a" * 64}, "a" * 64)
+def test_evaluate_refuses_predictions_from_another_manifest(tmp_path):
+    _check_manifest(tmp_path / "predictions.json", {"manifest_sha256": "a" * 64}, "a" * 64)
     with pytest.raises(
-        FingerprintMismatch, match=r"model.pt: trained on manifest aaaaaaaaaaaa, but .* bbbbbbbbbbbb"
+        FingerprintMismatch, match=r"predictions.json: made from manifest aaaaaaaaaaaa, but .* bbbbbbbbbbbb"
     ):
-        _check_manifest(tmp_path / "model.pt", {"manifest_sha256": "a" * 64}, "b" * 64)
+        _check_manifest(tmp_path / "predictions.json", {"manifest_sha256": "a" * 64}, "b" * 64)
     with pytest.raises(FingerprintMismatch):  # a checkpoint that records none is not trusted
-        _check_manifest(tmp_path / "model.pt", {}, "b" * 64)
+        _check_manifest(tmp_path / "predictions.json", {}, "b" * 64)

@@ -136,6 +136,24 @@ class TestPipeline:
         want = min(val, key=lambda k: (-val[k]["val_acc"], val[k]["val_loss"]))
         assert prot["picked"] == {"lr": float(want)}
         assert details["models"]["full"]["runs"]["0"]["run"] == f"full-s0-lr{want}"
+        # the verdict's raw material: per-image predictions aligned with test_ids, and every
+        # pair of models compared on them, recomputable by anyone holding details.json
+        comparisons = json.loads((project / "results/evaluate/comparisons.json").read_text())
+        assert len(comparisons["pairs"]) == len(ALL_MODELS) * (len(ALL_MODELS) - 1) // 2
+        ids, labels = details["test_ids"], details["test_labels"]
+        assert len(ids) == len(labels) == 10 and len(set(ids)) == 10
+        from scipy.stats import binomtest
+
+        for pair in comparisons["pairs"]:
+            a = details["models"][pair["a"]]["runs"]["0"]["predictions"]
+            b = details["models"][pair["b"]]["runs"]["0"]["predictions"]
+            only_a = sum(x == y != z for x, z, y in zip(a, b, labels, strict=True))
+            only_b = sum(z == y != x for x, z, y in zip(a, b, labels, strict=True))
+            exact = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+            assert abs(pair["p"] - exact) < 1e-9 and pair["p_holm"] >= pair["p"]
+            assert {"a", "b", "n", "acc_a", "acc_b", "diff", "ci95", "p", "p_holm", "seeds"} <= set(pair)
+        v = details["verdict"]
+        assert v["best_on_val"] in v["tie_set"] and v["recommended"] in v["tie_set"]
         # lp-ft pays for the extraction and the probe it starts from
         assert metrics["lp-ft"]["total_time_s"] > metrics["lp-ft"]["train_time_s"]
         assert details["models"]["lp-ft"]["protocol"]["depends_on"] == [

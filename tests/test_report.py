@@ -1,7 +1,9 @@
 import re
 
+import numpy as np
 import pytest
 
+from transferlab.evaluation import compare_all, verdict
 from transferlab.report import build, comparison_rows, pareto_front
 
 MODELS = ["features", "features-augmented", "frozen", "partial", "full", "progressive", "lp-ft", "scratch"]
@@ -50,6 +52,10 @@ def _inputs(models, seeds=(0,)):
         for i, m in enumerate(models)
     }
     metrics["extract"] = {"time_s": 7.0, "augment_time_s": 20.0, "images_per_s": 230.0, "store_mb": 3.0}
+    rng = np.random.default_rng(0)
+    correct = {m: (rng.random((len(seeds), 40)) < 0.5 + 0.05 * i).astype(float) for i, m in enumerate(models)}
+    comparisons = compare_all(correct, list(seeds))
+    val = {m: (float(c.mean()), 0.5) for m, c in correct.items()}
     curves = {"val/acc": [0.5, 0.6, 0.7], "val/loss": [1.0, 0.8, 0.7], "train/loss": [1.1, 0.9, 0.6]}
     run = {"train": {"environment": {"torch": "x", "cpu_count": 2}}}
     details = {
@@ -73,20 +79,24 @@ def _inputs(models, seeds=(0,)):
         "classes": ["0", "1"],
         "seeds": list(seeds),
         "rank_flips": [],
+        "test_ids": [f"img{i}.png" for i in range(40)],
+        "verdict": verdict(val, comparisons, {m: metrics[m]["total_time_s"] for m in models}),
     }
-    return metrics, details
+    return metrics, details, comparisons
 
 
 @pytest.mark.parametrize("models", [MODELS, ["features"], ["frozen", "full"], ["features", "scratch"]])
 def test_report_renders_any_subset(models):
-    metrics, details = _inputs(models)
-    doc = build(metrics, details, title="T", code_version="abc", params_text="base: {}")
+    metrics, details, comparisons = _inputs(models)
+    doc = build(metrics, details, comparisons, title="T", code_version="abc", params_text="base: {}")
     md, page = doc.markdown(), doc.html("T")
     for m in models:
         assert re.search(rf"\| (\*\*)?{re.escape(m)}(\*\*)? \|", md), m
         assert f">{m}<" in page or f"<strong>{m}</strong>" in page
-    best = max(models, key=lambda m: metrics[m]["test_acc"])
-    assert f"**{best}**" in md and "## Recommendation" in md
+    recommended = details["verdict"]["recommended"]  # chosen on validation, cheapest of the ties
+    assert (
+        f"| **{recommended}** |" in md and "## Recommendation" in md and "## What the data cannot tell" in md
+    )
     assert ("Two-stage trains faster per epoch" in md) == ({"features", "frozen"} <= set(models))
     assert ("Pretraining is worth it" in md) == ("scratch" in models and len(models) > 1)
     for name, png in doc.figures.items():
@@ -98,12 +108,12 @@ def test_report_renders_any_subset(models):
 
 
 def test_seeds_show_mean_and_spread_and_flips():
-    metrics, details = _inputs(["features", "frozen"], seeds=(0, 1, 2))
+    metrics, details, comparisons = _inputs(["features", "frozen"], seeds=(0, 1, 2))
     details["rank_flips"] = [
         {"models": ["features", "frozen"], "features_ahead_seeds": [1], "frozen_ahead_seeds": [0, 2]}
     ]
-    md = build(metrics, details, title="T", code_version="abc", params_text="").markdown()
-    assert "test acc (mean ± sd)" in md and "0.5000 ± 0.0100" in md
+    md = build(metrics, details, comparisons, title="T", code_version="abc", params_text="").markdown()
+    assert "test acc (mean ± sd) [95% CI]" in md and "0.5000 ± 0.0100" in md
     assert "Rankings that flip between seeds: features vs frozen (seeds [1] vs [0, 2])" in md
 
 
@@ -113,6 +123,6 @@ def test_pareto_front_by_hand():
 
 
 def test_rows_sorted_by_accuracy_then_time():
-    metrics, _ = _inputs(["features", "frozen"])
+    metrics, _, _ = _inputs(["features", "frozen"])
     metrics["frozen"]["test_acc"] = metrics["features"]["test_acc"]
     assert [r["model"] for r in comparison_rows(metrics)] == ["features", "frozen"]

@@ -16,7 +16,10 @@ CHECK = """<script>
 window.addEventListener('load', () => {
   const imgs = [...document.images];
   const ok = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
-  document.body.setAttribute('data-check', `images ${ok}/${imgs.length} tables ${document.querySelectorAll('table').length}`);
+  const literal = document.body.innerText.includes('- *') || document.body.innerText.includes('**');
+  document.body.setAttribute('data-check', `images ${ok}/${imgs.length} tables ${document.querySelectorAll('table').length} `
+    + `items ${document.querySelectorAll('li').length} emphasis ${document.querySelectorAll('li em').length} `
+    + `strong ${document.querySelectorAll('li strong').length} literal ${literal}`);
 });
 </script></body>"""
 
@@ -25,8 +28,10 @@ window.addEventListener('load', () => {
     CHROMIUM is None, reason="chromium is not installed (make test installs it where apt-get is available)"
 )
 def test_html_report_renders_in_headless_chromium(tmp_path):
-    metrics, details = _inputs(MODELS)
-    page = build(metrics, details, title="T", code_version="abc", params_text="base: {}").html("T")
+    metrics, details, comparisons = _inputs(MODELS)
+    doc = build(metrics, details, comparisons, title="T", code_version="abc", params_text="base: {}")
+    n_items = sum(len(b[1]) for b in doc.blocks if b[0] == "list")
+    page = doc.html("T")
     probe = tmp_path / "report.html"
     probe.write_text(page.replace("</body>", CHECK))
     res = subprocess.run(
@@ -49,4 +54,7 @@ def test_html_report_renders_in_headless_chromium(tmp_path):
         timeout=120,
     )
     assert res.returncode == 0, res.stderr[-2000:]
-    assert 'data-check="images 4/4 tables 1"' in res.stdout, res.stdout[-2000:]
+    # four figures decoded; comparison, paired and protocol tables; the rules of thumb (and
+    # the ties) as real list items with rendered emphasis and bold answers, no literal markdown
+    want = f'data-check="images 4/4 tables 3 items {n_items} emphasis 7 strong 7 literal false"'
+    assert want in res.stdout, res.stdout[-3000:]

@@ -368,10 +368,6 @@ class FinetuneConfig(_Strict):
         return cfg
 
 
-class EvaluateConfig(_Strict):
-    batch_size: Annotated[int, Field(ge=1)] = 256
-
-
 class ReportConfig(_Strict):
     title: str = "Transfer strategies compared"
 
@@ -384,7 +380,6 @@ SECTIONS: dict[str, type[_Strict]] = {
     "train_head": TrainHeadConfig,
     "augment": AugmentConfig,
     "finetune": FinetuneConfig,
-    "evaluate": EvaluateConfig,
     "report": ReportConfig,
 }
 

@@ -1,7 +1,8 @@
-"""Every trained model on the test split, next to what it cost to train.
+"""Every trained model's verdict material, aggregated: choices on validation, paired
+comparisons on the same test images, next to what each model cost.
 
-The two-stage model is scored on the test features in the store (the same frozen backbone,
-run once); end-to-end models are rebuilt from their checkpoints and run on the test images.
+Nothing here runs a model: every run scored itself (``results/<run>/predictions.json``,
+see :mod:`transferlab.scoring`), so a head-only change re-scores only the heads.
 """
 
 from __future__ import annotations
@@ -12,66 +13,27 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import torch
 
 from transferlab import layout
 from transferlab._io import read_json
-from transferlab.backbones import create_backbone
-from transferlab.config import HeadConfig
-from transferlab.data import eval_loader, manifest_fingerprint, split_view
+from transferlab.data import manifest_fingerprint
 from transferlab.errors import FingerprintMismatch
-from transferlab.features import FeatureStore
-from transferlab.metrics import classification_metrics, per_class_f1
-from transferlab.models import TransferModel, load_checkpoint, make_head
-from transferlab.runtime import memory_format
+from transferlab.metrics import per_class_f1
 from transferlab.selection import best_index
-from transferlab.training import TensorBatches, predict
+from transferlab.stats import accuracy_interval, holm, images_to_separate, pair_of, paired_test, separable
 
 MB = 1024 * 1024
+ALPHA = 0.05
 
 
-def _head_from(meta: dict[str, Any], num_classes: int, in_features: int) -> torch.nn.Module:
-    return make_head(HeadConfig(**meta["head"]), in_features, num_classes)
-
-
-Checkpoint = tuple[dict[str, torch.Tensor], dict[str, Any]]
-
-
-def _check_manifest(ckpt: Path, meta: dict[str, Any], manifest_sha256: str) -> None:
+def _check_manifest(source: Path, meta: dict[str, Any], manifest_sha256: str) -> None:
     """A model trained on another manifest would be scored on images it may have trained on."""
     have = meta.get("manifest_sha256") or meta.get("fingerprint", {}).get("manifest_sha256")
     if have != manifest_sha256:
         raise FingerprintMismatch(
-            f"{ckpt}: trained on manifest {str(have)[:12]}, but data/manifest.parquet is "
+            f"{source}: made from manifest {str(have)[:12]}, but data/manifest.parquet is "
             f"{manifest_sha256[:12]}; re-run the pipeline (dvc repro)"
         )
-
-
-def score_head(ckpt: Path, loaded: Checkpoint, store: FeatureStore, device: torch.device) -> dict[str, Any]:
-    """A head checkpoint (already loaded from ``ckpt``) on the store's test features."""
-    state, meta = loaded
-    if meta.get("fingerprint") != store.fingerprint:
-        raise FingerprintMismatch(f"{ckpt}: trained on other features than {store.path}; re-run train-head")
-    head = _head_from(meta, len(meta["classes"]), meta["in_features"])
-    head.load_state_dict(state)
-    x, y, _ = store.load("test")
-    logits, labels = predict(head.to(device), TensorBatches(x, y, 4096), device)
-    return classification_metrics(logits, labels, len(meta["classes"]))
-
-
-def score_transfer(
-    loaded: Checkpoint, manifest: pl.DataFrame, device: torch.device, batch_size: int
-) -> dict[str, Any]:
-    """An end-to-end checkpoint, rebuilt and run on the test images."""
-    state, meta = loaded
-    fp = meta["fingerprint"]
-    backbone = create_backbone(fp["backbone"], fp["image_size"], pretrained=False, crop_pct=fp["crop_pct"])
-    model = TransferModel(backbone, _head_from(meta, len(meta["classes"]), backbone.num_features))
-    model.load_state_dict(state)
-    test = split_view(manifest, layout.RAW, "test")
-    loader = eval_loader(test.paths, test.labels, backbone.preprocess, batch_size)
-    logits, labels = predict(model.to(device, memory_format=memory_format(device)), loader, device)
-    return classification_metrics(logits, labels, len(meta["classes"]))
 
 
 @dataclass
@@ -133,9 +95,12 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
 
 
-def headline(runs: dict[int, dict[str, Any]], depends_s: float = 0.0) -> dict[str, Any]:
+def headline(
+    runs: dict[int, dict[str, Any]], depends_s: float, interval: tuple[float, float], val_acc: float
+) -> dict[str, Any]:
     """The numbers ``dvc exp show`` lists per model: means over seeds (with the spread of the
-    two main scores), short names, rounded, no lists.
+    two main scores), short names, rounded, no lists. ``interval`` is the accuracy's 95%
+    interval over seeds and images together (:func:`transferlab.stats.accuracy_interval`).
 
     ``depends_s`` is what the model needed before its own training (extraction for the
     two-stage models; extraction and the probe for lp-ft): ``total_time_s`` includes it.
@@ -151,8 +116,9 @@ def headline(runs: dict[int, dict[str, Any]], depends_s: float = 0.0) -> dict[st
     return {
         "test_acc": round(acc, 4),
         "test_acc_std": round(acc_sd, 4),
-        "test_acc_ci_lo": round(float(np.mean([s["accuracy_ci95"][0] for s in scores])), 4),
-        "test_acc_ci_hi": round(float(np.mean([s["accuracy_ci95"][1] for s in scores])), 4),
+        "test_acc_ci_lo": round(interval[0], 4),
+        "test_acc_ci_hi": round(interval[1], 4),
+        "val_acc": round(val_acc, 4),
         "macro_f1": round(f1, 4),
         "macro_f1_std": round(f1_sd, 4),
         "balanced_acc": round(mean("balanced_accuracy", scores), 4),
@@ -186,21 +152,102 @@ def rank_flips(acc: dict[str, dict[int, float]]) -> list[dict[str, Any]]:
     return flips
 
 
-def _run_record(run: str, manifest_sha: str, manifest, store, device, batch_size) -> dict[str, Any]:
-    ckpt = layout.checkpoint(run)
-    loaded = load_checkpoint(ckpt)  # read once: its kind decides how to score it
-    _check_manifest(ckpt, loaded[1], manifest_sha)
-    if loaded[1]["kind"] == "head":
-        scores = score_head(ckpt, loaded, store, device)
-    else:
-        scores = score_transfer(loaded, manifest, device, batch_size)
+def _run_record(run: str, manifest_sha: str, test_index: dict[str, int]) -> dict[str, Any]:
+    """A run's predictions (aligned with ``test_ids``), test scores, summary and curves."""
+    source = layout.predictions(run)
+    if not source.is_file():
+        raise FileNotFoundError(f"{source}: no predictions for run {run}; run dvc repro")
+    pred = read_json(source)
+    _check_manifest(source, pred, manifest_sha)
+    test = pred["test"]
+    if sorted(test["ids"]) != sorted(test_index):
+        raise FingerprintMismatch(f"{source}: scored other test images than the manifest lists; re-run it")
+    aligned = [0] * len(test_index)
+    for image, p in zip(test["ids"], test["pred"], strict=True):
+        aligned[test_index[image]] = p
     return {
         "run": run,
-        "scores": scores,
+        "scores": pred["test_metrics"],
+        "val": {"accuracy": pred["val"]["accuracy"], "nll": pred["val"]["nll"]},
+        "predictions": aligned,
         "train": read_json(layout.train_summary(run)),
         "curves": read_curves(layout.results_dir(run)),
-        "classes": loaded[1]["classes"],
+        "classes": pred["classes"],
     }
+
+
+def compare_all(correct: dict[str, np.ndarray], seeds: list[int]) -> dict[str, Any]:
+    """Every pair of models on the same test images: paired difference, interval, exact
+    McNemar (one seed) or sign-flip (several) p-value, Holm-adjusted over all pairs."""
+    names = list(correct)
+    pairs = []
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            r = paired_test(correct[a], correct[b])
+            pairs.append({"a": a, "b": b, **r, "seeds": list(seeds)})
+    for pair, adj in zip(pairs, holm([p["p"] for p in pairs]), strict=True):
+        pair["p_holm"] = adj
+    return {
+        "alpha": ALPHA,
+        "method": (
+            "Paired on the same test images. diff = acc_a - acc_b (mean over seeds and images). "
+            "ci95: paired bootstrap percentile interval, resampling images (and, with several "
+            "seeds, the seeds too: hierarchical). p: with one seed the exact McNemar test "
+            "(two-sided binomial test on the discordant images); with several seeds a "
+            "two-sided sign-flip test on the per-image accuracy difference averaged over seeds "
+            "(exact up to 20 informative images, else 20,000 Monte Carlo flips), which reduces "
+            "to McNemar's with one seed. p_holm: Holm's step-down adjustment over all pairs."
+        ),
+        "pairs": pairs,
+    }
+
+
+def verdict(
+    val: dict[str, tuple[float, float]], comparisons: dict[str, Any], cost: dict[str, float]
+) -> dict[str, Any]:
+    """Best on validation; the models the test split cannot separate from it; the cheapest
+    of those, which is what the report recommends."""
+    best = best_index([_Val(m, *v) for m, v in val.items()])
+    best_name = list(val)[best]
+    ties, unresolved = [best_name], []
+    for m in val:
+        if m == best_name:
+            continue
+        pair = pair_of(comparisons, best_name, m)
+        assert pair is not None
+        if not separable(pair):
+            ties.append(m)
+            n_needed = images_to_separate(pair["diff"], pair["discordant"])
+            unresolved.append(
+                {
+                    "model": m,
+                    "diff": pair["diff"],
+                    "ci95": pair["ci95"],
+                    "p_holm": pair["p_holm"],
+                    "images_to_separate": n_needed,
+                }
+            )
+    recommended = min(ties, key=lambda m: cost[m])
+    return {
+        "best_on_val": best_name,
+        "val_acc": {m: v[0] for m, v in val.items()},
+        "tie_set": ties,
+        "recommended": recommended,
+        "unresolved": unresolved,
+        "rule": (
+            "best: highest mean validation accuracy (ties: lower validation loss); tie set: every "
+            f"model whose paired comparison with the best has Holm-adjusted p >= {ALPHA} or an "
+            "interval containing 0; recommended: the cheapest of the tie set by total time "
+            "(its own training plus the extraction / probe it needs)"
+        ),
+    }
+
+
+@dataclass
+class _Val:
+    model: str
+    val_acc: float
+    val_loss: float
 
 
 def evaluate_all(
@@ -208,22 +255,24 @@ def evaluate_all(
     strategies: dict[str, list[float]],
     seeds: list[int],
     manifest: pl.DataFrame,
-    store: FeatureStore,
-    device: torch.device,
-    batch_size: int,
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Every model on the test split. Returns (metrics for DVC, details).
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Every model, aggregated from its runs' predictions. Returns (metrics for DVC,
+    details, comparisons).
 
     ``heads`` are the two-stage models; ``strategies`` maps each end-to-end strategy to its
     learning-rate grid. A strategy's rate is chosen on validation (mean over seeds, by
-    :func:`transferlab.selection.best_index`), and only that rate's runs are scored on
-    test: the test split never takes part in a choice.
+    :func:`transferlab.selection.best_index`); the best model is chosen on validation too.
+    Test predictions only ever enter the reported scores and the paired comparisons.
     """
     manifest_sha = manifest_fingerprint(manifest)
+    test_rows = manifest.filter(pl.col("split") == "test")
+    test_ids = test_rows["path"].to_list()
+    test_labels = test_rows["label"].to_list()
+    test_index = {image: i for i, image in enumerate(test_ids)}
     extract = read_json(layout.results_dir("extract") / "extract.json")
-    probe_s = {}  # seed -> the probe's search time, which lp-ft also pays
+    probe_s: dict[int, float] = {}  # seed -> the probe's search time, which lp-ft also pays
     metrics: dict[str, Any] = {}
-    details: dict[str, Any] = {"models": {}, "seeds": seeds}
+    details: dict[str, Any] = {"models": {}, "seeds": seeds, "test_ids": test_ids, "test_labels": test_labels}
     classes: list[str] | None = None
     chosen: dict[str, tuple[dict[int, str], dict[str, Any]]] = {}
     for name in heads:
@@ -262,11 +311,11 @@ def evaluate_all(
                 "depends_on": ["extract-features", "train-head@features"] if name == "lp-ft" else [],
             },
         )
+    correct: dict[str, np.ndarray] = {}
+    val: dict[str, tuple[float, float]] = {}
+    labels = np.asarray(test_labels)
     for name, (run_names, protocol) in chosen.items():
-        runs = {
-            seed: _run_record(run, manifest_sha, manifest, store, device, batch_size)
-            for seed, run in run_names.items()
-        }
+        runs = {seed: _run_record(run, manifest_sha, test_index) for seed, run in run_names.items()}
         classes = runs[seeds[0]].pop("classes")
         for r in runs.values():
             r.pop("classes", None)
@@ -279,7 +328,12 @@ def evaluate_all(
             depends += float(np.mean([probe_s.get(s, 0.0) for s in seeds]))
         for r in runs.values():
             r["train"].setdefault("search_time_s", protocol.get("search_time_s", r["train"]["train_time_s"]))
-        metrics[name] = headline(runs, depends)
+        correct[name] = np.array([np.asarray(runs[s]["predictions"]) == labels for s in seeds], dtype=float)
+        val[name] = (
+            float(np.mean([r["val"]["accuracy"] for r in runs.values()])),
+            float(np.mean([r["val"]["nll"] for r in runs.values()])),
+        )
+        metrics[name] = headline(runs, depends, accuracy_interval(correct[name]), val[name][0])
         protocol["depends_s"] = round(depends, 2)
         confusion = np.sum([np.asarray(r["scores"]["confusion"]) for r in runs.values()], axis=0)
         details["models"][name] = {
@@ -289,6 +343,8 @@ def evaluate_all(
             "per_class_f1": per_class_f1(confusion).round(4).tolist(),
             "curves": runs[seeds[0]]["curves"],
         }
+    comparisons = compare_all(correct, seeds)
+    details["verdict"] = verdict(val, comparisons, {m: metrics[m]["total_time_s"] for m in metrics})
     details["rank_flips"] = rank_flips(
         {
             m: {int(s): r["scores"]["accuracy"] for s, r in d["runs"].items()}
@@ -303,6 +359,6 @@ def evaluate_all(
     }
     details["extract"] = extract
     details["classes"] = classes
-    details["fingerprint"] = store.fingerprint
+    details["fingerprint"] = extract.get("fingerprint") or {}
     details["split_sizes"] = dict(manifest.group_by("split").len().iter_rows())
-    return metrics, details
+    return metrics, details, comparisons

@@ -50,3 +50,8 @@ def results_dir(name: str) -> Path:
 
 def train_summary(name: str) -> Path:
     return results_dir(name) / "train.json"
+
+
+def predictions(name: str) -> Path:
+    """Per-image predictions of run ``name`` on val and test, with its test metrics."""
+    return results_dir(name) / "predictions.json"

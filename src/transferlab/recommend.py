@@ -12,14 +12,23 @@ Here both axes are measured. Size is the number of training images (the threshol
 is the one the rule of thumb itself uses). Similarity is how far the linear probe on frozen
 features falls behind the best fine-tuned model: when frozen ImageNet features already
 separate the classes, the domains are similar for this task; when fine-tuning gains more
-than ``gap_threshold``, the features did not fit. The rule's prediction is then checked
-against the measured ranking, and where they disagree the measurement wins.
+than ``GAP_THRESHOLD``, the features did not fit.
+
+Every judgement is statistical. The gap is the *paired* difference between the best
+fine-tuned model (chosen on validation) and the probe on the same test images: "different"
+only when its 95% interval lies entirely above the threshold, "similar" only when it lies
+entirely below, and otherwise the report says the data cannot tell. The best model is
+chosen on validation; the recommendation is the cheapest model the test split cannot
+separate from it (see :func:`transferlab.evaluation.verdict`), and the rule of thumb
+"agrees" when one of its strategies is in that set.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+from transferlab.stats import separable
 
 LARGE_DATASET = 10_000  # training images; "small" below, "large" from here on
 GAP_THRESHOLD = 0.02  # accuracy the best fine-tuning must gain over the probe for "different"
@@ -45,90 +54,141 @@ SCENARIOS: dict[int, tuple[str, str, tuple[str, ...]]] = {
 
 @dataclass(frozen=True)
 class Recommendation:
-    scenario: int
+    scenario: int | None  # None: the data cannot tell which column of the matrix
     train_images: int
     images_per_class: float
-    probe_gap: float | None  # best fine-tuned accuracy minus the linear probe's
+    gap: dict[str, Any] | None  # paired best-fine-tuned minus probe: diff, ci95, p_holm
+    domain: str  # "similar" | "different" | "cannot tell" | "not measured"
     predicted: tuple[str, ...]
-    best: str
-    agrees: bool
-    cheapest_near_best: str  # fastest model within `tolerance` of the best
+    best: str  # chosen on validation
+    tie_set: tuple[str, ...]
+    recommended: str
+    agrees: bool | None
     text: str
+
+
+def domain_of(gap: dict[str, Any] | None, threshold: float = GAP_THRESHOLD) -> str:
+    """Similarity from the paired interval of (best fine-tuned - probe)."""
+    if gap is None:
+        return "not measured"
+    lo, hi = gap["ci95"]
+    if lo > threshold:
+        return "different"
+    if hi < threshold:
+        return "similar"
+    return "cannot tell"
 
 
 def recommend(
     metrics: dict[str, Any],
+    verdict: dict[str, Any],
+    gap: dict[str, Any] | None,
     *,
     train_images: int,
     num_classes: int,
-    tolerance: float = 0.005,
 ) -> Recommendation:
-    """Place the run in the decision matrix and compare the rule with the measurements.
+    """Place the run in the decision matrix and set the rule against the measured verdict.
 
-    ``metrics`` is evaluate's output: per model ``test_acc``, ``train_time_s``, and
-    ``extract`` with ``time_s`` / ``augment_time_s``.
+    ``verdict`` is evaluate's (best on validation, tie set, recommended); ``gap`` the paired
+    comparison of the best fine-tuned model against the probe (oriented fine-tuned - probe),
+    or None when either is missing.
     """
     models = {k: v for k, v in metrics.items() if k != "extract"}
     if not models:
         raise ValueError("no models to compare")
-    acc = {k: v["test_acc"] for k, v in models.items()}
-    best = max(acc, key=lambda k: (acc[k], -models[k]["train_time_s"]))
-
-    tuned = [acc[k] for k in FINE_TUNING if k in acc]
-    probe = acc.get("features")
-    gap = round(max(tuned) - probe, 6) if tuned and probe is not None else None
+    best, ties, pick = verdict["best_on_val"], tuple(verdict["tie_set"]), verdict["recommended"]
     large = train_images >= LARGE_DATASET
-    different = gap is not None and gap > GAP_THRESHOLD
-    scenario = {(False, False): 1, (True, False): 2, (False, True): 3, (True, True): 4}[(large, different)]
-    where, rule, predicted = SCENARIOS[scenario]
-    agrees = best in predicted
-
-    def cost(k: str) -> float:
-        return models[k]["total_time_s"]  # its own training plus what it needed first
-
-    near = [k for k in models if acc[k] >= acc[best] - tolerance]
-    cheapest = min(near, key=cost)
-
+    domain = domain_of(gap)
     size = f"{train_images:,} training images ({train_images / num_classes:,.0f} per class)"
     if gap is None:
         similarity = "similarity not measured (needs both the features model and a fine-tuned one)"
     else:
+        lo, hi = gap["ci95"]
         similarity = (
-            f"the best fine-tuned model {'beats' if gap >= 0 else 'trails'} the linear probe by "
-            f"{abs(gap):.4f} test accuracy "
-            f"({'more' if different else 'no more'} than {GAP_THRESHOLD:.2f}: "
-            f"{'a different' if different else 'a similar'} domain for this backbone)"
+            f"the best fine-tuned model ({gap['a']}) minus the linear probe is {gap['diff']:+.4f} "
+            f"test accuracy, paired 95% interval [{lo:+.4f}, {hi:+.4f}]"
         )
-    lines = [
-        f"Scenario {scenario}, {where}: {size}; {similarity}.",
-        f"The rule of thumb says: {rule} ({', '.join(predicted)}).",
-    ]
+        similarity += {
+            "different": f", entirely above {GAP_THRESHOLD:.2f}: a different domain for this backbone",
+            "similar": f", entirely below {GAP_THRESHOLD:.2f}: a similar domain for this backbone",
+            "cannot tell": f", which straddles {GAP_THRESHOLD:.2f}: the data cannot tell whether the domain is similar",
+        }[domain]
+    if domain in ("similar", "different"):
+        scenario: int | None = {(False, False): 1, (True, False): 2, (False, True): 3, (True, True): 4}[
+            (large, domain == "different")
+        ]
+        where, rule, predicted = SCENARIOS[scenario]
+        lines = [
+            f"Scenario {scenario}, {where}: {size}; {similarity}.",
+            f"The rule of thumb says: {rule} ({', '.join(predicted)}).",
+        ]
+    else:
+        scenario = None
+        options = (2, 4) if large else (1, 3)
+        predicted = tuple(dict.fromkeys(m for o in options for m in SCENARIOS[o][2]))
+        lines = [
+            f"Scenario {options[0]} or {options[1]}: {size}; {similarity}.",
+            "The rule of thumb says: "
+            + " or ".join(f"{SCENARIOS[o][1]} ({', '.join(SCENARIOS[o][2])})" for o in options)
+            + ".",
+        ]
+    agrees = any(m in predicted for m in ties)
+    lines.append(
+        f"Chosen on validation, the best model is {best} (validation accuracy "
+        f"{verdict['val_acc'][best]:.4f}; test {models[best]['test_acc']:.4f})."
+    )
+    others = [m for m in ties if m != best]
+    if others:
+        lines.append(
+            f"The test split cannot separate it from {', '.join(others)} (paired tests, Holm-adjusted): "
+            f"the data cannot tell these apart, so the cheapest of them is recommended: {pick} "
+            f"({models[pick]['total_time_s']:.1f} s in total, extraction and probe included, against "
+            f"{models[best]['total_time_s']:.1f} s for {best})."
+        )
+    else:
+        lines.append(f"Every other model is separably worse on the test split: {best} is recommended.")
     if agrees:
-        lines.append(f"The measurements agree: the best model is {best} ({acc[best]:.4f}).")
+        lines.append("The measurements agree with the rule: one of its strategies is among the best.")
     else:
         lines.append(
-            f"The measurements disagree, and they win: the best model is {best} ({acc[best]:.4f}), "
-            f"ahead of the rule's best pick "
-            + (
-                f"{max((k for k in predicted if k in acc), key=lambda k: acc[k])} "
-                f"({max(acc[k] for k in predicted if k in acc):.4f})."
-                if any(k in acc for k in predicted)
-                else "(none of its strategies ran)."
-            )
-        )
-    if cheapest != best:
-        lines.append(
-            f"Within {tolerance:.3f} of the best, {cheapest} costs least: "
-            f"{cost(cheapest):.1f} s against {cost(best):.1f} s (extraction included for the two-stage models, extraction and probe for lp-ft)."
+            "The measurements disagree with the rule, and they win: none of its strategies is among the best."
         )
     return Recommendation(
         scenario=scenario,
         train_images=train_images,
         images_per_class=train_images / num_classes,
-        probe_gap=gap,
+        gap=gap,
+        domain=domain,
         predicted=predicted,
         best=best,
+        tie_set=ties,
+        recommended=pick,
         agrees=agrees,
-        cheapest_near_best=cheapest,
         text=" ".join(lines),
     )
+
+
+def answer_better(pair: dict[str, Any] | None, margin: float = GAP_THRESHOLD) -> str:
+    """ "Is a better than b?": yes when separably better; no when separably worse, or when
+    the whole interval lies within +-margin (no gain worth the name); else cannot tell."""
+    if pair is None:
+        return "not measured"
+    lo, hi = pair["ci95"]
+    if separable(pair):
+        return "yes" if pair["diff"] > 0 else "no"
+    if -margin < lo and hi < margin:
+        return "no"
+    return "cannot tell"
+
+
+def answer_similar(pair: dict[str, Any] | None, margin: float = GAP_THRESHOLD) -> str:
+    """ "Do a and b reach similar accuracy?": yes when the whole interval lies within
+    +-margin; no when they are separable and the interval reaches beyond it; else cannot tell."""
+    if pair is None:
+        return "not measured"
+    lo, hi = pair["ci95"]
+    if -margin < lo and hi < margin:
+        return "yes"
+    if separable(pair) and (lo >= margin or hi <= -margin or abs(pair["diff"]) >= margin):
+        return "no"
+    return "cannot tell"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,14 @@ matplotlib.use("Agg")  # headless: CI and servers have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from transferlab.recommend import GAP_THRESHOLD, recommend  # noqa: E402
+from transferlab.recommend import (  # noqa: E402
+    FINE_TUNING,
+    GAP_THRESHOLD,
+    answer_better,
+    answer_similar,
+    recommend,
+)
+from transferlab.stats import pair_of, separable  # noqa: E402
 
 DESCRIPTIONS = {
     "features": "two-stage: head on cached features, no augmentation",
@@ -207,7 +215,8 @@ def plot_per_class_f1(details: dict[str, Any]) -> bytes:
 
 @dataclass
 class Document:
-    """Blocks: ("h1"|"h2"|"p"|"pre", text), ("table", header, rows), ("img", name, alt)."""
+    """Blocks: ("h1"|"h2"|"p"|"pre", text), ("list", items), ("table", header, rows),
+    ("img", name, alt). Text may use Markdown's **bold**, *emphasis* and `code`."""
 
     blocks: list[tuple] = field(default_factory=list)
     figures: dict[str, bytes] = field(default_factory=dict)
@@ -223,6 +232,8 @@ class Document:
                 out.append(("# " if kind == "h1" else "## ") + b[1])
             elif kind == "p":
                 out.append(b[1])
+            elif kind == "list":
+                out.extend(f"- {item}" for item in b[1])
             elif kind == "pre":
                 out.append("```\n" + b[1].rstrip() + "\n```")
             elif kind == "table":
@@ -244,6 +255,8 @@ class Document:
                 body.append(f"<{kind}>{e(b[1])}</{kind}>")
             elif kind == "p":
                 body.append(f"<p>{_inline(b[1])}</p>")
+            elif kind == "list":
+                body.append("<ul>" + "".join(f"<li>{_inline(item)}</li>" for item in b[1]) + "</ul>")
             elif kind == "pre":
                 body.append(f"<pre>{e(b[1])}</pre>")
             elif kind == "table":
@@ -268,63 +281,97 @@ class Document:
 
 
 def _inline(text: str) -> str:
-    """Markdown's **bold** and `code` in HTML; everything else escaped."""
-    parts = html.escape(text).split("**")
-    text = "".join(f"<strong>{p}</strong>" if i % 2 else p for i, p in enumerate(parts))
-    parts = text.split("`")
-    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
-
-
-def _claims(by: dict[str, dict[str, Any]], extract: dict[str, Any], rec_gap: float | None) -> list[str]:
-    """The source documents' claims, each checked against this run's numbers."""
+    """Markdown's `code`, **bold** and *emphasis* in HTML; everything else escaped. Code
+    spans are cut out first, so a * inside one stays literal."""
     out = []
+    for i, part in enumerate(html.escape(text).split("`")):
+        if i % 2:
+            out.append(f"<code>{part}</code>")
+            continue
+        part = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", part)
+        part = re.sub(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])", r"<em>\1</em>", part)
+        out.append(part)
+    return "".join(out)
+
+
+def _pair_text(pair: dict[str, Any]) -> str:
+    lo, hi = pair["ci95"]
+    return (
+        f"{pair['a']} {pair['acc_a']:.4f} vs {pair['b']} {pair['acc_b']:.4f}, difference {pair['diff']:+.4f} "
+        f"[{lo:+.4f}, {hi:+.4f}], Holm-adjusted p = {pair['p_holm']:.3g}"
+    )
+
+
+def best_of(models: tuple[str, ...] | list[str], val: dict[str, float]) -> str | None:
+    """The model of ``models`` with the best validation accuracy (choices are made on val)."""
+    present = [m for m in models if m in val]
+    return max(present, key=lambda m: val[m]) if present else None
+
+
+def claims(
+    by: dict[str, dict[str, Any]], extract: dict[str, Any], comparisons: dict[str, Any], val: dict[str, float]
+) -> list[str]:
+    """The source documents' claims, each answered yes, no or cannot tell, with the paired
+    numbers that answer it (accuracy claims) or the measured costs (cost claims)."""
+    out = []
+    m = GAP_THRESHOLD
+
+    def line(claim: str, answer: str, why: str) -> None:
+        out.append(f"*{claim}*: **{answer}**: {why}.")
+
     if "features" in by and "frozen" in by:
         f, z = by["features"], by["frozen"]
         ratio = z["time_per_epoch_s"] / max(f["time_per_epoch_s"], 1e-9)
-        out.append(
-            f"*Two-stage trains faster per epoch*: yes, {ratio:,.0f}x ({_fmt_s(f['time_per_epoch_s'])} against "
-            f"{_fmt_s(z['time_per_epoch_s'])} per epoch), after a one-time extraction of {_fmt_s(extract['time_s'])}."
+        line(
+            "Two-stage trains faster per epoch",
+            "yes" if ratio > 1 else "no",
+            f"{ratio:,.0f}x ({_fmt_s(f['time_per_epoch_s'])} against {_fmt_s(z['time_per_epoch_s'])} per pass over "
+            f"the training set), after a one-time extraction of {_fmt_s(extract['time_s'])}",
         )
-        diff = z["test_acc"] - f["test_acc"]
-        half = (f.get("test_acc_ci_hi", f["test_acc"]) - f.get("test_acc_ci_lo", f["test_acc"])) / 2
-        similar = abs(diff) <= half
-        out.append(
-            f"*Both reach similar accuracy*: {'yes' if similar else 'no'}: frozen end to end minus two-stage is "
-            f"{diff:+.4f}, {'within' if similar else 'outside'} the test set's 95% interval (±{half:.4f})."
+        pair = pair_of(comparisons, "frozen", "features")
+        line(
+            "Both reach similar accuracy",
+            answer_similar(pair, m),
+            f"within ±{m:.2f} counts as similar; {_pair_text(pair)}",
         )
-        if "features-augmented" in by:
-            a = by["features-augmented"]
-            d_aug = a["test_acc"] - f["test_acc"]
-            out.append(
-                f"*Augmentation helps the frozen path*: {'yes' if d_aug > 0 else 'no'}, compared on equal "
-                f"terms (the same probe, fitted to convergence, with and without augmented views): "
-                f"{a['test_acc']:.4f} against {f['test_acc']:.4f} ({d_aug:+.4f}). Frozen end to end, "
-                f"augmented on the fly within its step budget, reached {z['test_acc']:.4f}."
-            )
     if "features" in by and "features-augmented" in by:
-        d = by["features-augmented"]["test_acc"] - by["features"]["test_acc"]
-        out.append(
-            f"*Cached features cannot use augmentation*: they can: augmented views cost "
-            f"{_fmt_s(extract.get('augment_time_s', 0.0))} of extra extraction and changed test accuracy by {d:+.4f}."
+        pair = pair_of(comparisons, "features-augmented", "features")
+        line(
+            "Augmentation helps the frozen path",
+            answer_better(pair, m),
+            f"compared on equal terms (the same probe, fitted to convergence, with and without "
+            f"{extract.get('augment_time_s', 0.0):.1f} s of augmented views); {_pair_text(pair)}",
         )
-    if rec_gap is not None:
-        out.append(
-            f"*Fine-tuning helps where frozen features fall short*: "
-            f"{'yes' if rec_gap > GAP_THRESHOLD else 'not here'}: the best fine-tuned model "
-            f"{'beats' if rec_gap >= 0 else 'trails'} the linear probe by {abs(rec_gap):.4f} test accuracy."
+        line(
+            "Cached features cannot use augmentation",
+            "no",
+            f"they can: K augmented views per training image are extracted once, at "
+            f"{_fmt_s(extract.get('augment_time_s', 0.0))} of extra extraction",
         )
-    if "scratch" in by:
-        pre = [r for k, r in by.items() if k != "scratch"]
-        if pre:
-            best = max(pre, key=lambda r: r["test_acc"])
-            out.append(
-                f"*Pretraining is worth it*: {best['test_acc'] - by['scratch']['test_acc']:+.4f} test accuracy "
-                f"({best['model']} against the same architecture from random weights)."
-            )
+    tuned = best_of(FINE_TUNING, val)
+    if tuned and "features" in by:
+        pair = pair_of(comparisons, tuned, "features")
+        line(
+            "Fine-tuning beats frozen features",
+            answer_better(pair, m),
+            f"the best fine-tuned model on validation against the linear probe; {_pair_text(pair)}",
+        )
+    pretrained = best_of([k for k in by if k != "scratch"], val)
+    if "scratch" in by and pretrained:
+        pair = pair_of(comparisons, pretrained, "scratch")
+        line(
+            "Pretraining is worth it",
+            answer_better(pair, m),
+            f"the best pretrained model on validation against the same network from random weights; "
+            f"{_pair_text(pair)}",
+        )
     if "full" in by and "frozen" in by:
-        out.append(
-            f"*Fine-tuning needs more memory*: peak resident memory {by['full']['peak_rss_mb']:.0f} MB for full "
-            f"fine-tuning against {by['frozen']['peak_rss_mb']:.0f} MB with the backbone frozen."
+        more = by["full"]["peak_rss_mb"] > by["frozen"]["peak_rss_mb"]
+        line(
+            "Fine-tuning needs more memory",
+            "yes" if more else "no",
+            f"peak resident memory {by['full']['peak_rss_mb']:.0f} MB for full fine-tuning against "
+            f"{by['frozen']['peak_rss_mb']:.0f} MB with the backbone frozen",
         )
     return out
 
@@ -332,6 +379,7 @@ def _claims(by: dict[str, dict[str, Any]], extract: dict[str, Any], rec_gap: flo
 def build(
     metrics: dict[str, Any],
     details: dict[str, Any],
+    comparisons: dict[str, Any],
     *,
     title: str,
     code_version: str,
@@ -351,16 +399,52 @@ def build(
         f"Seeds: {', '.join(map(str, seeds))}. Code: `{code_version}`.",
     )
 
-    rec = recommend(metrics, train_images=sizes.get("train", 0), num_classes=len(details["classes"]))
+    verdict = details["verdict"]
+    val = verdict["val_acc"]
+    tuned = best_of(FINE_TUNING, val)
+    gap = pair_of(comparisons, tuned, "features") if tuned and "features" in val else None
+    rec = recommend(
+        metrics, verdict, gap, train_images=sizes.get("train", 0), num_classes=len(details["classes"])
+    )
     doc.add("h2", "Recommendation")
     doc.add("p", rec.text)
+    doc.add("h2", "What the data cannot tell")
+    n_test = len(details.get("test_ids", [])) or sizes.get("test", 0)
+    if verdict["unresolved"]:
+        items = []
+        for u in verdict["unresolved"]:
+            lo, hi = u["ci95"]
+            need = u["images_to_separate"]
+            items.append(
+                f"{verdict['best_on_val']} against {u['model']}: difference {u['diff']:+.4f}, "
+                f"95% interval [{lo:+.4f}, {hi:+.4f}], Holm-adjusted p = {u['p_holm']:.3g}. "
+                + (
+                    f"A difference this size would take about {need:,} test images to separate "
+                    f"(this split has {n_test:,})."
+                    if need
+                    else "They make the same predictions: no test set separates them."
+                )
+            )
+        doc.add("list", items)
+        doc.add(
+            "p",
+            "These models tie on this test split: the data cannot tell which is better, and a "
+            "ranking among them would be noise. More test images, more seeds (`base.seeds`) or "
+            "more data would separate differences this small; until then, choose among them on "
+            "cost.",
+        )
+    else:
+        doc.add(
+            "p", f"Nothing: every model is separably worse than {verdict['best_on_val']} on the test split."
+        )
 
     doc.add("h2", "Comparison")
     multi = len(seeds) > 1
     header = [
         "model",
         "what trains",
-        "test acc" + (" (mean ± sd)" if multi else " [95% CI]"),
+        "val acc",
+        "test acc" + (" (mean ± sd) [95% CI]" if multi else " [95% CI]"),
         "macro-F1",
         "balanced acc",
         "NLL",
@@ -374,15 +458,14 @@ def build(
     table = []
     for r in rows:
         acc = (
-            f"{r['test_acc']:.4f} ± {r['test_acc_std']:.4f}"
-            if multi
-            else f"{r['test_acc']:.4f} [{r['test_acc_ci_lo']:.3f}, {r['test_acc_ci_hi']:.3f}]"
-        )
-        name = f"**{r['model']}**" if r["model"] == rec.best else r["model"]
+            f"{r['test_acc']:.4f} ± {r['test_acc_std']:.4f} " if multi else f"{r['test_acc']:.4f} "
+        ) + f"[{r['test_acc_ci_lo']:.3f}, {r['test_acc_ci_hi']:.3f}]"
+        name = f"**{r['model']}**" if r["model"] == rec.recommended else r["model"]
         table.append(
             [
                 name,
                 DESCRIPTIONS.get(r["model"], ""),
+                f"{val.get(r['model'], float('nan')):.4f}",
                 acc,
                 f"{r['macro_f1']:.4f}",
                 f"{r['balanced_acc']:.4f}",
@@ -397,6 +480,40 @@ def build(
             ]
         )
     doc.add("table", header, table)
+    doc.add(
+        "p",
+        "Bold: the recommended model. Rows are sorted by test accuracy for reading only; every "
+        "choice (learning rates, L2 strengths, the best model) was made on validation. Test "
+        "intervals: " + ("Wilson's." if not multi else "hierarchical bootstrap over seeds and images."),
+    )
+    doc.add("h2", f"Paired comparisons with {verdict['best_on_val']}")
+    paired_rows = []
+    for r in rows:
+        if r["model"] == verdict["best_on_val"]:
+            continue
+        pair = pair_of(comparisons, verdict["best_on_val"], r["model"])
+        lo, hi = pair["ci95"]
+        paired_rows.append(
+            [
+                r["model"],
+                f"{pair['diff']:+.4f}",
+                f"[{lo:+.4f}, {hi:+.4f}]",
+                f"{pair['p']:.3g}",
+                f"{pair['p_holm']:.3g}",
+                "yes" if separable(pair) else "no: tie",
+            ]
+        )
+    doc.add(
+        "table",
+        ["against", f"{verdict['best_on_val']} minus it", "95% interval", "p", "p (Holm)", "separable"],
+        paired_rows,
+    )
+    doc.add(
+        "p",
+        "Paired on the same test images; every pair of models is in `results/evaluate/comparisons.json`, "
+        "and `results/evaluate/details.json` holds each run's per-image predictions (`test_ids`, "
+        "`test_labels`, `predictions`) to recompute any of them. " + comparisons["method"],
+    )
     doc.add("h2", "Protocol")
     doc.add(
         "p",
@@ -437,11 +554,10 @@ def build(
     elif multi:
         doc.add("p", f"No ranking flips between the {len(seeds)} seeds.")
 
-    claims = _claims(by, extract, rec.probe_gap)
-    if claims:
+    checked = claims(by, extract, comparisons, val)
+    if checked:
         doc.add("h2", "The rules of thumb, checked on this run")
-        for c in claims:
-            doc.add("p", "- " + c)
+        doc.add("list", checked)
 
     doc.figures = {
         "accuracy_vs_time.png": plot_cost(rows, extract),

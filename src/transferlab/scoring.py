@@ -1,0 +1,55 @@
+"""Per-image predictions: what each training run leaves for the verdict.
+
+Every run scores itself on the validation and test images as its last step and writes
+``results/<run>/predictions.json``: for each split the image ids (manifest paths), true
+labels, predicted classes and the predicted class's probability, plus that run's test
+metrics. Scoring is part of the run's own DVC stage, so a change to a head re-scores only
+the heads, and evaluate only aggregates: it never loads a model. Anyone holding these files
+can recompute every comparison in the report.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from transferlab import layout
+from transferlab._io import write_json
+from transferlab.metrics import classification_metrics
+
+Scored = tuple[torch.Tensor, torch.Tensor, list[str]]  # logits, labels, image ids
+
+
+def split_record(logits: torch.Tensor, labels: torch.Tensor, ids: list[str]) -> dict[str, Any]:
+    """Per-image outcome of one split, aligned with ``ids``."""
+    probs = F.softmax(logits.float(), dim=1)
+    top, pred = probs.max(dim=1)
+    return {
+        "ids": list(ids),
+        "labels": labels.tolist(),
+        "pred": pred.tolist(),
+        "prob": [round(float(p), 5) for p in top],
+        "accuracy": float((pred == labels).float().mean()),
+        "nll": float(F.cross_entropy(logits.float(), labels)),
+    }
+
+
+def write_predictions(
+    run: str, *, manifest_sha256: str, classes: list[str], val: Scored, test: Scored
+) -> dict[str, Any]:
+    """Write ``results/<run>/predictions.json`` and return its test metrics."""
+    test_metrics = classification_metrics(test[0], test[1], len(classes))
+    write_json(
+        layout.predictions(run),
+        {
+            "run": run,
+            "manifest_sha256": manifest_sha256,
+            "classes": classes,
+            "val": split_record(*val),
+            "test": split_record(*test),
+            "test_metrics": test_metrics,
+        },
+    )
+    return test_metrics

@@ -1,0 +1,176 @@
+"""The statistics behind every claim the report makes: paired, on the same test images.
+
+Two models scored on the same images are compared image by image, never through their
+marginal accuracies: most images are right (or wrong) for both, and only the images where
+they disagree carry information about which is better.
+
+* :func:`wilson` - the interval of one accuracy (never reaches 1.0 when there are errors).
+* :func:`mcnemar_exact` - two-sided exact McNemar test: a binomial test on the discordant
+  images (those exactly one of the two models gets right).
+* :func:`paired_test` - one comparison. ``correct_a`` and ``correct_b`` are (seeds, images)
+  arrays of 0/1 on the same images. The point estimate is the difference of mean accuracies.
+  The 95% interval is a paired bootstrap: images resampled (and, with several seeds, seeds
+  too: a hierarchical bootstrap, so seed-to-seed variation widens the interval). The p-value
+  comes from a sign-flip test on the per-image differences averaged over seeds: under the
+  null the two models are exchangeable on every image. With one seed the per-image
+  differences are -1, 0 or +1 and the sign-flip test *is* McNemar's exact test, computed
+  exactly; with several it is computed exactly for up to 20 informative images and by
+  Monte Carlo (fixed seed) beyond.
+* :func:`holm` - Holm's step-down adjustment over all pairs of a report.
+* :func:`images_to_separate` - roughly how many test images a paired test would need to
+  separate a difference of the observed size (Connor's 1987 sample size for McNemar's test,
+  alpha 0.05, power 0.8).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+Z95 = 1.959963984540054
+Z80 = 0.8416212335729143
+
+
+def wilson(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of ``correct`` successes in ``n`` trials."""
+    if n == 0:
+        return 0.0, 1.0
+    p = correct / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value: ``b`` images only A gets right, ``c`` only B."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    k = min(b, c)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def _sign_flip_p(d: np.ndarray, rng: np.random.Generator, draws: int) -> float:
+    """Two-sided sign-flip test of sum(d) = 0 (d: per-image differences)."""
+    d = d[d != 0]
+    if len(d) == 0:
+        return 1.0
+    observed = abs(d.sum())
+    if len(d) <= 20:  # exact: every sign pattern
+        signs = ((np.arange(2 ** len(d))[:, None] >> np.arange(len(d))) & 1) * 2 - 1
+        stats = np.abs(signs @ d)
+        return float(np.mean(stats >= observed - 1e-12))
+    flips = rng.choice([-1.0, 1.0], size=(draws, len(d)))
+    stats = np.abs(flips @ d)
+    return float((1 + np.sum(stats >= observed - 1e-12)) / (draws + 1))
+
+
+def paired_test(
+    correct_a: np.ndarray,
+    correct_b: np.ndarray,
+    *,
+    boot: int = 4000,
+    draws: int = 20000,
+    seed: int = 0,
+) -> dict[str, float | list[float] | int]:
+    """Compare two models on the same images; arrays are (seeds, images) of 0/1."""
+    a = np.atleast_2d(np.asarray(correct_a, dtype=float))
+    b = np.atleast_2d(np.asarray(correct_b, dtype=float))
+    if a.shape != b.shape:
+        raise ValueError(f"paired arrays differ in shape: {a.shape} vs {b.shape}")
+    seeds, n = a.shape
+    rng = np.random.default_rng(seed)
+    diff_si = a - b  # (seeds, images)
+    diff = float(diff_si.mean())
+    # paired (hierarchical) bootstrap of the mean difference, in chunks: memory stays at
+    # chunk x seeds x images whatever the number of draws
+    samples = []
+    for start in range(0, boot, 256):
+        k = min(256, boot - start)
+        s_idx = rng.integers(0, seeds, size=(k, seeds)) if seeds > 1 else np.zeros((k, 1), dtype=int)
+        i_idx = rng.integers(0, n, size=(k, n))
+        samples.append(diff_si[s_idx[:, :, None], i_idx[:, None, :]].mean(axis=(1, 2)))
+    lo, hi = np.percentile(np.concatenate(samples), [2.5, 97.5])
+    if seeds == 1:
+        only_a = int(np.sum((a[0] == 1) & (b[0] == 0)))
+        only_b = int(np.sum((a[0] == 0) & (b[0] == 1)))
+        p = mcnemar_exact(only_a, only_b)
+    else:
+        p = _sign_flip_p(diff_si.mean(axis=0), rng, draws)
+    return {
+        "n": n,
+        "acc_a": float(a.mean()),
+        "acc_b": float(b.mean()),
+        "diff": diff,
+        "ci95": [float(lo), float(hi)],
+        "p": float(p),
+        "discordant": float(np.mean(diff_si != 0)),
+    }
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, in the input order."""
+    m = len(pvalues)
+    order = sorted(range(m), key=lambda i: pvalues[i])
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def images_to_separate(
+    diff: float, discordant: float, alpha_z: float = Z95, power_z: float = Z80
+) -> int | None:
+    """Test images a paired (McNemar) test needs to detect ``diff`` at 5% / power 80%, given
+    the fraction of ``discordant`` images; None when the difference is zero."""
+    d = abs(diff)
+    if d == 0 or discordant <= 0:
+        return None
+    pd = max(discordant, d)
+    n = (alpha_z * math.sqrt(pd) + power_z * math.sqrt(max(pd - d * d, 0.0))) ** 2 / (d * d)
+    return math.ceil(n)
+
+
+def accuracy_interval(correct: np.ndarray, *, boot: int = 4000, seed: int = 0) -> tuple[float, float]:
+    """95% interval of a mean accuracy from (seeds, images) 0/1 outcomes: Wilson's with one
+    seed; with several, a hierarchical bootstrap (seeds, then images), never an average of
+    per-seed bounds."""
+    c = np.atleast_2d(np.asarray(correct, dtype=float))
+    if c.shape[0] == 1:
+        return wilson(int(c.sum()), c.shape[1])
+    r = paired_test(c, np.zeros_like(c), boot=boot, draws=1, seed=seed)
+    lo, hi = r["ci95"]  # type: ignore[misc]
+    return float(lo), float(hi)
+
+
+def pair_of(comparisons: dict, a: str, b: str) -> dict | None:
+    """The comparison of ``a`` against ``b`` from a comparisons.json structure, oriented so
+    that diff = acc_a - acc_b (and the interval flipped accordingly)."""
+    for p in comparisons["pairs"]:
+        if (p["a"], p["b"]) == (a, b):
+            return p
+        if (p["a"], p["b"]) == (b, a):
+            lo, hi = p["ci95"]
+            return {
+                **p,
+                "a": a,
+                "b": b,
+                "acc_a": p["acc_b"],
+                "acc_b": p["acc_a"],
+                "diff": -p["diff"],
+                "ci95": [-hi, -lo],
+            }
+    return None
+
+
+def separable(pair: dict, alpha: float = 0.05) -> bool:
+    """Whether the test split tells two models apart: Holm-adjusted p below ``alpha`` and a
+    paired interval that excludes zero."""
+    lo, hi = pair["ci95"]
+    return pair["p_holm"] < alpha and (lo > 0 or hi < 0)
