@@ -51,9 +51,9 @@ test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
 
 # Compare variations the DVC way: queue one experiment per value, run them, show the table.
-#   make exp-sweep PARAM=train_head.lr VALUES=0.001,0.003,0.01
-PARAM  ?= train_head.lr
-VALUES ?= 0.001,0.003,0.01
+#   make exp-sweep PARAM=extract_features.augment_views VALUES=2,4,8
+PARAM  ?= extract_features.augment_views
+VALUES ?= 2,4,8
 exp-sweep: setup
 	$(BIN)/dvc exp run --queue -S '$(PARAM)=$(VALUES)'
 	$(BIN)/dvc exp run --run-all
@@ -67,7 +67,8 @@ bench: setup
 	$(BIN)/python bench/bench.py
 
 lint: setup
-	$(BIN)/ruff check src stages tests
+	$(BIN)/ruff check src stages tests bench
+	$(BIN)/ruff format --check src stages tests bench
 
 clean-venv:
 	rm -rf $(VENV)

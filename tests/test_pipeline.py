@@ -270,3 +270,30 @@ class TestPipeline:
                 lrs[it] = acc.get("features", {}).get("test_acc")
         assert set(lrs) == {3, 100}, json.dumps(show)[:2000]
         assert all(isinstance(v, float) for v in lrs.values())
+
+    def test_readme_commands_work_as_written(self, project):
+        """The README's "in DVC's own commands" block, typed as written by a newcomer whose
+        shell does not have the environment on PATH."""
+        venv = Path(sys.executable).parent.parent
+        if not (venv / "bin" / "activate").is_file():
+            pytest.skip("tests are not running from a virtual environment")
+        readme = (ROOT / "README.md").read_text()
+        block = next(
+            b for b in readme.split("```sh\n")[1:] if "source .venv/bin/activate" in b.split("```")[0]
+        )
+        lines = [line.split("#")[0].strip() for line in block.split("```")[0].splitlines()]
+        wanted = ["source .venv/bin/activate", "dvc exp run -S extract_features.augment_views=8"]
+        assert all(w in lines for w in wanted), lines
+        (project / ".venv").symlink_to(venv)
+        env = _env()
+        env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if Path(p) != venv / "bin")
+        res = subprocess.run(
+            ["bash", "-c", "set -e; " + "; ".join(wanted)],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+        assert "Running stage 'extract-features'" in res.stdout
+        assert "finetune-full" not in " ".join(ran(res.stdout))  # end-to-end models reused

@@ -270,7 +270,7 @@ class FrozenConfig(StrategyConfig):
     """Backbone frozen in eval mode: its rate and BatchNorm settings cannot matter."""
 
     _unused: ClassVar[frozenset[str]] = frozenset({"backbone_lr_mult", "bn", "bn_momentum"})
-    lr: LrGrid = [1e-3, 3e-3]
+    lr: LrGrid = [3e-3, 1e-2]  # a head alone takes higher rates than a backbone
 
 
 class PartialConfig(StrategyConfig):

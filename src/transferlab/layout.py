@@ -1,6 +1,7 @@
 """Where every artifact lives, relative to the project root (dvc.yaml says the same).
 
-One place for paths, so that no two scripts can disagree about where a stage writes.
+One place for paths, so that no two scripts can disagree about where a stage writes;
+tests/test_layout.py checks that dvc.yaml declares the same ones.
 """
 
 from __future__ import annotations

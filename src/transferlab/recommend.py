@@ -105,8 +105,8 @@ def recommend(
     else:
         lo, hi = gap["ci95"]
         similarity = (
-            f"the best fine-tuned model ({gap['a']}) minus the linear probe is {gap['diff']:+.4f} "
-            f"test accuracy, paired 95% interval [{lo:+.4f}, {hi:+.4f}]"
+            f"the best fine-tuned model ({gap['a']}) minus the linear probe is {gap['diff'] + 0.0:+.4f} "
+            f"test accuracy, paired 95% interval [{lo + 0.0:+.4f}, {hi + 0.0:+.4f}]"
         )
         similarity += {
             "different": f", entirely above {GAP_THRESHOLD:.2f}: a different domain for this backbone",

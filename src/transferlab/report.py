@@ -294,11 +294,16 @@ def _inline(text: str) -> str:
     return "".join(out)
 
 
+def _d(x: float) -> str:
+    """A signed difference; +0.0 added so that a bootstrap's -0.0 prints as +0.0000."""
+    return f"{x + 0.0:+.4f}"
+
+
 def _pair_text(pair: dict[str, Any]) -> str:
     lo, hi = pair["ci95"]
     return (
-        f"{pair['a']} {pair['acc_a']:.4f} vs {pair['b']} {pair['acc_b']:.4f}, difference {pair['diff']:+.4f} "
-        f"[{lo:+.4f}, {hi:+.4f}], Holm-adjusted p = {pair['p_holm']:.3g}"
+        f"{pair['a']} {pair['acc_a']:.4f} vs {pair['b']} {pair['acc_b']:.4f}, difference {_d(pair['diff'])} "
+        f"[{_d(lo)}, {_d(hi)}], Holm-adjusted p = {pair['p_holm']:.3g}"
     )
 
 
@@ -416,11 +421,12 @@ def build(
             lo, hi = u["ci95"]
             need = u["images_to_separate"]
             items.append(
-                f"{verdict['best_on_val']} against {u['model']}: difference {u['diff']:+.4f}, "
-                f"95% interval [{lo:+.4f}, {hi:+.4f}], Holm-adjusted p = {u['p_holm']:.3g}. "
+                f"{verdict['best_on_val']} against {u['model']}: difference {_d(u['diff'])}, "
+                f"95% interval [{_d(lo)}, {_d(hi)}], Holm-adjusted p = {u['p_holm']:.3g}. "
                 + (
-                    f"A difference this size would take about {need:,} test images to separate "
-                    f"(this split has {n_test:,})."
+                    f"A difference this size would take about {need:,} test images to separate at "
+                    f"the 5% level with power 0.8, before the correction for "
+                    f"{len(comparisons['pairs'])} comparisons (this split has {n_test:,})."
                     if need
                     else "They make the same predictions: no test set separates them."
                 )
@@ -496,8 +502,8 @@ def build(
         paired_rows.append(
             [
                 r["model"],
-                f"{pair['diff']:+.4f}",
-                f"[{lo:+.4f}, {hi:+.4f}]",
+                _d(pair["diff"]),
+                f"[{_d(lo)}, {_d(hi)}]",
                 f"{pair['p']:.3g}",
                 f"{pair['p_holm']:.3g}",
                 "yes" if separable(pair) else "no: tie",
@@ -510,7 +516,7 @@ def build(
     )
     doc.add(
         "p",
-        "Paired on the same test images; every pair of models is in `results/evaluate/comparisons.json`, "
+        "Every pair of models is in `results/evaluate/comparisons.json`, "
         "and `results/evaluate/details.json` holds each run's per-image predictions (`test_ids`, "
         "`test_labels`, `predictions`) to recompute any of them. " + comparisons["method"],
     )
@@ -524,8 +530,9 @@ def build(
         "validation accuracy (ties: lower validation loss; averaged over seeds) is the one scored "
         "on test. The two-stage heads are fitted to convergence (a head on fixed features costs "
         "seconds, so no step budget limits it) and their L2 strength is chosen the same way. "
-        "'Total' adds what a model needed first: the extraction for the two-stage models, the "
-        "extraction and the probe's whole search for lp-ft.",
+        "'Total' is the chosen run plus what it needed first: the extraction for the two-stage "
+        "models, the extraction and the probe's whole search for lp-ft. 'Whole grid' is the cost of "
+        "searching the arm's own grid, which a user who already knows the best value skips.",
     )
     doc.add(
         "table",

@@ -1,0 +1,55 @@
+"""layout.py and dvc.yaml name the same paths: a script can never write where DVC does not look."""
+
+from pathlib import Path
+
+import yaml
+
+from transferlab import layout
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def _outs(stage: str) -> set[str]:
+    out = set()
+    for key in ("outs", "metrics", "plots"):
+        for o in STAGES[stage].get(key, []):
+            out.add(next(iter(o)) if isinstance(o, dict) else o)
+    return out
+
+
+def test_download_and_extraction_paths():
+    assert {layout.RAW.as_posix(), layout.MANIFEST.as_posix()} <= _outs("download")
+    assert layout.FEATURES.as_posix() in _outs("extract-features")
+    assert (layout.results_dir("extract") / "extract.json").as_posix() in _outs("extract-features")
+
+
+def test_every_training_stage_writes_where_layout_says():
+    seed = "${item.seed}"
+    head = layout.run_name("${item.model}", seed)
+    runs = {"train-head": head} | {
+        f"finetune-{s}": layout.run_name(s, seed, "${item.lr}")
+        for s in ("frozen", "partial", "full", "progressive", "lp-ft", "scratch")
+    }
+    for stage, run in runs.items():
+        outs = _outs(stage)
+        assert layout.model_dir(run).as_posix() in outs, stage
+        assert layout.train_summary(run).as_posix() in outs, stage
+        assert layout.predictions(run).as_posix() in outs, stage
+        assert (layout.results_dir(run) / "plots" / "metrics").as_posix() in outs, stage
+    assert (
+        layout.model_dir(layout.run_name(layout.FEATURES_MODEL, seed)).as_posix()
+        in STAGES["finetune-lp-ft"]["deps"]
+    )
+
+
+def test_evaluate_and_report_paths():
+    ev = layout.results_dir("evaluate")
+    assert {f"{ev.as_posix()}/{f}.json" for f in ("metrics", "details", "comparisons")} <= _outs("evaluate")
+    assert layout.REPORTS.as_posix() in _outs("report")
+
+
+def test_run_names_round_trip():
+    for model, seed, lr in (("features", 0, None), ("lp-ft", 3, "0.001"), ("full", 1, "1e-05")):
+        name = layout.run_name(model, seed, lr)
+        assert layout.parse_run(name) == (model, seed, float(lr) if lr else None)
