@@ -65,7 +65,8 @@ def _grid_text(protocol: dict[str, Any]) -> tuple[str, str]:
     values = ", ".join(f"{v:g}" for v in grid[key])
     picked = protocol["picked"]
     if key in picked:
-        return f"{key} ∈ {{{values}}}", f"{key} {picked[key]:g}"
+        edge = len(grid[key]) > 1 and picked[key] in (min(grid[key]), max(grid[key]))
+        return f"{key} ∈ {{{values}}}", f"{key} {picked[key]:g}" + (" (edge of the grid: widen it)" if edge else "")
     per_seed = sorted({f"{v[key]:g}" for v in picked.values()})
     return f"{key} ∈ {{{values}}}", f"{key} {', '.join(per_seed)} (per seed)"
 
