@@ -12,6 +12,7 @@ import sys
 import tarfile
 import threading
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def img(path: Path, mode: str = "RGB", size=(10, 10), value=128, fmt=None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(abs(hash(str(path))) % 2**32)
+    # Seeded from the path's last parts (split/class/file): the same image in every process,
+    # different images for different files. (hash() is salted per process.)
+    rng = np.random.default_rng(zlib.crc32("/".join(path.parts[-3:]).encode()))
     if mode == "I;16":
         im = Image.fromarray(np.full(size, value, dtype=np.uint16))
         assert im.mode == "I;16"
