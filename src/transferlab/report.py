@@ -66,7 +66,9 @@ def _grid_text(protocol: dict[str, Any]) -> tuple[str, str]:
     picked = protocol["picked"]
     if key in picked:
         edge = len(grid[key]) > 1 and picked[key] in (min(grid[key]), max(grid[key]))
-        return f"{key} ∈ {{{values}}}", f"{key} {picked[key]:g}" + (" (edge of the grid: widen it)" if edge else "")
+        return f"{key} ∈ {{{values}}}", f"{key} {picked[key]:g}" + (
+            " (edge of the grid: widen it)" if edge else ""
+        )
     per_seed = sorted({f"{v[key]:g}" for v in picked.values()})
     return f"{key} ∈ {{{values}}}", f"{key} {', '.join(per_seed)} (per seed)"
 
