@@ -102,13 +102,23 @@ def fit_linear(cfg: TrainHeadConfig, chunks, x_val, y_val, n_classes, weight, de
 
 
 def fit_mlp(
-    cfg: TrainHeadConfig, make_batches, val_batches, in_features, n_train, n_classes, weight, device, run
+    cfg: TrainHeadConfig,
+    make_batches,
+    val_batches,
+    in_features,
+    n_train,
+    n_classes,
+    weight,
+    device,
+    run,
+    seed,
 ):
-    """The MLP head by mini-batch AdamW, one run per rate in the grid, picked on validation."""
+    """The MLP head by mini-batch AdamW, one run per rate in the grid, picked on validation.
+    Every rate starts from the same initialization (the run's seed): only the rate differs."""
     mcfg = cfg.mlp
     runs = []
     for lr in mcfg.lr:
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         head = make_head(cfg.head_config, in_features, n_classes).to(device)
         optimizer = torch.optim.AdamW(head_param_groups(head, lr, mcfg.weight_decay))
         result = fit(
@@ -214,6 +224,7 @@ def main(args: argparse.Namespace) -> None:
             weight,
             device,
             run,
+            args.seed,
         )
     # Score the chosen head on val and test, image by image: the verdict's raw material.
     paths = manifest["path"].to_list()
