@@ -30,19 +30,16 @@ from transferlab.data import (
     train_transform,
 )
 from transferlab.errors import ConfigError, FingerprintMismatch
-from transferlab.models import TransferModel, count_parameters, load_checkpoint, make_head
+from transferlab.models import TransferModel, load_checkpoint, make_head
 from transferlab.runtime import (
     configure_runtime,
-    environment,
     memory_format,
-    peak_gpu_bytes,
-    peak_rss_bytes,
     resolve_device,
     seed_everything,
 )
 from transferlab.scoring import write_predictions
 from transferlab.strategies import ProgressiveUnfreezer, apply_strategy, param_groups
-from transferlab.tracking import CurveLogger, finish_run, training_summary
+from transferlab.tracking import CurveLogger, finish_run, run_cost, training_summary
 from transferlab.training import class_weights, fit, predict
 
 
@@ -174,8 +171,6 @@ def main(args: argparse.Namespace) -> None:
         val=scored["val"],
         test=scored["test"],
     )
-    # Counted at the end: progressive unfreezing grows the trainable set during the run.
-    trainable, total = count_parameters(model)
     meta = {
         "kind": "transfer",
         "strategy": strategy,
@@ -205,12 +200,7 @@ def main(args: argparse.Namespace) -> None:
                     "images_seen": steps * cfg.batch_size,
                 },
             },
-            "trainable_params": trainable,
-            "total_params": total,
-            "peak_rss_bytes": peak_rss_bytes(),
-            "peak_gpu_bytes": peak_gpu_bytes(device),
-            "device": str(device),
-            "environment": environment(),
+            **run_cost(model, device),
         },
     )
     if strategy == "lp-ft":

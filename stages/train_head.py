@@ -24,20 +24,17 @@ from transferlab.config import HEAD_MODELS, TrainHeadConfig, load_params
 from transferlab.data import class_names, manifest_fingerprint, read_manifest
 from transferlab.errors import ConfigError
 from transferlab.features import FeatureStore, StreamedBatches
-from transferlab.models import count_parameters, make_head
+from transferlab.models import make_head
 from transferlab.probe import fit_linear_probe
 from transferlab.runtime import (
     configure_runtime,
-    environment,
-    peak_gpu_bytes,
-    peak_rss_bytes,
     resolve_device,
     seed_everything,
 )
 from transferlab.scoring import write_predictions
 from transferlab.selection import best_index
 from transferlab.strategies import head_param_groups
-from transferlab.tracking import CurveLogger, finish_run, training_summary
+from transferlab.tracking import CurveLogger, finish_run, run_cost, training_summary
 from transferlab.training import TensorBatches, class_weights, fit, predict
 
 # Rows per chunk when the in-memory features are standardized for the probe: bounds the
@@ -240,7 +237,6 @@ def main(args: argparse.Namespace) -> None:
         val=scored["val"],
         test=scored["test"],
     )
-    trainable, total = count_parameters(head)
     meta = {
         "kind": "head",
         "head": cfg.head_config.model_dump(),
@@ -255,12 +251,7 @@ def main(args: argparse.Namespace) -> None:
             "seed": args.seed,
             "streamed": streamed,
             "n_train": n_train,
-            "trainable_params": trainable,
-            "total_params": total,
-            "peak_rss_bytes": peak_rss_bytes(),
-            "peak_gpu_bytes": peak_gpu_bytes(device),
-            "device": str(device),
-            "environment": environment(),
+            **run_cost(head, device),
         }
     )
     finish_run(run, head.cpu(), meta, summary)

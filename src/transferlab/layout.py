@@ -32,9 +32,9 @@ def run_name(model: str, seed: int, lr: str | None = None) -> str:
 
 def parse_run(name: str) -> tuple[str, int, float | None]:
     """(model, seed, lr or None) of a run name made by :func:`run_name`."""
-    rest, lr = (name.rsplit("-lr", 1) + [None])[:2] if "-lr" in name else (name, None)
+    rest, _, lr = name.partition("-lr")
     model, seed = rest.rsplit("-s", 1)
-    return model, int(seed), float(lr) if lr is not None else None
+    return model, int(seed), float(lr) if lr else None
 
 
 def model_dir(name: str) -> Path:

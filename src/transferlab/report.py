@@ -53,11 +53,6 @@ def comparison_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (-r["test_acc"], r["train_time_s"]))
 
 
-def total_time(row: dict[str, Any], extract: dict[str, Any]) -> float:
-    """Training time plus what the model needed first (extraction; lp-ft: the probe too)."""
-    return row["total_time_s"]
-
-
 def _grid_text(protocol: dict[str, Any]) -> tuple[str, str]:
     """(the grid searched, the value validation picked) in words."""
     grid = protocol["grid"]
@@ -150,9 +145,9 @@ def plot_curves(details: dict[str, Any]) -> bytes:
     return _png(fig)
 
 
-def plot_cost(rows: list[dict[str, Any]], extract: dict[str, Any]) -> bytes:
+def plot_cost(rows: list[dict[str, Any]]) -> bytes:
     """Test accuracy against total training time, with the Pareto front."""
-    points = {r["model"]: (max(total_time(r, extract), 1e-3), r["test_acc"]) for r in rows}
+    points = {r["model"]: (max(r["total_time_s"], 1e-3), r["test_acc"]) for r in rows}
     front = pareto_front(points)
     fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
     for i, r in enumerate(rows):
@@ -570,7 +565,7 @@ def build(
         doc.add("list", checked)
 
     doc.figures = {
-        "accuracy_vs_time.png": plot_cost(rows, extract),
+        "accuracy_vs_time.png": plot_cost(rows),
         "learning_curves.png": plot_curves(details),
         "confusion.png": plot_confusions(details),
         "per_class_f1.png": plot_per_class_f1(details),
@@ -580,7 +575,7 @@ def build(
     doc.add(
         "p",
         "Pareto front (no model is both cheaper and more accurate): "
-        + ", ".join(pareto_front({r["model"]: (total_time(r, extract), r["test_acc"]) for r in rows}))
+        + ", ".join(pareto_front({r["model"]: (r["total_time_s"], r["test_acc"]) for r in rows}))
         + ".",
     )
     doc.add("img", "learning_curves.png", "learning curves of every model")

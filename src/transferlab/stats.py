@@ -69,6 +69,20 @@ def _sign_flip_p(d: np.ndarray, rng: np.random.Generator, draws: int) -> float:
     return float((1 + np.sum(stats >= observed - 1e-12)) / (draws + 1))
 
 
+def _bootstrap_means(values: np.ndarray, boot: int, rng: np.random.Generator) -> np.ndarray:
+    """``boot`` bootstrap means of (seeds, images) ``values``: images resampled and, with
+    several seeds, seeds too (hierarchical). In chunks: memory stays at chunk x seeds x
+    images whatever the number of draws."""
+    seeds, n = values.shape
+    samples = []
+    for start in range(0, boot, 256):
+        k = min(256, boot - start)
+        s_idx = rng.integers(0, seeds, size=(k, seeds)) if seeds > 1 else np.zeros((k, 1), dtype=int)
+        i_idx = rng.integers(0, n, size=(k, n))
+        samples.append(values[s_idx[:, :, None], i_idx[:, None, :]].mean(axis=(1, 2)))
+    return np.concatenate(samples)
+
+
 def paired_test(
     correct_a: np.ndarray,
     correct_b: np.ndarray,
@@ -86,15 +100,7 @@ def paired_test(
     rng = np.random.default_rng(seed)
     diff_si = a - b  # (seeds, images)
     diff = float(diff_si.mean())
-    # paired (hierarchical) bootstrap of the mean difference, in chunks: memory stays at
-    # chunk x seeds x images whatever the number of draws
-    samples = []
-    for start in range(0, boot, 256):
-        k = min(256, boot - start)
-        s_idx = rng.integers(0, seeds, size=(k, seeds)) if seeds > 1 else np.zeros((k, 1), dtype=int)
-        i_idx = rng.integers(0, n, size=(k, n))
-        samples.append(diff_si[s_idx[:, :, None], i_idx[:, None, :]].mean(axis=(1, 2)))
-    lo, hi = np.percentile(np.concatenate(samples), [2.5, 97.5])
+    lo, hi = np.percentile(_bootstrap_means(diff_si, boot, rng), [2.5, 97.5])
     if seeds == 1:
         only_a = int(np.sum((a[0] == 1) & (b[0] == 0)))
         only_b = int(np.sum((a[0] == 0) & (b[0] == 1)))
@@ -144,8 +150,7 @@ def accuracy_interval(correct: np.ndarray, *, boot: int = 4000, seed: int = 0) -
     c = np.atleast_2d(np.asarray(correct, dtype=float))
     if c.shape[0] == 1:
         return wilson(int(c.sum()), c.shape[1])
-    r = paired_test(c, np.zeros_like(c), boot=boot, draws=1, seed=seed)
-    lo, hi = r["ci95"]  # type: ignore[misc]
+    lo, hi = np.percentile(_bootstrap_means(c, boot, np.random.default_rng(seed)), [2.5, 97.5])
     return float(lo), float(hi)
 
 

@@ -15,6 +15,8 @@ import torch
 from dvclive import Live
 
 from transferlab._io import write_json
+from transferlab.models import count_parameters
+from transferlab.runtime import environment, peak_gpu_bytes, peak_rss_bytes
 from transferlab.training import EpochRecord, FitResult
 
 
@@ -67,6 +69,20 @@ def training_summary(
         "train_images_per_s": n_train / statistics.fmean(per_epoch),
         "lr_schedule": fit.lr_schedule,
         **(extra or {}),
+    }
+
+
+def run_cost(model: torch.nn.Module, device: torch.device) -> dict[str, Any]:
+    """What every run reports next to its outcome: parameters, peak memory, where it ran.
+    Called at the end of a run (progressive unfreezing grows the trainable set during it)."""
+    trainable, total = count_parameters(model)
+    return {
+        "trainable_params": trainable,
+        "total_params": total,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "peak_gpu_bytes": peak_gpu_bytes(device),
+        "device": str(device),
+        "environment": environment(),
     }
 
 
