@@ -148,7 +148,8 @@ def recommend(
     else:
         lines.append(f"Every other model is separably worse on the test split: {best} is recommended.")
     if agrees:
-        lines.append("The measurements agree with the rule: one of its strategies is among the best.")
+        named = ", ".join(m for m in ties if m in predicted)
+        lines.append(f"The measurements agree with the rule: its strategies {named} tie with the best.")
     else:
         lines.append(
             "The measurements disagree with the rule, and they win: none of its strategies is among the best."

@@ -523,8 +523,8 @@ def build(
         "p",
         "Every model trains on the same splits and seeds. Hyper-parameters are chosen on the "
         "validation split, never on test: each end-to-end strategy trains once per learning rate "
-        "of its grid, on the same budget as every other end-to-end strategy (warm-up then cosine "
-        "decay; the epoch with the lowest validation loss is kept), and the rate with the best "
+        "of its grid, on the budget in the table below (by default the same for every end-to-end "
+        "strategy; warm-up then cosine decay; the epoch with the lowest validation loss is kept), and the rate with the best "
         "validation accuracy (ties: lower validation loss; averaged over seeds) is the one scored "
         "on test. The two-stage heads are fitted to convergence (a head on fixed features costs "
         "seconds, so no step budget limits it) and their L2 strength is chosen the same way. "
@@ -574,7 +574,8 @@ def build(
     doc.add("img", "accuracy_vs_time.png", "test accuracy against training time, with the Pareto front")
     doc.add(
         "p",
-        "Pareto front (no model is both cheaper and more accurate): "
+        "Pareto front of the point estimates (no model is both cheaper and more accurate; the "
+        "paired comparisons above say which of these differences the test split can resolve): "
         + ", ".join(pareto_front({r["model"]: (r["total_time_s"], r["test_acc"]) for r in rows}))
         + ".",
     )
