@@ -44,17 +44,13 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from transferlab.backbones import create_backbone  # noqa: E402
 from transferlab.config import FullConfig, HeadConfig  # noqa: E402
-from transferlab.data import (  # noqa: E402
-    ImageDataset,
-    build_manifest,
-    eval_loader,
-    split_view,
-    train_transform,
-    write_digits,
-)
 from transferlab.features import FeatureStore, Fingerprint, StreamedBatches, extract_features  # noqa: E402
+from transferlab.images import ImageDataset, eval_loader, train_transform  # noqa: E402
+from transferlab.manifest import split_view  # noqa: E402
 from transferlab.models import TransferModel, make_head  # noqa: E402
 from transferlab.runtime import environment, memory_format, resolve_device, sync  # noqa: E402
+from transferlab.sources import write_digits  # noqa: E402
+from transferlab.splitting import build_manifest  # noqa: E402
 from transferlab.strategies import apply_strategy, head_param_groups, param_groups  # noqa: E402
 from transferlab.training import TensorBatches, train_one_epoch  # noqa: E402
 

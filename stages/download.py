@@ -22,7 +22,6 @@ from transferlab import layout
 from transferlab._io import publish, write_json
 from transferlab.cli import run_stage
 from transferlab.config import load_params
-from transferlab.data import build_manifest, write_digits
 from transferlab.sources import (
     Collected,
     archive_root,
@@ -34,8 +33,10 @@ from transferlab.sources import (
     label_conflicts,
     resolve_problems,
     scan_folder,
+    write_digits,
     write_torchvision,
 )
+from transferlab.splitting import build_manifest
 
 DOWNLOADS = layout.DATA / "downloads"  # kept between runs: a broken download resumes
 
@@ -84,8 +85,8 @@ def source_name(cfg) -> str:
 
 
 def main(args: argparse.Namespace) -> None:
-    p = load_params(args.params, "base", "download")
-    cfg = p["download"]
+    p = load_params(args.params)
+    cfg = p.download
     with publish(layout.RAW) as raw:
         raw.mkdir()
         items, skipped = collect(cfg, raw)
@@ -94,10 +95,11 @@ def main(args: argparse.Namespace) -> None:
             items,
             val_fraction=cfg.val_fraction,
             test_fraction=cfg.test_fraction,
-            seed=p["base"].seed,
+            seed=p.base.seed,
             max_per_class=cfg.max_per_class,
             classes=cfg.classes,
             source=source_name(cfg),
+            splits=p.base.splits,
         )
         # Files are named as the user knows them: under their folder, not the staging one.
         shown = Path(cfg.path) if cfg.source == "folder" else layout.RAW

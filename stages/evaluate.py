@@ -16,18 +16,18 @@ from transferlab import layout
 from transferlab._io import write_json
 from transferlab.cli import run_stage
 from transferlab.config import load_params
-from transferlab.data import read_manifest
 from transferlab.evaluation import evaluate_all
+from transferlab.manifest import read_manifest
 
 
 def main(args: argparse.Namespace) -> None:
-    p = load_params(args.params, "base", "train_head", "finetune")
+    p = load_params(args.params)
     manifest = read_manifest(layout.MANIFEST)
-    ft = p["finetune"]
-    heads = list(p["train_head"].models)
+    ft = p.finetune
+    heads = list(p.train_head.models)
     strategies = {s: list(ft.section(s).lr) for s in ft.runs}
-    seeds = p["base"].seeds
-    metrics, details, comparisons = evaluate_all(heads, strategies, seeds, manifest)
+    seeds = p.base.seeds
+    metrics, details, comparisons = evaluate_all(heads, strategies, seeds, manifest, p.base.splits)
     out = layout.results_dir("evaluate")
     write_json(out / "details.json", details)
     write_json(out / "comparisons.json", comparisons)

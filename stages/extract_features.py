@@ -12,6 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run the code DVC hashed
 
 import numpy as np
+import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
 from transferlab import layout
@@ -19,16 +20,9 @@ from transferlab._io import write_json
 from transferlab.backbones import check_backbone_name, create_backbone
 from transferlab.cli import run_stage
 from transferlab.config import load_params
-from transferlab.data import (
-    SPLITS,
-    ImageDataset,
-    eval_loader,
-    manifest_fingerprint,
-    read_manifest,
-    split_view,
-    train_transform,
-)
-from transferlab.features import FeatureStore, Fingerprint, extract_features
+from transferlab.features import AUGMENTED, IMAGES, FeatureStore, Fingerprint, extract_features
+from transferlab.images import ImageDataset, eval_loader, train_transform
+from transferlab.manifest import SplitView, manifest_fingerprint, read_manifest, split_columns
 from transferlab.runtime import (
     configure_runtime,
     environment,
@@ -39,61 +33,70 @@ from transferlab.runtime import (
 
 
 def main(args: argparse.Namespace) -> None:
-    p = load_params(args.params, "base", "backbone", "augment", "extract_features")
-    bcfg, cfg, aug = p["backbone"], p["extract_features"], p["augment"]
+    p = load_params(args.params)
+    bcfg, cfg, aug = p.backbone, p.extract_features, p.augment
     check_backbone_name(bcfg.name)
-    device = resolve_device(p["base"].device)
-    configure_runtime(p["base"].num_threads, device)
+    device = resolve_device(p.base.device)
+    configure_runtime(p.base.num_threads, device)
     manifest = read_manifest(layout.MANIFEST)
     backbone = create_backbone(bcfg.name, bcfg.image_size, bcfg.weights, crop_pct=bcfg.crop_pct)
     pre = backbone.preprocess
-    views = {s: split_view(manifest, layout.RAW, s) for s in SPLITS}
-    # Training rows in a seeded random order: streamed heads then see mixed-class blocks.
-    views["train"] = views["train"].permuted(p["base"].seed)
+    # Every image once, in a seeded random order: any split's rows, read in store order,
+    # then come in mixed-class blocks for streamed heads.
+    images = SplitView(
+        rows=np.arange(manifest.height, dtype=np.int64),
+        paths=[layout.RAW / p for p in manifest["path"].to_list()],
+        labels=manifest["label"].to_numpy().astype(np.int64),
+    ).permuted(p.base.seed)
     pin = device.type == "cuda"
-    decoded = {s: ImageDataset(v.paths, v.labels, None) for s, v in views.items()}
+    decoded = ImageDataset(images.paths, images.labels, None)
     loaders = {
-        s: eval_loader(
-            v.paths,
-            v.labels,
+        IMAGES: eval_loader(
+            images.paths,
+            images.labels,
             pre,
             cfg.batch_size,
             num_workers=cfg.num_workers,
             pin_memory=pin,
-            dataset=decoded[s],
+            dataset=decoded,
         )
-        for s, v in views.items()
     }
-    rows = {s: v.rows for s, v in views.items()}
+    rows = {IMAGES: images.rows}
     if cfg.augment_views:
-        # K augmented views of every training image: random per image, so transformed one
-        # by one, drawn from a seeded generator.
-        augmented = decoded["train"].with_transform(
-            train_transform(
-                pre, crop_scale=aug.crop_scale, rotation_degrees=aug.rotation_degrees, hflip=aug.hflip
-            )
+        # K augmented views of every image that trains in some splitting: random per image,
+        # so transformed one by one, drawn from a seeded generator.
+        trains = np.zeros(manifest.height, dtype=bool)
+        for column in split_columns(manifest):
+            trains |= (manifest[column] == "train").to_numpy()
+        picked = np.flatnonzero(trains[images.rows])
+        augmented = torch.utils.data.Subset(
+            decoded.with_transform(
+                train_transform(
+                    pre, crop_scale=aug.crop_scale, rotation_degrees=aug.rotation_degrees, hflip=aug.hflip
+                )
+            ),
+            picked.tolist(),
         )
-        loaders["train_aug"] = DataLoader(
+        loaders[AUGMENTED] = DataLoader(
             ConcatDataset([augmented] * cfg.augment_views),
             batch_size=cfg.batch_size,
             num_workers=cfg.num_workers,
             pin_memory=pin,
-            generator=seed_everything(p["base"].seed),
+            generator=seed_everything(p.base.seed),
         )
-        rows["train_aug"] = np.tile(views["train"].rows, cfg.augment_views)
+        rows[AUGMENTED] = np.tile(images.rows[picked], cfg.augment_views)
     fingerprint = Fingerprint.of(
         backbone, manifest_fingerprint(manifest), cfg.augment_views, aug.model_dump(mode="json")
     )
     stats = extract_features(backbone, loaders, rows, layout.FEATURES, fingerprint, device)
     store = FeatureStore.open(layout.FEATURES)
-    plain = [s for s in SPLITS if s in stats.split_seconds]
     summary = {
-        "images": sum(stats.split_images[s] for s in plain),
+        "images": stats.split_images[IMAGES],
         # the one-time cost of the two-stage path: every image once, without augmentation
-        "extract_time_s": sum(stats.split_seconds[s] for s in plain),
+        "extract_time_s": stats.split_seconds[IMAGES],
         "augment_views": cfg.augment_views,
-        "augment_images": stats.split_images.get("train_aug", 0),
-        "augment_time_s": stats.split_seconds.get("train_aug", 0.0),
+        "augment_images": stats.split_images.get(AUGMENTED, 0),
+        "augment_time_s": stats.split_seconds.get(AUGMENTED, 0.0),
         "total_time_s": stats.seconds,
         "forward_time_s": stats.forward_seconds,
         "images_per_s": stats.images_per_s,

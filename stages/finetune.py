@@ -16,20 +16,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run the 
 import torch
 from torch.utils.data import DataLoader
 
-from transferlab import layout
+from transferlab import layout, registry
 from transferlab.backbones import backbone_fingerprint, check_backbone_name, create_backbone
 from transferlab.cli import run_stage
-from transferlab.config import STRATEGIES, HeadConfig, ProgressiveConfig, load_params
-from transferlab.data import (
-    ImageDataset,
-    class_names,
-    eval_loader,
-    manifest_fingerprint,
-    read_manifest,
-    split_view,
-    train_transform,
-)
+from transferlab.config import HeadConfig, ProgressiveConfig, load_params
 from transferlab.errors import ConfigError, FingerprintMismatch
+from transferlab.images import ImageDataset, eval_loader, train_transform
+from transferlab.manifest import class_names, manifest_fingerprint, read_manifest, split_column, split_view
 from transferlab.models import TransferModel, load_checkpoint, make_head
 from transferlab.runtime import (
     configure_runtime,
@@ -63,9 +56,10 @@ def probe_head(expected: dict, classes: list[str], seed: int) -> tuple[torch.nn.
 
 
 def main(args: argparse.Namespace) -> None:
-    p = load_params(args.params, "base", "backbone", "augment", "finetune")
-    base, bcfg, aug, ft = p["base"], p["backbone"], p["augment"], p["finetune"]
+    p = load_params(args.params)
+    base, bcfg, aug, ft = p.base, p.backbone, p.augment, p.finetune
     strategy = args.strategy
+    spec = registry.get(strategy)
     cfg = ft.strategy(strategy)
     lr = float(args.lr)
     if lr not in cfg.lr:
@@ -78,12 +72,12 @@ def main(args: argparse.Namespace) -> None:
     manifest = read_manifest(layout.MANIFEST)
     classes = class_names(manifest)
 
-    pretrained = strategy != "scratch"
+    pretrained = spec.pretrained
     backbone = create_backbone(
         bcfg.name, bcfg.image_size, bcfg.weights, pretrained=pretrained, crop_pct=bcfg.crop_pct
     )
     fingerprint = {**backbone_fingerprint(backbone), "manifest_sha256": manifest_fingerprint(manifest)}
-    if strategy == "lp-ft":
+    if spec.from_probe:
         head, head_cfg, probe_meta = probe_head(fingerprint, classes, args.seed)
         init = {
             "backbone": f"pretrained weights {backbone.weights_sha256}",
@@ -104,7 +98,8 @@ def main(args: argparse.Namespace) -> None:
     model.to(device, memory_format=memory_format(device))
 
     pre = backbone.preprocess
-    train, val = (split_view(manifest, layout.RAW, s) for s in ("train", "val"))
+    column = split_column(args.seed, base.splits)  # this seed's splitting (base.splits)
+    train, val, test = (split_view(manifest, layout.RAW, s, column) for s in ("train", "val", "test"))
     train_ds = ImageDataset(
         train.paths,
         train.labels,
@@ -151,7 +146,6 @@ def main(args: argparse.Namespace) -> None:
     )
     logger.close()
     # Score the best epoch's weights on val and test, image by image.
-    test = split_view(manifest, layout.RAW, "test")
     paths = manifest["path"].to_list()
     scored = {}
     for name, view, loader in (
@@ -170,6 +164,7 @@ def main(args: argparse.Namespace) -> None:
         classes=classes,
         val=scored["val"],
         test=scored["test"],
+        split=column,
     )
     meta = {
         "kind": "transfer",
@@ -189,6 +184,7 @@ def main(args: argparse.Namespace) -> None:
         extra={
             "bn": cfg.bn,
             "seed": args.seed,
+            "split": column,
             "lr": lr,
             "init": init,
             "protocol": {
@@ -203,7 +199,7 @@ def main(args: argparse.Namespace) -> None:
             **run_cost(model, device),
         },
     )
-    if strategy == "lp-ft":
+    if spec.from_probe:
         summary["probe_train_time_s"] = read_probe_cost(args.seed)
     finish_run(run, model.cpu(), meta, summary)
 
@@ -218,7 +214,9 @@ def read_probe_cost(seed: int) -> float:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("strategy", choices=STRATEGIES, help="an end-to-end strategy (see params: finetune)")
+    parser.add_argument(
+        "strategy", choices=registry.names("end-to-end"), help="an end-to-end strategy (see params: finetune)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="training seed (one of params: base.seeds)")
     parser.add_argument(
         "--lr", required=True, help="a learning rate of the strategy's grid (params: finetune.<strategy>.lr)"

@@ -19,7 +19,7 @@ import yaml
 from transferlab import layout
 from transferlab._io import publish, read_json
 from transferlab.cli import run_stage
-from transferlab.config import SECTIONS, load_params
+from transferlab.config import load_params
 from transferlab.report import build
 
 
@@ -41,14 +41,14 @@ def code_version() -> str:
 
 
 def main(args: argparse.Namespace) -> None:
-    p = load_params(args.params, *SECTIONS)  # every section: the report prints them all
+    p = load_params(args.params)  # every section: the report prints them all
     params_text = yaml.safe_dump(
-        {k: v.model_dump(mode="json", by_alias=True) for k, v in p.items()}, sort_keys=False
+        {k: v.model_dump(mode="json", by_alias=True) for k, v in p.sections().items()}, sort_keys=False
     )
     src = layout.results_dir("evaluate")
     metrics, details = read_json(src / "metrics.json"), read_json(src / "details.json")
     comparisons = read_json(src / "comparisons.json")
-    title = p["report"].title
+    title = p.report.title
     doc = build(
         metrics, details, comparisons, title=title, code_version=code_version(), params_text=params_text
     )

@@ -17,13 +17,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run the 
 import numpy as np
 import torch
 
-from transferlab import layout
+from transferlab import layout, registry
 from transferlab.backbones import backbone_fingerprint, check_backbone_name, create_backbone
 from transferlab.cli import run_stage
-from transferlab.config import HEAD_MODELS, TrainHeadConfig, load_params
-from transferlab.data import class_names, manifest_fingerprint, read_manifest
+from transferlab.config import TrainHeadConfig, load_params
 from transferlab.errors import ConfigError
-from transferlab.features import FeatureStore, StreamedBatches
+from transferlab.features import AUGMENTED, IMAGES, FeatureStore, StreamedBatches
+from transferlab.manifest import class_names, manifest_fingerprint, read_manifest, split_column, split_view
 from transferlab.models import make_head
 from transferlab.probe import fit_linear_probe
 from transferlab.runtime import (
@@ -162,8 +162,8 @@ def fit_mlp(
 
 
 def main(args: argparse.Namespace) -> None:
-    p = load_params(args.params, "base", "backbone", "train_head")
-    base, bcfg, cfg = p["base"], p["backbone"], p["train_head"]
+    p = load_params(args.params)
+    base, bcfg, cfg = p.base, p.backbone, p.train_head
     check_backbone_name(bcfg.name)
     device = resolve_device(base.device)
     configure_runtime(base.num_threads, device)
@@ -176,19 +176,23 @@ def main(args: argparse.Namespace) -> None:
     expect = {**backbone_fingerprint(backbone), "manifest_sha256": manifest_fingerprint(manifest)}
     del backbone
     store = FeatureStore.open(layout.FEATURES, expect=expect)
-    splits = ["train"]
-    if args.model == "features-augmented":
-        if "train_aug" not in store.splits():
+    # This seed's splitting (base.splits): its train, val and test rows of the one store.
+    column = split_column(args.seed, base.splits)
+    split_rows = {s: split_view(manifest, layout.RAW, s, column).rows for s in ("train", "val", "test")}
+    groups = [IMAGES]
+    if registry.get(args.model).augmented_views:
+        if AUGMENTED not in store.groups():
             raise ConfigError(
-                "train_head.models: features-augmented needs augmented views, but "
+                f"train_head.models: {args.model} needs augmented views, but "
                 "extract_features.augment_views is 0"
             )
-        splits.append("train_aug")
-    n_train = sum(store.arrays(s)[1].shape[0] for s in splits)
-    in_features = store.arrays("train")[0].shape[1]
-    streamed = sum(store.nbytes(s) for s in splits) > cfg.memory_budget_mb * 2**20
-    y_train = torch.cat([torch.from_numpy(np.asarray(store.arrays(s)[1][:])) for s in splits])
-    sources = [store.arrays(s) for s in splits]
+        groups.append(AUGMENTED)
+    keep = {g: store.select(g, split_rows["train"]) for g in groups}
+    n_train = sum(int(k.sum()) for k in keep.values())
+    in_features = store.arrays(IMAGES)[0].shape[1]
+    streamed = sum(store.nbytes(g, keep[g]) for g in groups) > cfg.memory_budget_mb * 2**20
+    y_train = torch.cat([torch.from_numpy(np.asarray(store.arrays(g)[1][:])[keep[g]]) for g in groups])
+    sources = [(*store.arrays(g), keep[g]) for g in groups]
     if streamed:
 
         def make_batches(batch_size=cfg.mlp.batch_size, shuffle=True):
@@ -197,7 +201,7 @@ def main(args: argparse.Namespace) -> None:
         def chunks():
             return StreamedBatches(sources, CHUNK, shuffle=False)
     else:
-        x_train = torch.cat([store.load(s)[0] for s in splits])
+        x_train = torch.cat([store.load(g, keep[g])[0] for g in groups])
 
         def make_batches():
             return TensorBatches(x_train, y_train, cfg.mlp.batch_size, shuffle=True, generator=generator)
@@ -205,7 +209,7 @@ def main(args: argparse.Namespace) -> None:
         def chunks():
             return ((x_train[i : i + CHUNK], y_train[i : i + CHUNK]) for i in range(0, n_train, CHUNK))
 
-    x_val, y_val, _ = store.load("val")
+    x_val, y_val, _ = store.load(IMAGES, store.select(IMAGES, split_rows["val"]))
     classes = class_names(manifest)
     weight = class_weights(y_train, len(classes)) if cfg.class_balance == "loss" else None
     if cfg.head == "linear":
@@ -227,7 +231,7 @@ def main(args: argparse.Namespace) -> None:
     paths = manifest["path"].to_list()
     scored = {}
     for split in ("val", "test"):
-        x, y, rows = store.load(split)
+        x, y, rows = store.load(IMAGES, store.select(IMAGES, split_rows[split]))
         logits, labels = predict(head.to(device), TensorBatches(x, y, 4096), device)
         scored[split] = (logits, labels, [paths[r] for r in rows])
     write_predictions(
@@ -236,6 +240,7 @@ def main(args: argparse.Namespace) -> None:
         classes=classes,
         val=scored["val"],
         test=scored["test"],
+        split=column,
     )
     meta = {
         "kind": "head",
@@ -249,6 +254,7 @@ def main(args: argparse.Namespace) -> None:
     summary.update(
         {
             "seed": args.seed,
+            "split": column,
             "streamed": streamed,
             "n_train": n_train,
             **run_cost(head, device),
@@ -259,6 +265,8 @@ def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("model", choices=HEAD_MODELS, help="a model listed in params: train_head.models")
+    parser.add_argument(
+        "model", choices=registry.names("two-stage"), help="a model listed in params: train_head.models"
+    )
     parser.add_argument("--seed", type=int, default=0, help="training seed (one of params: base.seeds)")
     run_stage(main, parser)

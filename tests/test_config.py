@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from transferlab.config import SECTIONS, ConfigError, load_params, parse_section
+from transferlab.config import ConfigError, load_params, parse_section
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -15,9 +15,9 @@ def write(tmp_path: Path, data: dict) -> Path:
 
 
 def test_project_params_are_valid():
-    params = load_params(ROOT / "params.yaml", *SECTIONS)
-    assert params["backbone"].name == "efficientnet_lite0"
-    ft = params["finetune"]
+    params = load_params(ROOT / "params.yaml")
+    assert params.backbone.name == "efficientnet_lite0"
+    ft = params.finetune
     assert ft.runs == ["frozen", "partial", "full", "progressive", "lp-ft", "scratch"]
     # lp-ft trains with full's recipe exactly; only its grid is its own
     lpft, full = ft.strategy("lp-ft"), ft.strategy("full")
@@ -26,7 +26,7 @@ def test_project_params_are_valid():
 
 
 def test_every_strategy_gets_the_same_budget_by_default():
-    ft = load_params(ROOT / "params.yaml", "finetune")["finetune"]
+    ft = load_params(ROOT / "params.yaml").finetune
     budgets = {
         s: (ft.strategy(s).epochs, ft.strategy(s).batch_size, ft.strategy(s).warmup_epochs) for s in ft.runs
     }
@@ -50,7 +50,7 @@ def test_yaml_exponent_strings_are_numbers(tmp_path):
     # PyYAML reads 1e-3 as a string; users (and `dvc exp run -S lr=1e-3`) write it anyway.
     p = tmp_path / "params.yaml"
     p.write_text("finetune:\n  full:\n    lr: [1e-3, 3e-3]\n")
-    assert load_params(p, "finetune")["finetune"].full.lr == pytest.approx([1e-3, 3e-3])
+    assert load_params(p).finetune.full.lr == pytest.approx([1e-3, 3e-3])
 
 
 @pytest.mark.parametrize(
@@ -91,13 +91,15 @@ def test_yaml_exponent_strings_are_numbers(tmp_path):
         ({"finetune": {"full": {"bn_momentum": 0.2}}}, "bn_momentum has no effect with bn: frozen"),
         ({"finetune": {"lp-ft": {"epochs": 3}}}, "finetune.lp-ft.epochs: unknown key"),
         ({"finetune": {"full": {"lr": [1e-3, 0.001]}}}, "lr lists a value twice"),
+        ({"base": {"seeds": [0, 1], "splits": 3}}, "no seed in seeds [0, 1] uses splitting(s) [2]"),
+        ({"base": {"splits": 0}}, "base.splits: Input should be greater than or equal to 1"),
         # across sections: lp-ft needs the probe
         ({"train_head": {"models": ["features-augmented"]}}, "finetune.lp-ft: starts from the linear probe"),
     ],
 )
 def test_bad_params_name_the_key(tmp_path, data, message):
     with pytest.raises(ConfigError) as err:
-        load_params(write(tmp_path, data), *SECTIONS)
+        load_params(write(tmp_path, data))
     text = str(err.value)
     assert message in text
     assert "\n" not in text
@@ -116,7 +118,7 @@ def test_unknown_strategy_lookup():
 
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="file not found"):
-        load_params(tmp_path / "nope.yaml", "base")
+        load_params(tmp_path / "nope.yaml")
 
 
 def test_the_lock_pins_every_dependency():

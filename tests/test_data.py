@@ -6,18 +6,12 @@ import pytest
 import torch
 from PIL import Image
 
-from transferlab.data import (
-    DataError,
-    ImageDataset,
-    Preprocess,
-    build_manifest,
-    eval_transform,
-    manifest_fingerprint,
-    split_view,
-    stratified_split,
-    train_transform,
-    write_digits,
-)
+from transferlab.backbones import Preprocess
+from transferlab.errors import DataError
+from transferlab.images import ImageDataset, eval_transform, train_transform
+from transferlab.manifest import manifest_fingerprint, split_column, split_columns, split_view
+from transferlab.sources import write_digits
+from transferlab.splitting import build_manifest, stratified_split
 
 
 def test_stratified_split_keeps_class_proportions_and_is_seeded():
@@ -63,6 +57,37 @@ def test_manifest_fingerprint_is_content_sensitive(image_folder):
         pl.when(pl.int_range(pl.len()) == 0).then(pl.lit("val")).otherwise("split").alias("split")
     )
     assert manifest_fingerprint(moved) != manifest_fingerprint(m)
+
+
+def test_resplits_redraw_every_split_with_the_same_class_counts(image_folder):
+    root, items = image_folder
+    one = build_manifest(root, items, val_fraction=0.2, test_fraction=0.2, seed=0)
+    three = build_manifest(root, items, val_fraction=0.2, test_fraction=0.2, seed=0, splits=3)
+    assert split_columns(three) == ["split", "split_1", "split_2"]
+    assert three.drop("split_1", "split_2").equals(one)  # the base splitting does not move
+    assert manifest_fingerprint(three) != manifest_fingerprint(one)
+    counts = [Counter(zip(three["label"], three[c], strict=True)) for c in split_columns(three)]
+    assert counts[0] == counts[1] == counts[2]  # stratified: as many of each class everywhere
+    tests = [set(three.filter(pl.col(c) == "test")["path"]) for c in split_columns(three)]
+    assert tests[0] != tests[1] and tests[1] != tests[2]
+    # seed s trains on splitting s mod k, and asking for one the manifest lacks says so
+    assert [split_column(s, 3) for s in range(5)] == ["split", "split_1", "split_2", "split", "split_1"]
+    assert split_view(three, root, "test", "split_2").paths == sorted(
+        root / p for p in three.filter(pl.col("split_2") == "test")["path"]
+    )
+    with pytest.raises(DataError, match="no splitting 'split_1'.*re-run download"):
+        split_view(one, root, "test", "split_1")
+
+
+def test_resplits_keep_the_test_split_a_source_brings(image_folder):
+    root, items = image_folder
+    given = [(p, c, "test" if int(p[-7:-4]) < 2 else None) for p, c in items]
+    m = build_manifest(root, given, val_fraction=0.25, test_fraction=0.0, seed=0, splits=2)
+    assert (
+        m.filter(pl.col("split") == "test")["path"].to_list()
+        == m.filter(pl.col("split_1") == "test")["path"].to_list()
+    )
+    assert m["split"].to_list() != m["split_1"].to_list()  # val is carved again from train
 
 
 def test_max_per_class_caps_reproducibly(image_folder):
@@ -113,7 +138,7 @@ def test_corrupt_image_is_named(tmp_path):
 
 
 def test_batched_eval_transform_equals_per_image(image_folder):
-    from transferlab.data import eval_loader
+    from transferlab.images import eval_loader
 
     root, items = image_folder
     m = build_manifest(root, items, val_fraction=0.2, test_fraction=0.2, seed=0)

@@ -9,10 +9,10 @@ import zarr
 
 from transferlab.backbones import backbone_fingerprint, create_backbone
 from transferlab.config import OptimConfig
-from transferlab.data import SplitView
 from transferlab.errors import FingerprintMismatch
 from transferlab.evaluation import _check_manifest
 from transferlab.features import Fingerprint, StreamedBatches, _SplitWriter
+from transferlab.manifest import SplitView
 from transferlab.probe import fit_linear_probe
 from transferlab.selection import best_index
 from transferlab.training import TensorBatches, fit

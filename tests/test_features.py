@@ -28,7 +28,7 @@ def test_store_holds_the_backbone_features(tmp_path, lite0_32, monkeypatch):
     stats, rows = _extract(lite0_32, tmp_path / "store", splits, batch_size=3)
     assert stats.images == 16
     store = FeatureStore.open(tmp_path / "store")
-    assert store.splits() == ["train", "val"]
+    assert store.groups() == ["train", "val"]
     x, y = splits["train"]
     feats, labels, r = store.load("train")
     with torch.no_grad():
@@ -36,6 +36,41 @@ def test_store_holds_the_backbone_features(tmp_path, lite0_32, monkeypatch):
     torch.testing.assert_close(feats, expect, rtol=1e-4, atol=1e-5)
     assert torch.equal(labels, y) and np.array_equal(r, rows["train"])
     assert store.group["train/features"].shards == (4, 1280)
+
+
+def test_a_split_is_selected_by_manifest_rows(tmp_path, lite0_32, monkeypatch):
+    """Readers take the rows of their split out of the one store, in store order, whole
+    in memory or streamed: the same rows either way."""
+    from transferlab.features import StreamedBatches
+
+    monkeypatch.setattr(F, "SHARD_ROWS", 4)
+    monkeypatch.setattr(F, "CHUNK_ROWS", 2)
+    x, y = _data(13)
+    out = tmp_path / "store"
+    order = np.random.default_rng(0).permutation(13)  # store rows in a shuffled order
+    fp = Fingerprint.of(lite0_32, "m" * 64)
+    extract_features(
+        lite0_32,
+        {"images": DataLoader(TensorDataset(x[order], y[order]), batch_size=5)},
+        {"images": order},
+        out,
+        fp,
+        CPU,
+    )
+    store = FeatureStore.open(out)
+    wanted = np.array([1, 4, 5, 11])
+    keep = store.select("images", wanted)
+    assert keep.sum() == 4 and store.nbytes("images", keep) == 4 * 1280 * 4
+    feats, labels, rows = store.load("images", keep)
+    assert sorted(rows) == sorted(wanted) and list(rows) == [r for r in order if r in wanted]
+    full, full_labels, full_rows = store.load("images")
+    torch.testing.assert_close(feats, full[keep])
+    assert torch.equal(labels, y[rows])
+    streamed = StreamedBatches([(*store.arrays("images"), keep)], 3, block_rows=4)
+    got = torch.cat([b[1] for b in streamed])
+    assert torch.equal(got, labels) and len(streamed) == sum(
+        -(-int(keep[i : i + 4].sum()) // 3) for i in range(0, 13, 4) if keep[i : i + 4].any()
+    )
 
 
 def test_fingerprint_mismatch_is_refused(tmp_path, lite0_32):

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -169,11 +170,11 @@ class TestPipeline:
             line.split("==") for line in (ROOT / "requirements.lock").read_text().splitlines() if "==" in line
         )
         assert full["environment"]["packages"]["torch"] == pins["torch"] == "2.14.1"
-        # the training rows of the store are in a seeded random order, not class order
+        # the store holds every image once, in a seeded random order, not class order
         import zarr
 
-        rows = zarr.open_group(project / "data/features", mode="r")["train"]["row"][:]
-        assert len(set(rows.tolist())) == len(rows) and rows.tolist() != sorted(rows.tolist())
+        rows = zarr.open_group(project / "data/features", mode="r")["images"]["row"][:]
+        assert sorted(rows.tolist()) == list(range(60)) and rows.tolist() != sorted(rows.tolist())
         report = (project / "reports/report.md").read_text()
         assert "## Protocol" in report and "chosen on validation" in report
         assert "| model |" in report
@@ -305,3 +306,34 @@ class TestPipeline:
         assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
         assert "Running stage 'extract-features'" in res.stdout
         assert "finetune-full" not in " ".join(ran(res.stdout))  # end-to-end models reused
+
+    def test_resplits_separate_split_from_seed_spread(self, project):
+        """base.splits: 2 with four seeds: seeds 0 and 2 on the base splitting, 1 and 3 on a
+        re-drawn one, each scored on its own test images; the report splits the spread."""
+        skip = {"lr": []}
+        set_params(
+            project,
+            {
+                "base": {"seeds": [0, 1, 2, 3], "splits": 2},
+                "finetune": {s: skip for s in ("frozen", "partial", "progressive", "scratch", "lp-ft")}
+                | {"full": {"lr": [1e-3]}},
+            },
+        )
+        res = dvc(project, "repro")
+        assert "Running stage 'download'" in res.stdout  # a new splitting is new data
+        details = json.loads((project / "results/evaluate/details.json").read_text())
+        splits = details["splits"]
+        assert splits["of_seed"] == {"0": "split", "1": "split_1", "2": "split", "3": "split_1"}
+        tests = splits["tests"]
+        assert set(tests["split"]["test_ids"]) != set(tests["split_1"]["test_ids"])
+        assert details["test_ids"] == tests["split"]["test_ids"]
+        for name, model in details["models"].items():
+            for seed, run in model["runs"].items():
+                labels = tests[run["split"]]["test_labels"]
+                acc = np.mean(np.asarray(run["predictions"]) == np.asarray(labels))
+                assert acc == pytest.approx(run["scores"]["accuracy"]), (name, seed)
+            spread = model["spread"]
+            assert (spread["runs"], spread["splittings"]) == (4, 2)
+            assert spread["seed_sd"] is not None and spread["split_sd"] is not None
+        report = (project / "reports/report.md").read_text()
+        assert "## Where the spread comes from" in report and "on 2 splittings" in report

@@ -51,9 +51,9 @@ def test_head_params_do_not_reach_extraction_or_finetuning():
 
 def test_every_strategy_has_a_stage_over_its_lr_grid():
     """One stage block per strategy, one run per seed and learning rate of its grid."""
-    from transferlab.config import STRATEGIES
+    from transferlab import registry
 
-    for s in STRATEGIES:
+    for s in registry.names("end-to-end"):
         stage = PIPELINE[f"finetune-{s}"]
         assert stage["matrix"] == {"seed": "${base.seeds}", "lr": f"${{finetune.{s}.lr}}"}
         assert "--lr ${item.lr}" in stage["cmd"] and f" {s} " in stage["cmd"]

@@ -117,6 +117,34 @@ def test_seeds_show_mean_and_spread_and_flips():
     assert "Rankings that flip between seeds: features vs frozen (seeds [1] vs [0, 2])" in md
 
 
+def test_spread_table_says_what_the_layout_can_separate():
+    from transferlab.stats import spread_components
+
+    metrics, details, comparisons = _inputs(["features", "frozen"], seeds=(0, 1, 2, 3))
+    acc = {0: 0.91, 1: 0.81, 2: 0.89, 3: 0.79}
+    # one splitting: the seeds' spread alone
+    for m in details["models"].values():
+        m["spread"] = spread_components(acc, dict.fromkeys(acc, 0))
+    details["splits"] = {"count": 1, "of_seed": dict.fromkeys(map(str, acc), "split")}
+    md = build(metrics, details, comparisons, title="T", code_version="abc", params_text="").markdown()
+    assert "## Where the spread comes from" in md and "share one splitting" in md
+    assert "| features | 4 | 1 | 0.0589 | 0.0589 | cannot tell |" in md
+    # two splittings, two seeds each: both parts estimated
+    of_seed = {s: s % 2 for s in acc}
+    for m in details["models"].values():
+        m["spread"] = spread_components(acc, of_seed)
+    details["splits"] = {"count": 2, "of_seed": {str(s): ["split", "split_1"][j] for s, j in of_seed.items()}}
+    md = build(metrics, details, comparisons, title="T", code_version="abc", params_text="").markdown()
+    assert "on 2 splittings of the data" in md and "random-effects" in md
+    assert "| features | 4 | 2 | 0.0589 | 0.0141 | 0.0700 |" in md
+    # one seed per splitting: the two sources cannot be told apart, and the report says so
+    for m in details["models"].values():
+        m["spread"] = spread_components(acc, {s: s for s in acc})
+    details["splits"] = {"count": 4, "of_seed": {str(s): f"split_{s}" for s in acc}}
+    md = build(metrics, details, comparisons, title="T", code_version="abc", params_text="").markdown()
+    assert "ran one seed" in md and "| features | 4 | 4 | 0.0589 | cannot tell | cannot tell |" in md
+
+
 def test_pareto_front_by_hand():
     pts = {"a": (1.0, 0.90), "b": (10.0, 0.95), "c": (5.0, 0.80), "d": (100.0, 0.95)}
     assert pareto_front(pts) == ["a", "b"]  # c is dominated by a, d by b

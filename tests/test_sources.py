@@ -20,8 +20,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from transferlab.data import build_manifest, load_rgb
 from transferlab.errors import DataError
+from transferlab.images import load_rgb
 from transferlab.sources import (
     archive_root,
     check_splits,
@@ -33,6 +33,7 @@ from transferlab.sources import (
     scan_folder,
     write_torchvision,
 )
+from transferlab.splitting import build_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 

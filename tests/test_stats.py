@@ -82,3 +82,48 @@ def test_images_to_separate_grows_as_the_difference_shrinks():
     pd, d = 0.05, 0.02
     want = (1.959964 * math.sqrt(pd) + 0.841621 * math.sqrt(pd - d * d)) ** 2 / d**2
     assert images_to_separate(d, pd) == math.ceil(want)
+
+
+def test_spread_components_by_hand():
+    from transferlab.stats import spread_components
+
+    # two splittings, two seeds each: within-splitting deviations +-0.01, splitting means
+    # 0.90 and 0.80.
+    scores = {0: 0.91, 2: 0.89, 1: 0.81, 3: 0.79}
+    out = spread_components(scores, {s: s % 2 for s in scores})
+    # MS within = 4 * 0.01^2 / (4 - 2); MS between = 2 * 2 * 0.05^2 / 1; n0 = 2
+    ms_w, ms_b = 4 * 1e-4 / 2, 2 * 2 * 0.05**2
+    assert out["seed_sd"] == pytest.approx(ms_w**0.5)
+    assert out["split_sd"] == pytest.approx(((ms_b - ms_w) / 2) ** 0.5)
+    assert out["total_sd"] == pytest.approx(np.std(list(scores.values()), ddof=1))
+    assert (out["runs"], out["splittings"]) == (4, 2)
+
+
+def test_spread_components_say_what_the_layout_cannot_tell():
+    from transferlab.stats import spread_components
+
+    one_splitting = spread_components({0: 0.9, 1: 0.8, 2: 0.85}, {0: 0, 1: 0, 2: 0})
+    assert one_splitting["split_sd"] is None
+    assert one_splitting["seed_sd"] == pytest.approx(np.std([0.9, 0.8, 0.85], ddof=1))
+    confounded = spread_components({0: 0.9, 1: 0.8}, {0: 0, 1: 1})
+    assert confounded["seed_sd"] is None and confounded["split_sd"] is None
+    assert confounded["total_sd"] == pytest.approx(np.std([0.9, 0.8], ddof=1))
+    # splittings that differ less than the seeds within them: the split part is 0, not negative
+    noisy = spread_components({0: 0.9, 2: 0.8, 1: 0.91, 3: 0.79}, {0: 0, 2: 0, 1: 1, 3: 1})
+    assert noisy["split_sd"] == 0.0
+
+
+def test_spread_separates_simulated_split_and_seed_noise():
+    """Many splittings, several seeds each, known variances: the estimates find them."""
+    from transferlab.stats import spread_components
+
+    rng = np.random.default_rng(0)
+    k, per = 200, 4
+    split_eff = rng.normal(0, 0.02, k)
+    scores, splitting = {}, {}
+    for s in range(k * per):
+        scores[s] = 0.9 + split_eff[s % k] + rng.normal(0, 0.005)
+        splitting[s] = s % k
+    out = spread_components(scores, splitting)
+    assert out["split_sd"] == pytest.approx(0.02, rel=0.15)
+    assert out["seed_sd"] == pytest.approx(0.005, rel=0.1)

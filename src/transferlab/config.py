@@ -9,12 +9,14 @@ being silently ignored for an hour of training.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
+from transferlab import registry
 from transferlab.errors import ConfigError
 
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -38,6 +40,13 @@ class BaseConfig(_Strict):
     def _seeds(self) -> BaseConfig:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError("seeds must list at least one seed, each once")
+        unused = sorted(set(range(self.splits)) - {s % self.splits for s in self.seeds})
+        if unused:
+            raise ValueError(
+                f"splits: {self.splits} splittings, but no seed in seeds {self.seeds} uses "
+                f"splitting(s) {unused} (seed s uses splitting s mod splits): add seeds or "
+                "lower splits"
+            )
         return self
 
     # The data: splits and the augmented views of features-augmented.
@@ -45,6 +54,9 @@ class BaseConfig(_Strict):
     # Training runs: every model is trained once per seed (initialization, shuffling,
     # augmentation), and reported as mean and spread.
     seeds: list[Annotated[int, Field(ge=0)]] = [0]
+    # Splittings of the data: seed s trains and is scored on splitting s mod splits, so with
+    # more seeds than splittings the report tells split spread from seed spread.
+    splits: Annotated[int, Field(ge=1)] = 1
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # 0 means "let torch decide"; a fixed count makes CPU timings comparable across runs.
     num_threads: Annotated[int, Field(ge=0)] = 0
@@ -161,9 +173,6 @@ class HeadConfig(_Strict):
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.5
 
 
-HEAD_MODELS = ("features", "features-augmented")
-
-
 class LinearProbeConfig(_Strict):
     """A linear head fitted the way linear probes are in the literature (Kornblith et al.
     2019; CLIP): multinomial logistic regression on standardized features, trained to
@@ -202,7 +211,8 @@ class TrainHeadConfig(_Strict):
     """The two-stage models: a head on the cached features (``features``), and on the
     features of the augmented views too (``features-augmented``)."""
 
-    models: list[Literal["features", "features-augmented"]] = ["features", "features-augmented"]
+    # Two-stage models of the registry (transferlab.registry) to train.
+    models: list[str] = list(registry.names("two-stage"))
     # Which head: ``linear`` (the probe, settings in ``linear``) or ``mlp`` (``mlp``).
     head: Literal["linear", "mlp"] = "linear"
     linear: LinearProbeConfig = LinearProbeConfig()
@@ -215,6 +225,10 @@ class TrainHeadConfig(_Strict):
 
     @model_validator(mode="after")
     def _unique(self) -> TrainHeadConfig:
+        known = registry.names("two-stage")
+        unknown = [m for m in self.models if m not in known]
+        if unknown:
+            raise ValueError(f"unknown model {unknown[0]!r}; two-stage models: {', '.join(known)}")
         if len(set(self.models)) != len(self.models):
             raise ValueError("models lists a model twice")
         return self
@@ -266,6 +280,17 @@ class StrategyConfig(OptimConfig):
         return self
 
 
+def strategy_params(name: str):
+    """Class decorator: the params section ``finetune.<name>`` of registered strategy ``name``."""
+
+    def attach(cls: type[_Strict]) -> type[_Strict]:
+        registry.attach_params(name, cls)
+        return cls
+
+    return attach
+
+
+@strategy_params("frozen")
 class FrozenConfig(StrategyConfig):
     """Backbone frozen in eval mode: its rate and BatchNorm settings cannot matter."""
 
@@ -273,15 +298,18 @@ class FrozenConfig(StrategyConfig):
     lr: LrGrid = [3e-3, 1e-2]  # a head alone takes higher rates than a backbone
 
 
+@strategy_params("partial")
 class PartialConfig(StrategyConfig):
     # The last N parameter groups of the backbone (see Backbone.groups) train; the rest is frozen.
     unfreeze_blocks: Annotated[int, Field(ge=1)] = 3
 
 
+@strategy_params("full")
 class FullConfig(StrategyConfig):
     warmup_epochs: Annotated[int, Field(ge=0)] = 1
 
 
+@strategy_params("progressive")
 class ProgressiveConfig(StrategyConfig):
     """Head first; at each epoch in ``unfreeze_epochs`` the next group from the top joins."""
 
@@ -301,6 +329,7 @@ class ProgressiveConfig(StrategyConfig):
         return self
 
 
+@strategy_params("lp-ft")
 class LpFtConfig(_Strict):
     """Linear probe, then fine-tune: exactly ``full``'s recipe (epochs, warm-up, weight decay,
     backbone rate, BatchNorm) from train-head's probe instead of a random head. Only the
@@ -309,6 +338,7 @@ class LpFtConfig(_Strict):
     lr: LrGrid = [1e-3]
 
 
+@strategy_params("scratch")
 class ScratchConfig(StrategyConfig):
     """The same architecture from random weights: what pretraining is worth."""
 
@@ -322,50 +352,52 @@ class ScratchConfig(StrategyConfig):
         return self
 
 
-STRATEGY_CONFIGS: dict[str, type[_Strict]] = {
-    "frozen": FrozenConfig,
-    "partial": PartialConfig,
-    "full": FullConfig,
-    "progressive": ProgressiveConfig,
-    "lp-ft": LpFtConfig,
-    "scratch": ScratchConfig,
-}
-STRATEGIES = tuple(STRATEGY_CONFIGS)
-# Strategies that start from train-head's checkpoint (they depend on train-head@features).
-FROM_HEAD = ("lp-ft",)
+def _finetune_fields() -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for spec in registry.all_models():
+        if spec.two_stage:
+            continue
+        if spec.params is None:
+            raise RuntimeError(
+                f"strategy {spec.name!r} is registered without params (config.strategy_params)"
+            )
+        fields[spec.section] = (spec.params, Field(default_factory=spec.params, alias=spec.name))
+    return fields
 
 
-class FinetuneConfig(_Strict):
-    """The end-to-end strategies, one section each. A strategy whose ``lr`` grid is empty
-    does not run."""
+class _FinetuneBase(_Strict):
+    """The end-to-end strategies, one section each (one per registered strategy, built from
+    the registry below). A strategy whose ``lr`` grid is empty does not run."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
+    # The head of every end-to-end model that does not start from the probe.
     head: HeadConfig = HeadConfig()
-    frozen: FrozenConfig = FrozenConfig()
-    partial: PartialConfig = PartialConfig()
-    full: FullConfig = FullConfig()
-    progressive: ProgressiveConfig = ProgressiveConfig()
-    lp_ft: LpFtConfig = Field(default_factory=LpFtConfig, alias="lp-ft")
-    scratch: ScratchConfig = ScratchConfig()
 
     @property
     def runs(self) -> list[str]:
         """Every end-to-end strategy the pipeline trains (a non-empty ``lr`` grid)."""
-        return [s for s in STRATEGIES if self.section(s).lr]
+        return [s for s in registry.names("end-to-end") if self.section(s).lr]
 
-    def section(self, name: str) -> _Strict:
-        if name not in STRATEGIES:
-            raise ConfigError(f"finetune: unknown strategy {name!r}; known: {', '.join(STRATEGIES)}")
-        return getattr(self, name.replace("-", "_"))
+    def section(self, name: str) -> Any:
+        """The params of ``finetune.<name>`` as written (lp-ft: only its grid)."""
+        if name not in registry.names("end-to-end"):
+            known = ", ".join(registry.names("end-to-end"))
+            raise ConfigError(f"finetune: unknown strategy {name!r}; known: {known}")
+        return getattr(self, registry.get(name).section)
 
     def strategy(self, name: str) -> StrategyConfig:
-        """The training recipe of ``name`` (lp-ft trains with ``full``'s, on its own grid)."""
-        if name == "lp-ft":
-            return self.full.model_copy(update={"lr": self.lp_ft.lr})
+        """The training recipe of ``name``: its own section, or for a strategy that trains
+        with another's recipe (lp-ft: full's) that one's, on its own grid."""
+        spec = registry.get(name) if name in registry.names("end-to-end") else None
+        if spec is not None and spec.recipe_of is not None:
+            return self.section(spec.recipe_of).model_copy(update={"lr": self.section(name).lr})
         cfg = self.section(name)
         assert isinstance(cfg, StrategyConfig)
         return cfg
+
+
+FinetuneConfig = create_model("FinetuneConfig", __base__=_FinetuneBase, **_finetune_fields())
 
 
 class ReportConfig(_Strict):
@@ -413,20 +445,41 @@ def parse_section(section: str, raw: Any) -> _Strict:
 def _cross_check(parsed: dict[str, _Strict]) -> None:
     """Rules that span sections: checked by every stage, so the first one to run says it."""
     ft, th = parsed["finetune"], parsed["train_head"]
-    assert isinstance(ft, FinetuneConfig) and isinstance(th, TrainHeadConfig)
-    if ft.lp_ft.lr and "features" not in th.models:
-        raise ConfigError(
-            "finetune.lp-ft: starts from the linear probe, but train_head.models does not list "
-            "'features'; add it, or skip lp-ft with finetune.lp-ft.lr: []"
-        )
+    assert isinstance(ft, _FinetuneBase) and isinstance(th, TrainHeadConfig)
+    for name in ft.runs:
+        if registry.get(name).from_probe and "features" not in th.models:
+            raise ConfigError(
+                f"finetune.{name}: starts from the linear probe, but train_head.models does not "
+                f"list 'features'; add it, or skip {name} with finetune.{name}.lr: []"
+            )
 
 
-def load_params(path: str | Path = "params.yaml", *sections: str) -> dict[str, Any]:
-    """Read ``path``, validate every section in it, and return the models of ``sections``.
+@dataclass(frozen=True)
+class Params:
+    """Every section of params.yaml, validated and typed."""
+
+    base: BaseConfig
+    download: DownloadConfig
+    backbone: BackboneConfig
+    extract_features: ExtractConfig
+    train_head: TrainHeadConfig
+    augment: AugmentConfig
+    finetune: _FinetuneBase
+    report: ReportConfig
+
+    def sections(self) -> dict[str, _Strict]:
+        """Every section by its name in params.yaml, in the file's order."""
+        return {name: getattr(self, name) for name in SECTIONS}
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read ``path`` and validate every section in it.
 
     The whole file is validated whichever sections a stage uses: a mistake anywhere stops
     the first stage that runs, not the one that happens to read that key an hour later.
-    Unknown top-level sections are an error too: they are almost always typos.
+    Unknown top-level sections are an error too: they are almost always typos. Which
+    sections a stage reads is checked against its params in dvc.yaml by
+    tests/test_pipeline_deps.py.
     """
     path = Path(path)
     try:
@@ -445,4 +498,4 @@ def load_params(path: str | Path = "params.yaml", *sections: str) -> dict[str, A
         _cross_check(parsed)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
-    return {s: parsed[s] for s in sections}
+    return Params(**parsed)  # type: ignore[arg-type]

@@ -14,13 +14,21 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from transferlab import layout
+from transferlab import layout, registry
 from transferlab._io import read_json
-from transferlab.data import manifest_fingerprint
 from transferlab.errors import FingerprintMismatch
+from transferlab.manifest import manifest_fingerprint, split_column, split_columns
 from transferlab.metrics import per_class_f1
 from transferlab.selection import best_index
-from transferlab.stats import accuracy_interval, holm, images_to_separate, pair_of, paired_test, separable
+from transferlab.stats import (
+    accuracy_interval,
+    holm,
+    images_to_separate,
+    pair_of,
+    paired_test,
+    separable,
+    spread_components,
+)
 
 MB = 1024 * 1024
 ALPHA = 0.05
@@ -157,13 +165,19 @@ def rank_flips(acc: dict[str, dict[int, float]]) -> list[dict[str, Any]]:
     return flips
 
 
-def _run_record(run: str, manifest_sha: str, test_index: dict[str, int]) -> dict[str, Any]:
-    """A run's predictions (aligned with ``test_ids``), test scores, summary and curves."""
+def _run_record(run: str, manifest_sha: str, column: str, test_index: dict[str, int]) -> dict[str, Any]:
+    """A run's predictions (aligned with the test ids of its splitting ``column``), test
+    scores, summary and curves."""
     source = layout.predictions(run)
     if not source.is_file():
         raise FileNotFoundError(f"{source}: no predictions for run {run}; run dvc repro")
     pred = read_json(source)
     _check_manifest(source, pred, manifest_sha)
+    if pred.get("split", "split") != column:
+        raise FingerprintMismatch(
+            f"{source}: scored on splitting {pred.get('split')!r}, but base.splits gives this seed "
+            f"{column!r}; re-run it (dvc repro)"
+        )
     test = pred["test"]
     if sorted(test["ids"]) != sorted(test_index):
         raise FingerprintMismatch(f"{source}: scored other test images than the manifest lists; re-run it")
@@ -172,6 +186,7 @@ def _run_record(run: str, manifest_sha: str, test_index: dict[str, int]) -> dict
         aligned[test_index[image]] = p
     return {
         "run": run,
+        "split": column,
         "scores": pred["test_metrics"],
         "val": {"accuracy": pred["val"]["accuracy"], "nll": pred["val"]["nll"]},
         "predictions": aligned,
@@ -201,7 +216,11 @@ def compare_all(correct: dict[str, np.ndarray], seeds: list[int]) -> dict[str, A
             "(two-sided binomial test on the discordant images); with several seeds a "
             "two-sided sign-flip test on the per-image accuracy difference averaged over seeds "
             "(exact up to 20 informative images, else 20,000 Monte Carlo flips), which reduces "
-            "to McNemar's with one seed. p_holm: Holm's step-down adjustment over all pairs."
+            "to McNemar's with one seed. p_holm: Holm's step-down adjustment over all pairs. "
+            "With base.splits > 1 each seed is scored on the test images of its own splitting "
+            "(seed s: splitting s mod splits; every splitting holds as many test images of "
+            "each class): a and b are always paired on the same run's images, and the "
+            "resampling and sign flips act on image positions within runs."
         ),
         "pairs": pairs,
     }
@@ -260,9 +279,15 @@ def evaluate_all(
     strategies: dict[str, list[float]],
     seeds: list[int],
     manifest: pl.DataFrame,
+    splits: int = 1,
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Every model, aggregated from its runs' predictions. Returns (metrics for DVC,
     details, comparisons).
+
+    With ``splits`` > 1, seed ``s`` was trained and scored on splitting ``s mod splits``:
+    its predictions align with that splitting's test ids (``details["splits"]``), and each
+    model's ``spread`` tells the part of its seed-to-seed spread due to the splitting from
+    the part due to the seed.
 
     ``heads`` are the two-stage models; ``strategies`` maps each end-to-end strategy to its
     learning-rate grid. A strategy's rate is chosen on validation (mean over seeds, by
@@ -270,14 +295,28 @@ def evaluate_all(
     Test predictions only ever enter the reported scores and the paired comparisons.
     """
     manifest_sha = manifest_fingerprint(manifest)
-    test_rows = manifest.filter(pl.col("split") == "test")
-    test_ids = test_rows["path"].to_list()
-    test_labels = test_rows["label"].to_list()
-    test_index = {image: i for i, image in enumerate(test_ids)}
+    columns = {seed: split_column(seed, splits) for seed in seeds}
+    tests: dict[str, dict[str, list]] = {}
+    for column in sorted(set(columns.values()), key=split_columns(manifest).index):
+        rows = manifest.filter(pl.col(column) == "test")
+        tests[column] = {"test_ids": rows["path"].to_list(), "test_labels": rows["label"].to_list()}
+    sizes = {c: len(t["test_ids"]) for c, t in tests.items()}
+    if len(set(sizes.values())) > 1:  # stratified splittings draw equal counts per class
+        raise FingerprintMismatch(f"data/manifest.parquet: splittings hold different test sizes {sizes}")
+    index = {c: {image: i for i, image in enumerate(t["test_ids"])} for c, t in tests.items()}
+    base_test = tests.get("split") or next(iter(tests.values()))
     extract = read_json(layout.results_dir("extract") / "extract.json")
     probe_s: dict[int, float] = {}  # seed -> the probe's search time, which lp-ft also pays
     metrics: dict[str, Any] = {}
-    details: dict[str, Any] = {"models": {}, "seeds": seeds, "test_ids": test_ids, "test_labels": test_labels}
+    details: dict[str, Any] = {
+        "models": {},
+        "seeds": seeds,
+        # the base splitting's test images; runs on another splitting align with
+        # splits[<their split>] instead
+        "test_ids": base_test["test_ids"],
+        "test_labels": base_test["test_labels"],
+        "splits": {"count": splits, "of_seed": {str(s): c for s, c in columns.items()}, "tests": tests},
+    }
     classes: list[str] | None = None
     chosen: dict[str, tuple[dict[int, str], dict[str, Any]]] = {}
     for name in heads:
@@ -296,7 +335,7 @@ def evaluate_all(
                 "points": {str(s): t["protocol"]["points"] for s, t in summaries.items()},
                 "budget": first["protocol"]["budget"],
                 "depends_on": ["extract-features"]
-                + (["augmented views"] if name == "features-augmented" else []),
+                + (["augmented views"] if registry.get(name).augmented_views else []),
             },
         )
     for name, grid in strategies.items():
@@ -313,29 +352,40 @@ def evaluate_all(
                 "points": [asdict(p) for p in points],
                 "budget": first["protocol"]["budget"],
                 "search_time_s": round(sum(p.seconds for p in points), 2),
-                "depends_on": ["extract-features", "train-head@features"] if name == "lp-ft" else [],
+                "depends_on": ["extract-features", "train-head@features"]
+                if registry.get(name).from_probe
+                else [],
             },
         )
     correct: dict[str, np.ndarray] = {}
     val: dict[str, tuple[float, float]] = {}
-    labels = np.asarray(test_labels)
     for name, (run_names, protocol) in chosen.items():
-        runs = {seed: _run_record(run, manifest_sha, test_index) for seed, run in run_names.items()}
+        runs = {
+            seed: _run_record(run, manifest_sha, columns[seed], index[columns[seed]])
+            for seed, run in run_names.items()
+        }
         classes = runs[seeds[0]].pop("classes")
         for r in runs.values():
             r.pop("classes", None)
         depends = 0.0
-        if name in ("features", "features-augmented", "lp-ft"):
+        spec = registry.get(name)
+        if spec.two_stage or spec.from_probe:
             depends += extract["extract_time_s"]
-        if name == "features-augmented":
+        if spec.augmented_views:
             depends += extract["augment_time_s"]
-        if name == "lp-ft":
+        if spec.from_probe:
             depends += float(np.mean([probe_s.get(s, 0.0) for s in seeds]))
         # heads search their grid inside their run; a strategy's grid is one run per point
         search = protocol.get("search_time_s")
         if search is None:
             search = float(np.mean([r["train"]["search_time_s"] for r in runs.values()]))
-        correct[name] = np.array([np.asarray(runs[s]["predictions"]) == labels for s in seeds], dtype=float)
+        correct[name] = np.array(
+            [
+                np.asarray(runs[s]["predictions"]) == np.asarray(tests[columns[s]]["test_labels"])
+                for s in seeds
+            ],
+            dtype=float,
+        )
         val[name] = (
             float(np.mean([r["val"]["accuracy"] for r in runs.values()])),
             float(np.mean([r["val"]["nll"] for r in runs.values()])),
@@ -349,6 +399,10 @@ def evaluate_all(
             "confusion": confusion.tolist(),  # summed over seeds
             "per_class_f1": per_class_f1(confusion).round(4).tolist(),
             "curves": runs[seeds[0]]["curves"],
+            "spread": spread_components(
+                {s: r["scores"]["accuracy"] for s, r in runs.items()},
+                {s: split_columns(manifest).index(columns[s]) for s in seeds},
+            ),
         }
     comparisons = compare_all(correct, seeds)
     details["verdict"] = verdict(val, comparisons, {m: metrics[m]["total_time_s"] for m in metrics})

@@ -1,23 +1,26 @@
 """The feature store: pooled backbone features of every image, computed once, in Zarr v3.
 
-Layout (one group per split)::
+Layout::
 
     data/features/                 attrs: {"fingerprint": {...}}
-        train/features  float32 (N, D)   chunked by rows, sharded
-        train/labels    int64   (N,)
-        train/row       int64   (N,)     row number in the manifest
-        val/...  test/...
-        train_aug/...   (K*N rows)       K augmented views of every training image, when
-                                         extract_features.augment_views = K > 0
+        images/features  float32 (N, D)   every image of the manifest; chunked, sharded
+        images/labels    int64   (N,)
+        images/row       int64   (N,)     row number in the manifest
+        augmented/...    (K*M rows)       K augmented views of each of the M images that
+                                          train in some splitting, when
+                                          extract_features.augment_views = K > 0
 
-Cached features are not condemned to go without augmentation: ``train_aug`` holds K
-augmented views per training image, extracted once at K times the cost of the training
-split, and the ``features-augmented`` head trains on them next to the originals.
+The store holds images, not splits: a reader selects the rows of the split it needs
+(:meth:`FeatureStore.select`) from the manifest's splitting column, so re-splitting the data
+(``base.splits``) reuses the one store. Cached features are not condemned to go without
+augmentation: ``augmented`` holds K views per training image, extracted once at K times the
+cost of the training images, and the ``features-augmented`` head trains on them next to the
+originals.
 
-Training rows (``train`` and every view in ``train_aug``) are written in a seeded random
-order, not in manifest order, which is sorted by path and so by class: a head streamed
-block by block from a large store then sees every block as a random sample of all
-classes, as a full shuffle would give it. ``row`` maps each store row back to the manifest.
+Rows are written in a seeded random order, not in manifest order, which is sorted by path
+and so by class: a head streamed block by block from a large store then sees every block
+as a random sample of all classes, as a full shuffle would give it, whatever subset of
+rows it selects. ``row`` maps each store row back to the manifest.
 
 The fingerprint says what the features are: backbone, SHA-256 of its weights, input size,
 normalization, crop and the manifest's content hash. A reader states what it expects and
@@ -44,7 +47,8 @@ from transferlab.backbones import Backbone, backbone_fingerprint
 from transferlab.errors import FingerprintMismatch
 from transferlab.runtime import memory_format, sync
 
-STORE_FORMAT = 2  # 2: training rows in a seeded random order; interpolation recorded
+STORE_FORMAT = 3  # 3: one group of all images (and one of views), splits selected by readers
+IMAGES, AUGMENTED = "images", "augmented"
 CHUNK_ROWS = 1024
 SHARD_ROWS = 16384
 
@@ -59,7 +63,7 @@ class Fingerprint:
     crop_pct: float
     interpolation: str
     manifest_sha256: str
-    # Augmented views of each training image in the "train_aug" group, and how they were made.
+    # Augmented views of each training image in the "augmented" group, and how they were made.
     augment_views: int = 0
     augment: dict[str, Any] | None = None
     format: int = STORE_FORMAT
@@ -226,27 +230,42 @@ class FeatureStore:
     def fingerprint(self) -> dict[str, Any]:
         return dict(self.group.attrs["fingerprint"])
 
-    def splits(self) -> list[str]:
+    def groups(self) -> list[str]:
         return sorted(name for name, _ in self.group.groups())
 
-    def load(self, split: str) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-        """Features, labels and manifest rows of ``split``, in memory."""
-        g = self.group[split]
+    def select(self, group: str, manifest_rows: np.ndarray) -> np.ndarray:
+        """Which rows of ``group`` show one of ``manifest_rows``: a boolean mask in store
+        order (every view of an image, for ``augmented``)."""
+        return np.isin(np.asarray(self.group[group]["row"][:]), manifest_rows)
+
+    def load(
+        self, group: str, keep: np.ndarray | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """Features, labels and manifest rows of ``group`` (only the ``keep`` rows, a mask
+        from :meth:`select`), in store order, in memory."""
+        g = self.group[group]
+        if keep is None:
+            sel: slice | np.ndarray = slice(None)
+            feats = np.asarray(g["features"][:])
+        else:
+            sel = np.flatnonzero(keep)
+            feats = np.asarray(g["features"].get_orthogonal_selection((sel, slice(None))))
         return (
-            torch.from_numpy(np.asarray(g["features"][:])),
-            torch.from_numpy(np.asarray(g["labels"][:])),
-            np.asarray(g["row"][:]),
+            torch.from_numpy(feats),
+            torch.from_numpy(np.asarray(g["labels"][:])[sel]),
+            np.asarray(g["row"][:])[sel],
         )
 
-    def arrays(self, split: str) -> tuple[zarr.Array, zarr.Array]:
-        """The (features, labels) arrays of ``split``, not loaded."""
-        g = self.group[split]
+    def arrays(self, group: str) -> tuple[zarr.Array, zarr.Array]:
+        """The (features, labels) arrays of ``group``, not loaded."""
+        g = self.group[group]
         return g["features"], g["labels"]
 
-    def nbytes(self, split: str) -> int:
-        """Size of ``split``'s features in memory."""
-        f = self.group[split]["features"]
-        return int(np.prod(f.shape)) * f.dtype.itemsize
+    def nbytes(self, group: str, keep: np.ndarray | None = None) -> int:
+        """Size in memory of ``group``'s features (of its ``keep`` rows)."""
+        f = self.group[group]["features"]
+        rows = f.shape[0] if keep is None else int(np.count_nonzero(keep))
+        return rows * int(np.prod(f.shape[1:])) * f.dtype.itemsize
 
     def nbytes_on_disk(self) -> int:
         return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
@@ -261,11 +280,14 @@ class StreamedBatches:
     extract-features writes training rows in a random order, each block is a random sample
     of the whole split, and the batches are statistically those of a full shuffle (a store
     written in class order would give nearly single-class batches here).
+
+    A source is ``(features, labels)`` or ``(features, labels, keep)``, ``keep`` a boolean
+    mask over its rows (:meth:`FeatureStore.select`): only those rows are served.
     """
 
     def __init__(
         self,
-        sources: list[tuple[zarr.Array, zarr.Array]],
+        sources: list[tuple[zarr.Array, zarr.Array]] | list[tuple[zarr.Array, zarr.Array, np.ndarray | None]],
         batch_size: int,
         *,
         shuffle: bool = False,
@@ -274,16 +296,22 @@ class StreamedBatches:
     ) -> None:
         self.sources, self.batch_size = sources, batch_size
         self.shuffle, self.generator = shuffle, generator
-        self.blocks = [
-            (i, start, min(start + block_rows, feats.shape[0]))
-            for i, (feats, _) in enumerate(sources)
-            for start in range(0, feats.shape[0], block_rows)
+        self.keep = [src[2] if len(src) > 2 else None for src in sources]
+        blocks = [
+            (i, start, min(start + block_rows, src[0].shape[0]))
+            for i, src in enumerate(sources)
+            for start in range(0, src[0].shape[0], block_rows)
         ]
-        self.n = sum(f.shape[0] for f, _ in sources)
+        self.blocks = [b for b in blocks if self._rows_in(*b) > 0]
+        self.n = sum(self._rows_in(*b) for b in self.blocks)
+
+    def _rows_in(self, i: int, start: int, end: int) -> int:
+        keep = self.keep[i]
+        return end - start if keep is None else int(np.count_nonzero(keep[start:end]))
 
     def __len__(self) -> int:
         # Batches never span blocks: count them per block.
-        return sum(-(-(end - start) // self.batch_size) for _, start, end in self.blocks)
+        return sum(-(-self._rows_in(*b) // self.batch_size) for b in self.blocks)
 
     def __iter__(self):
         order = (
@@ -293,9 +321,13 @@ class StreamedBatches:
         )
         for b in order:
             i, start, end = self.blocks[b]
-            feats, labels = self.sources[i]
+            feats, labels = self.sources[i][:2]
             x = torch.from_numpy(np.asarray(feats[start:end]))
             y = torch.from_numpy(np.asarray(labels[start:end]))
+            keep = self.keep[i]
+            if keep is not None:
+                mask = torch.from_numpy(keep[start:end])
+                x, y = x[mask], y[mask]
             idx = torch.randperm(len(y), generator=self.generator) if self.shuffle else torch.arange(len(y))
             for k in range(0, len(y), self.batch_size):
                 sel = idx[k : k + self.batch_size]

@@ -28,27 +28,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from transferlab import registry
 from transferlab.stats import separable
 
 LARGE_DATASET = 10_000  # training images; "small" below, "large" from here on
 GAP_THRESHOLD = 0.02  # accuracy the best fine-tuning must gain over the probe for "different"
 
-FEATURE_EXTRACTION = ("features", "features-augmented", "frozen")
-FINE_TUNING = ("full", "lp-ft", "progressive", "partial")
+FEATURE_EXTRACTION = registry.in_family("feature-extraction")
+FINE_TUNING = registry.in_family("fine-tuning")
 
+# Each scenario's models are those the registry says follow its advice (ModelSpec.scenarios).
 SCENARIOS: dict[int, tuple[str, str, tuple[str, ...]]] = {
-    1: ("small data, similar domain", "feature extraction: train only a head", FEATURE_EXTRACTION),
-    2: (
-        "large data, similar domain",
-        "fine-tune everything at a low learning rate",
-        ("full", "lp-ft", "progressive"),
-    ),
+    1: ("small data, similar domain", "feature extraction: train only a head", registry.advised_in(1)),
+    2: ("large data, similar domain", "fine-tune everything at a low learning rate", registry.advised_in(2)),
     3: (
         "small data, different domain",
         "freeze early layers, fine-tune the last blocks",
-        ("partial", "progressive"),
+        registry.advised_in(3),
     ),
-    4: ("large data, different domain", "fine-tune the whole network", ("full", "lp-ft", "progressive")),
+    4: ("large data, different domain", "fine-tune the whole network", registry.advised_in(4)),
 }
 
 

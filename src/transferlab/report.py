@@ -21,6 +21,7 @@ matplotlib.use("Agg")  # headless: CI and servers have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from transferlab import registry  # noqa: E402
 from transferlab.recommend import (  # noqa: E402
     FINE_TUNING,
     GAP_THRESHOLD,
@@ -30,17 +31,7 @@ from transferlab.recommend import (  # noqa: E402
 )
 from transferlab.stats import pair_of, separable  # noqa: E402
 
-DESCRIPTIONS = {
-    "features": "two-stage: head on cached features, no augmentation",
-    "features-augmented": "two-stage: head on cached features of K augmented views per image",
-    "frozen": "end to end, backbone frozen, augmented images",
-    "partial": "end to end, last blocks unfrozen",
-    "full": "end to end, everything trainable, backbone at a lower rate",
-    "progressive": "end to end, blocks unfrozen top-down over epochs, deeper at lower rates",
-    "lp-ft": "end to end from the linear probe's head, everything trainable",
-    "scratch": "same architecture from random weights, everything trainable",
-}
-TWO_STAGE = ("features", "features-augmented")
+DESCRIPTIONS = {spec.name: spec.description for spec in registry.all_models()}
 
 
 def _fmt_s(seconds: float) -> str:
@@ -305,6 +296,66 @@ def _pair_text(pair: dict[str, Any]) -> str:
     )
 
 
+def _sd(x: float | None) -> str:
+    return "cannot tell" if x is None else f"{x:.4f}"
+
+
+def spread_rows(details: dict[str, Any]) -> list[list[str]]:
+    """Per model: the spread of test accuracy over runs, split into seeds and splittings."""
+    rows = []
+    for name, d in details["models"].items():
+        s = d.get("spread")
+        if s is None:
+            continue
+        rows.append(
+            [
+                name,
+                str(s["runs"]),
+                str(s["splittings"]),
+                _sd(s["total_sd"]),
+                _sd(s["seed_sd"]),
+                _sd(s["split_sd"]),
+            ]
+        )
+    return rows
+
+
+def spread_text(details: dict[str, Any]) -> str:
+    """How the runs were laid out, and so what their spread can say."""
+    count = details.get("splits", {}).get("count", 1)
+    seeds = details.get("seeds", [0])
+    if count == 1:
+        return (
+            f"All {len(seeds)} runs of a model share one splitting of the data: their spread is the "
+            "seeds' alone (initialisation, order, augmentation) and says nothing of how much "
+            "another draw of train, val and test would move the scores. `base.splits: k` re-draws "
+            "the splitting k times (seed s uses splitting s mod k); with two or more seeds per "
+            "splitting the table separates the two sources."
+        )
+    per = len(seeds) / count
+    if all(n < 2 for n in _seeds_per_splitting(details).values()):
+        return (
+            f"Each of the {count} splittings ran one seed: splitting and seed varied together, "
+            "which estimates the total spread well (Bouthillier et al. 2021) but cannot say how "
+            "much of it each source made. Give every splitting two or more seeds (for example "
+            f"`base.seeds` with {2 * count} seeds) to separate them."
+        )
+    return (
+        f"{len(seeds)} runs per model on {count} splittings (about {per:.1f} seeds each). The spread "
+        "is split by a one-way random-effects analysis of variance: 'due to seeds' is the spread "
+        "within a splitting, 'due to splits' what the splittings add on top (which includes "
+        "drawing other test images). With this few runs both are rough; 0 means the splittings "
+        "differed no more than the seeds within them did."
+    )
+
+
+def _seeds_per_splitting(details: dict[str, Any]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for column in details.get("splits", {}).get("of_seed", {}).values():
+        counts[column] = counts.get(column, 0) + 1
+    return counts
+
+
 def best_of(models: tuple[str, ...] | list[str], val: dict[str, float]) -> str | None:
     """The model of ``models`` with the best validation accuracy (choices are made on val)."""
     present = [m for m in models if m in val]
@@ -359,7 +410,7 @@ def claims(
             answer_better(pair, m),
             f"the best fine-tuned model on validation against the linear probe; {_pair_text(pair)}",
         )
-    pretrained = best_of([k for k in by if k != "scratch"], val)
+    pretrained = best_of([k for k in by if registry.get(k).pretrained], val)
     if "scratch" in by and pretrained:
         pair = pair_of(comparisons, pretrained, "scratch")
         line(
@@ -399,7 +450,14 @@ def build(
         f"Data: {sum(sizes.values())} images, {len(details['classes'])} classes (train {sizes.get('train', 0)}, "
         f"val {sizes.get('val', 0)}, test {sizes.get('test', 0)}), manifest `{fp['manifest_sha256'][:12]}`. "
         f"Backbone: `{fp['backbone']}` at {fp['image_size']} px, weights `{(fp['weights_sha256'] or 'random')[:12]}`. "
-        f"Seeds: {', '.join(map(str, seeds))}. Code: `{code_version}`.",
+        f"Seeds: {', '.join(map(str, seeds))}"
+        + (
+            f", on {details['splits']['count']} splittings of the data (seed s on splitting s mod "
+            f"{details['splits']['count']}, `base.splits`)"
+            if details.get("splits", {}).get("count", 1) > 1
+            else ""
+        )
+        + f". Code: `{code_version}`.",
     )
 
     verdict = details["verdict"]
@@ -433,9 +491,9 @@ def build(
         doc.add(
             "p",
             "These models tie on this test split: the data cannot tell which is better, and a "
-            "ranking among them would be noise. More test images, more seeds (`base.seeds`) or "
-            "more data would separate differences this small; until then, choose among them on "
-            "cost.",
+            "ranking among them would be noise. More test images, more seeds (`base.seeds`), "
+            "re-drawn splits (`base.splits`) or more data would separate differences this small; "
+            "until then, choose among them on cost.",
         )
     else:
         doc.add(
@@ -558,6 +616,14 @@ def build(
         )
     elif multi:
         doc.add("p", f"No ranking flips between the {len(seeds)} seeds.")
+    if multi:
+        doc.add("h2", "Where the spread comes from")
+        doc.add("p", spread_text(details))
+        doc.add(
+            "table",
+            ["model", "runs", "splittings", "sd of test acc", "due to seeds", "due to splits"],
+            spread_rows(details),
+        )
 
     checked = claims(by, extract, comparisons, val)
     if checked:

@@ -37,15 +37,17 @@ def split_record(logits: torch.Tensor, labels: torch.Tensor, ids: list[str]) -> 
 
 
 def write_predictions(
-    run: str, *, manifest_sha256: str, classes: list[str], val: Scored, test: Scored
+    run: str, *, manifest_sha256: str, classes: list[str], val: Scored, test: Scored, split: str = "split"
 ) -> dict[str, Any]:
-    """Write ``results/<run>/predictions.json`` and return its test metrics."""
+    """Write ``results/<run>/predictions.json`` and return its test metrics. ``split`` names
+    the manifest column (the splitting) that ``val`` and ``test`` come from."""
     test_metrics = classification_metrics(test[0], test[1], len(classes))
     write_json(
         layout.predictions(run),
         {
             "run": run,
             "manifest_sha256": manifest_sha256,
+            "split": split,
             "classes": classes,
             "val": split_record(*val),
             "test": split_record(*test),

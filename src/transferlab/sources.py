@@ -1,9 +1,9 @@
 """Where the images come from: the embedded digits, a folder, an archive URL, torchvision.
 
 Every source ends the same way: image files under ``data/raw/`` and a list of items
-``(path relative to data/raw, class name, split or None)``; :func:`transferlab.data.build_manifest`
+``(path relative to data/raw, class name, split or None)``; :func:`transferlab.splitting.build_manifest`
 turns that into the manifest. Files are kept as delivered (a JPEG stays a JPEG) and decoded
-consistently when read (:func:`transferlab.data.load_rgb`).
+consistently when read (:func:`transferlab.images.load_rgb`).
 
 Bad data is found here, before anything is trained: unreadable or truncated images, files
 that are not images, empty class folders, classes the training split lacks, the same image
@@ -21,11 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+import numpy as np
 import polars as pl
 from PIL import Image
 
-from transferlab.data import SPLITS, sha256_file
+from transferlab._io import sha256_file
 from transferlab.errors import DataError
+from transferlab.manifest import SPLITS, split_columns
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
@@ -128,20 +130,24 @@ def label_conflicts(manifest: pl.DataFrame, root: Path) -> list[tuple[str, str]]
 
 
 def cross_split_duplicates(manifest: pl.DataFrame, root: Path) -> list[tuple[str, str]]:
-    """Images whose exact bytes are also in an earlier split (train < val < test).
+    """Images whose exact bytes are also in an earlier split (train < val < test), in any
+    of the manifest's splittings.
 
     A test image that is also a training image measures memory, not generalization.
     """
     order = {s: i for i, s in enumerate(SPLITS)}
-    first: dict[str, tuple[int, str]] = {}
-    problems = []
-    rows = sorted(manifest.select("path", "split", "sha256").iter_rows(), key=lambda r: (order[r[1]], r[0]))
-    for path, split, digest in rows:
-        if digest in first and first[digest][0] < order[split]:
-            split0, path0 = first[digest]
-            problems.append((str(root / path), f"same image as {root / path0} ({SPLITS[split0]})"))
-        first.setdefault(digest, (order[split], path))
-    return problems
+    problems: dict[str, str] = {}
+    for column in split_columns(manifest):
+        first: dict[str, tuple[int, str]] = {}
+        rows = sorted(
+            manifest.select("path", column, "sha256").iter_rows(), key=lambda r: (order[r[1]], r[0])
+        )
+        for path, split, digest in rows:
+            if digest in first and first[digest][0] < order[split]:
+                split0, path0 = first[digest]
+                problems.setdefault(str(root / path), f"same image as {root / path0} ({SPLITS[split0]})")
+            first.setdefault(digest, (order[split], path))
+    return list(problems.items())
 
 
 def resolve_problems(collected: Collected, on_bad: str, source: str) -> list[Item]:
@@ -366,4 +372,23 @@ def write_torchvision(name: str, root: Path | None, download_ok: bool, dst: Path
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
             img.save(dst / rel)
             items.append((rel, names[labels[i]], split))
+    return items
+
+
+def write_digits(root: Path) -> list[tuple[str, str]]:
+    """Write scikit-learn's digits (1,797 8x8 scans, 10 classes) as ``root/<class>/<id>.png``.
+
+    Returns (relative path, class name) pairs. Pixel values 0..16 are scaled to 0..255.
+    """
+    from sklearn.datasets import load_digits  # ships with scikit-learn: no download
+
+    digits = load_digits()
+    images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    items = []
+    for i, (img, target) in enumerate(zip(images, digits.target, strict=True)):
+        cls = str(int(target))
+        rel = Path(cls) / f"digit_{i:04d}.png"
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img, mode="L").save(root / rel, optimize=False)
+        items.append((rel.as_posix(), cls))
     return items

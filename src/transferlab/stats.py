@@ -17,6 +17,8 @@ they disagree carry information about which is better.
   exactly; with several it is computed exactly for up to 20 informative images and by
   Monte Carlo (fixed seed) beyond.
 * :func:`holm` - Holm's step-down adjustment over all pairs of a report.
+* :func:`spread_components` - how much of the seed-to-seed spread of a score comes from
+  the splitting and how much from the training seed (one-way random-effects ANOVA).
 * :func:`images_to_separate` - roughly how many test images a paired test would need to
   separate a difference of the observed size (Connor's 1987 sample size for McNemar's test,
   alpha 0.05, power 0.8).
@@ -179,3 +181,39 @@ def separable(pair: dict, alpha: float = 0.05) -> bool:
     paired interval that excludes zero."""
     lo, hi = pair["ci95"]
     return pair["p_holm"] < alpha and (lo > 0 or hi < 0)
+
+
+def spread_components(scores: dict[int, float], splitting: dict[int, int]) -> dict[str, float | int | None]:
+    """Split the spread of one model's runs into a splitting part and a seed part.
+
+    ``scores`` maps each training seed to its run's score, ``splitting`` each seed to the
+    splitting it used. The estimate is the one-way random-effects ANOVA (method of moments,
+    unequal group sizes): the seed variance is the mean square within splittings, the split
+    variance what the mean square between them exceeds it by (clipped at 0). It needs at
+    least two splittings and a splitting run with two seeds; otherwise only the total spread
+    is known, and the part that cannot be told apart is None. The split part includes the
+    change of test images, which is part of what a new splitting changes.
+    """
+    seeds = sorted(scores)
+    values = np.asarray([scores[s] for s in seeds], dtype=float)
+    total = float(values.std(ddof=1)) if len(values) > 1 else None
+    groups: dict[int, list[float]] = {}
+    for s in seeds:
+        groups.setdefault(splitting[s], []).append(scores[s])
+    k, n = len(groups), len(values)
+    within_df = n - k
+    ss_within = sum(float(np.sum((np.asarray(g) - np.mean(g)) ** 2)) for g in groups.values())
+    seed_var = ss_within / within_df if within_df > 0 else None
+    split_var = None
+    if k > 1 and seed_var is not None:
+        grand = float(values.mean())
+        ms_between = sum(len(g) * (float(np.mean(g)) - grand) ** 2 for g in groups.values()) / (k - 1)
+        n0 = (n - sum(len(g) ** 2 for g in groups.values()) / n) / (k - 1)
+        split_var = max(0.0, (ms_between - seed_var) / n0)
+    return {
+        "runs": n,
+        "splittings": k,
+        "total_sd": total,
+        "seed_sd": math.sqrt(seed_var) if seed_var is not None else None,
+        "split_sd": math.sqrt(split_var) if split_var is not None else None,
+    }

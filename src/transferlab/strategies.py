@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from transferlab import registry
 from transferlab.config import PartialConfig, ProgressiveConfig, StrategyConfig
 from transferlab.errors import ConfigError
 from transferlab.models import TransferModel
@@ -50,25 +51,27 @@ def apply_strategy(model: TransferModel, strategy: str, cfg: StrategyConfig) -> 
                 m.momentum = cfg.bn_momentum
     set_trainable(model.head, True)
     n_groups = len(model.backbone.groups)
-    if strategy in ("frozen", "progressive"):
+    try:
+        unfreeze = registry.get(strategy).unfreeze
+    except KeyError:
+        raise ConfigError(f"finetune: unknown strategy {strategy!r}") from None
+    if isinstance(cfg, ProgressiveConfig) and len(cfg.unfreeze_epochs) > n_groups:
+        raise ConfigError(
+            f"finetune.{strategy}.unfreeze_epochs: {len(cfg.unfreeze_epochs)} steps but "
+            f"{model.backbone.name} has {n_groups} blocks"
+        )
+    if unfreeze == "none":  # frozen; progressive until its first unfreeze epoch
         set_trainable(model.backbone, False)
-        if isinstance(cfg, ProgressiveConfig) and len(cfg.unfreeze_epochs) > n_groups:
-            raise ConfigError(
-                f"finetune.progressive.unfreeze_epochs: {len(cfg.unfreeze_epochs)} steps but "
-                f"{model.backbone.name} has {n_groups} blocks"
-            )
-    elif strategy == "partial":
+    elif unfreeze == "last-blocks":
         assert isinstance(cfg, PartialConfig)
         if cfg.unfreeze_blocks > n_groups:
             raise ConfigError(
-                f"finetune.partial.unfreeze_blocks: {cfg.unfreeze_blocks} but "
+                f"finetune.{strategy}.unfreeze_blocks: {cfg.unfreeze_blocks} but "
                 f"{model.backbone.name} has {n_groups} blocks"
             )
         unfreeze_last_blocks(model, cfg.unfreeze_blocks)
-    elif strategy in ("full", "lp-ft", "scratch"):
-        set_trainable(model.backbone, True)
     else:
-        raise ConfigError(f"finetune: unknown strategy {strategy!r}")
+        set_trainable(model.backbone, True)
 
 
 def _group(name: str, params: list[nn.Parameter], lr: float, weight_decay: float) -> list[dict[str, Any]]:

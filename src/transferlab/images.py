@@ -1,0 +1,162 @@
+"""Images as tensors: decoding, the backbone's preprocessing, augmentation, datasets.
+
+What the image stages (extract-features, finetune) need and download does not: editing a
+transform re-runs only the stages that transform images. Compare torchvision's
+``references/classification/presets.py``, which keeps the same split.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from transferlab.backbones import Preprocess
+from transferlab.errors import DataError
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL image as 8-bit RGB, the same way for every format.
+
+    16-bit and 32-bit integer images are scaled to 0..255 (PIL's own conversion would clip
+    them to white); transparency (RGBA, LA, palette with a transparent colour) is composited
+    over white rather than dropped, which would leave whatever colour the transparent pixels
+    happen to hold.
+    """
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        arr = np.asarray(im, dtype=np.int64)
+        top = 65535 if im.mode.startswith("I;16") or arr.max() <= 65535 else int(arr.max())
+        im = Image.fromarray((np.clip(arr, 0, top) * 255 // max(top, 1)).astype(np.uint8), mode="L")
+    elif im.mode == "F":
+        arr = np.nan_to_num(np.asarray(im, dtype=np.float64))
+        lo, hi = float(arr.min()), float(arr.max())
+        im = Image.fromarray(np.rint((arr - lo) * 255 / (hi - lo or 1)).astype(np.uint8), mode="L")
+    if im.mode == "P" and "transparency" in im.info or im.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(background, rgba)
+    return im.convert("RGB")
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """Decode ``path`` fully to RGB (see :func:`to_rgb`), or say which file failed."""
+    # PIL rather than torchvision.io, whose decoders are deprecated since torchvision 0.29.
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return to_rgb(im)
+    except (OSError, UnidentifiedImageError, ValueError) as err:
+        raise DataError(f"{path}: cannot decode image: {err}") from None
+
+
+def eval_transform(pre: Preprocess) -> v2.Transform:
+    """Deterministic: resize, centre-crop to the backbone's input size, scale, normalize."""
+    resize = round(pre.image_size / pre.crop_pct)
+    return v2.Compose(
+        [
+            v2.Resize(resize, interpolation=pre.interpolation, antialias=True),
+            v2.CenterCrop(pre.image_size),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(pre.mean, pre.std),
+        ]
+    )
+
+
+def train_transform(
+    pre: Preprocess, *, crop_scale: tuple[float, float], rotation_degrees: float, hflip: bool
+) -> v2.Transform:
+    """Random crop-and-resize, small rotations and optional flips, then as :func:`eval_transform`."""
+    steps: list[v2.Transform] = [
+        v2.RandomResizedCrop(
+            pre.image_size, scale=crop_scale, interpolation=pre.interpolation, antialias=True
+        )
+    ]
+    if rotation_degrees > 0:
+        steps.append(v2.RandomRotation(rotation_degrees, interpolation=pre.interpolation))
+    if hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre.mean, pre.std)]
+    return v2.Compose(steps)
+
+
+class BatchTransform:
+    """A collate function that transforms a whole batch at once.
+
+    Images of one size (most data sets after decoding, all of them after a fixed resize) are
+    stacked as uint8 and go through ``transform`` in one call: one resize kernel launch per
+    batch instead of one per image. Mixed sizes fall back to per-image transforms. Only for
+    deterministic transforms: a random one would draw the same parameters for the batch.
+    """
+
+    def __init__(self, transform: v2.Transform) -> None:
+        self.transform = transform
+
+    def __call__(self, items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = zip(*items, strict=True)
+        if all(im.shape == images[0].shape for im in images):
+            x = self.transform(torch.stack(images))
+        else:
+            x = torch.stack([self.transform(im) for im in images])
+        return x, torch.stack(labels)
+
+
+def eval_loader(
+    paths: list[Path],
+    labels: np.ndarray,
+    pre: Preprocess,
+    batch_size: int,
+    *,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    dataset: ImageDataset | None = None,
+) -> DataLoader:
+    """Deterministic batches of ``paths`` in order, preprocessed as the backbone wants."""
+    ds = dataset.with_transform(None) if dataset is not None else ImageDataset(paths, labels, None)
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        collate_fn=BatchTransform(eval_transform(pre)),
+    )
+
+
+class ImageDataset(Dataset):
+    """Decodes images to uint8 RGB tensors and applies ``transform`` (None: leave them uint8,
+    for :class:`BatchTransform`).
+
+    Grayscale, palette and RGBA inputs all come out as 3-channel RGB, the input every
+    ImageNet backbone expects. Small data sets are decoded once and kept in memory
+    (``cache=True``): decoding is then paid once per run, not once per epoch.
+    """
+
+    def __init__(
+        self, paths: list[Path], labels: np.ndarray, transform: v2.Transform | None, *, cache: bool = True
+    ) -> None:
+        self.paths = paths
+        self.labels = torch.as_tensor(labels, dtype=torch.long)
+        self.transform = transform
+        self._cache: list[torch.Tensor] | None = [self._decode(p) for p in paths] if cache else None
+
+    @staticmethod
+    def _decode(path: Path) -> torch.Tensor:
+        return v2.functional.pil_to_tensor(load_rgb(path))
+
+    def with_transform(self, transform: v2.Transform | None) -> ImageDataset:
+        """The same images (and decoded cache) under another transform."""
+        other = object.__new__(ImageDataset)
+        other.__dict__.update(self.__dict__)
+        other.transform = transform
+        return other
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        img = self._cache[i] if self._cache is not None else self._decode(self.paths[i])
+        return (self.transform(img) if self.transform is not None else img), self.labels[i]

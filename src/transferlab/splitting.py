@@ -1,0 +1,151 @@
+"""Building the manifest: stratified, seeded splits (download-time only).
+
+Only the download stage imports this module: changing how images are split re-runs
+download, and the training stages re-run only if the manifest it writes changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from transferlab._io import sha256_file
+from transferlab.errors import DataError
+from transferlab.manifest import MANIFEST_SCHEMA
+
+
+def stratified_split(
+    labels: Sequence[int], val_fraction: float, test_fraction: float, seed: int
+) -> list[str]:
+    """Assign each item to train/val/test, per class, reproducibly from ``seed``.
+
+    Each class contributes round(n * fraction) items to val and test, and at least one to each
+    split whose fraction is non-zero, so rare classes are present in every split; a class too
+    small for that is an error rather than a class the test split silently lacks.
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    out = np.empty(len(labels), dtype=object)
+    for cls in np.unique(labels):
+        idx = np.flatnonzero(labels == cls)
+        idx = idx[rng.permutation(len(idx))]
+        n = len(idx)
+        n_test = max(int(round(n * test_fraction)), 1 if test_fraction > 0 else 0)
+        n_val = max(int(round(n * val_fraction)), 1 if val_fraction > 0 else 0)
+        if n - n_test - n_val < 1:
+            raise DataError(
+                f"class {cls} has only {n} image(s): too few for a train/val/test split "
+                f"(it needs {n_test + n_val + 1})"
+            )
+        out[idx[:n_test]] = "test"
+        out[idx[n_test : n_test + n_val]] = "val"
+        out[idx[n_test + n_val :]] = "train"
+    return out.tolist()
+
+
+def cap_per_class(paths: list[str], classes: list[str], cap: int | None, seed: int) -> list[int]:
+    """Indices keeping at most ``cap`` items of each class, chosen reproducibly."""
+    if cap is None:
+        return list(range(len(paths)))
+    rng = np.random.default_rng(seed)
+    keep: list[int] = []
+    by_class: dict[str, list[int]] = {}
+    for i, c in enumerate(classes):
+        by_class.setdefault(c, []).append(i)
+    for idx in by_class.values():
+        idx = sorted(idx, key=lambda i: paths[i])
+        chosen = rng.permutation(len(idx))[:cap]
+        keep.extend(idx[j] for j in chosen)
+    return sorted(keep)
+
+
+def build_manifest(
+    root: Path,
+    items: list[tuple[str, str]] | list[tuple[str, str, str | None]],
+    *,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    max_per_class: int | None = None,
+    classes: list[str] | None = None,
+    source: str | None = None,
+    splits: int = 1,
+) -> pl.DataFrame:
+    """The manifest of ``items`` (paths relative to ``root``), hashed and split.
+
+    ``source`` names the data in errors the way the user knows it (their folder, their URL),
+    since ``root`` is a staging folder they never saw.
+
+    Items are ``(path, class)`` or ``(path, class, split)``. Splits that items bring (a
+    ``train/val/test`` folder layout, a data set's official test set) are kept; what has no
+    split is divided stratified and seeded; a missing validation split is carved from train.
+    ``classes`` keeps only those classes; ``max_per_class`` caps each class (per given split).
+    ``splits`` > 1 adds re-drawn splittings ``split_1`` ... (seeds ``seed + j``): splits the
+    source brings stay fixed in every one, what was drawn is drawn again.
+    """
+    rows = sorted((it[0], it[1], it[2] if len(it) > 2 else None) for it in items)
+    if classes is not None:
+        unknown = sorted(set(classes) - {c for _, c, _ in rows})
+        if unknown:
+            raise DataError(f"download.classes: no images of class(es) {unknown} in {source or root}")
+        rows = [r for r in rows if r[1] in set(classes)]
+    groups: dict[str | None, list[tuple[str, str, str | None]]] = {}
+    for r in rows:
+        groups.setdefault(r[2], []).append(r)
+    rows = []
+    for _, group in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        keep = cap_per_class([p for p, _, _ in group], [c for _, c, _ in group], max_per_class, seed)
+        rows += [group[i] for i in keep]
+    rows.sort()
+    paths = [p for p, _, _ in rows]
+    class_list = [c for _, c, _ in rows]
+    class_names = sorted(set(class_list), key=_natural_key)
+    if len(class_names) < 2:
+        raise DataError(f"{source or root}: found {len(class_names)} class(es); need at least 2")
+    label_of = {c: i for i, c in enumerate(class_names)}
+    labels = [label_of[c] for c in class_list]
+    given = [s for _, _, s in rows]
+
+    def draw(split_seed: int) -> list[str]:
+        if all(s is None for s in given):
+            return stratified_split(labels, val_fraction, test_fraction, split_seed)
+        return _complete_splits(labels, given, val_fraction, split_seed)
+
+    manifest = pl.DataFrame(
+        {
+            "path": paths,
+            "label": labels,
+            "class_name": class_list,
+            "split": draw(seed),
+            "sha256": [sha256_file(root / p) for p in paths],
+        },
+        schema=MANIFEST_SCHEMA,
+    )
+    return manifest.with_columns(
+        pl.Series(f"split_{j}", draw(seed + j), dtype=pl.String) for j in range(1, splits)
+    )
+
+
+def _complete_splits(labels: list[int], given: list[str | None], val_fraction: float, seed: int) -> list[str]:
+    """Keep the given splits; items without one, and a missing val split, come from train."""
+    splits = list(given)
+    pool = [i for i, s in enumerate(splits) if s in (None, "train")]
+    carve_val = "val" not in splits
+    sub = (
+        stratified_split([labels[i] for i in pool], val_fraction if carve_val else 0.0, 0.0, seed)
+        if pool
+        else []
+    )
+    for i, s in zip(pool, sub, strict=True):
+        splits[i] = s
+    missing = {s for s in ("train", "test") if s not in splits}
+    if missing:
+        raise DataError(f"the data set has no {' or '.join(sorted(missing))} images")
+    return splits
+
+
+def _natural_key(name: str) -> tuple:
+    return (0, int(name), "") if name.isdigit() else (1, 0, name)
