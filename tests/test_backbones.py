@@ -93,10 +93,7 @@ def test_missing_weights_file(tmp_path):
         create_backbone("efficientnet_lite0", 32, weights=tmp_path / "none.pth")
 
 
-TORCHVISION = ["resnet18", "resnet50", "mobilenet_v3_large", "efficientnet_b0", "convnext_tiny", "vit_b_16"]
-
-
-@pytest.mark.parametrize("name", ["efficientnet_lite0", *TORCHVISION])
+@pytest.mark.parametrize("name", available_backbones())
 def test_registered_backbone_structure_and_preprocessing(name):
     """Random weights (nothing downloaded): blocks, feature width and preprocessing."""
     bb = create_backbone(name, 64, pretrained=False).eval()

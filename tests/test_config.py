@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from transferlab.config import ConfigError, load_params, parse_section
+from transferlab.config import SECTIONS, ConfigError, load_params, parse_section
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,6 +23,40 @@ def test_project_params_are_valid():
     lpft, full = ft.strategy("lp-ft"), ft.strategy("full")
     assert lpft.model_dump(exclude={"lr"}) == full.model_dump(exclude={"lr"})
     assert lpft.lr == ft.lp_ft.lr  # the hyphenated section is read
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out |= _flat(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def _settable(section: str, key: str, defaults) -> bool:
+    """Keys a config refuses to have set because they would do nothing (frozen's bn, ...)."""
+    *path, leaf = key.split(".")
+    cfg = defaults
+    for part in path:
+        cfg = getattr(cfg, part.replace("-", "_"))
+    if leaf in getattr(type(cfg), "_unused", ()):
+        return False
+    return not (leaf == "bn_momentum" and getattr(cfg, "bn", None) == "frozen")
+
+
+@pytest.mark.parametrize("section", list(SECTIONS))
+def test_params_yaml_lists_every_key_at_its_code_default(section):
+    """Defaults live in one place: the code's default of every key a stage reads equals
+    params.yaml's value, and params.yaml lists it (so `dvc exp show` shows it)."""
+    defaults = parse_section(section, None)
+    coded = _flat(defaults.model_dump(by_alias=True))
+    listed = _flat(yaml.safe_load((ROOT / "params.yaml").read_text()).get(section) or {})
+    missing = [k for k in coded if k not in listed and _settable(section, k, defaults)]
+    assert not missing, f"params.yaml: {section} does not list {missing}"
+    differ = {k: (listed[k], coded[k]) for k in listed if listed[k] != coded.get(k)}
+    assert not differ, f"params.yaml vs code default (yaml, code): {differ}"
 
 
 def test_every_strategy_gets_the_same_budget_by_default():

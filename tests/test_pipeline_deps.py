@@ -73,3 +73,80 @@ def test_every_interpolated_key_is_in_params_yaml():
         for part in key.split("."):
             assert isinstance(node, dict) and part in node, f"dvc.yaml uses ${{{key}}}, params.yaml lacks it"
             node = node[part]
+
+
+def _params_read(script: Path) -> set[str]:
+    """The params keys a stage script reads, as ``section`` or ``section.field``: attribute
+    chains on the value of ``load_params(...)``, directly (``p.base.seed``) or through a
+    name bound to a section (``base = p.base`` ... ``base.seed``)."""
+    import ast
+
+    from transferlab.config import parse_section
+
+    tree = ast.parse(script.read_text())
+    roots = {
+        t.id
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign)
+        and isinstance(node.value, ast.Call)
+        and getattr(node.value.func, "id", None) == "load_params"
+        for t in node.targets
+        if isinstance(t, ast.Name)
+    }
+    aliases: dict[str, str] = {}  # name -> section
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Assign):
+            continue
+        pairs = []
+        for t in node.targets:
+            if isinstance(t, ast.Tuple) and isinstance(node.value, ast.Tuple):
+                pairs += zip(t.elts, node.value.elts, strict=True)
+            else:
+                pairs.append((t, node.value))
+        for target, value in pairs:
+            if (
+                isinstance(target, ast.Name)
+                and isinstance(value, ast.Attribute)
+                and getattr(value.value, "id", None) in roots
+            ):
+                aliases[target.id] = value.attr
+    read = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Attribute) or not isinstance(node.value, ast.Name | ast.Attribute):
+            continue
+        if isinstance(node.value, ast.Name) and node.value.id in aliases:
+            section, field = aliases[node.value.id], node.attr
+        elif isinstance(node.value, ast.Attribute) and getattr(node.value.value, "id", None) in roots:
+            section, field = node.value.attr, node.attr
+        elif isinstance(node.value, ast.Name) and node.value.id in roots:
+            if node.attr == "sections":  # every section
+                read |= set(SECTIONS)
+            elif node.attr in SECTIONS:
+                read.add(node.attr)
+            continue
+        else:
+            continue
+        fields = type(parse_section(section, None)).model_fields
+        read.add(f"{section}.{field}" if field in fields else section)
+    return read
+
+
+@pytest.mark.parametrize(("name", "stage"), list(_stages()), ids=[n for n, _ in _stages()])
+def test_stage_lists_every_param_its_script_reads(name, stage):
+    """A key a stage reads but dvc.yaml does not list would change its output without DVC
+    re-running it (and would be missing from `dvc exp show`'s view of that stage)."""
+    script = ROOT / stage["cmd"].split()[1]
+    listed = [k.replace("lp-ft", "lp_ft") for k in stage.get("params", [])]
+    # finetune.py reads finetune.head only for models that do not start from the probe
+    unread = {"finetune-lp-ft": {"finetune.head"}}.get(name, set())
+    read = _params_read(script) - unread
+    assert read, f"{script} reads no params?"
+    for key in read:
+        covered = any(k == key or key.startswith(f"{k}.") or k.startswith(f"{key}.") for k in listed)
+        assert covered, f"{name}: {script.name} reads {key}, dvc.yaml params lack it"
+
+
+def test_params_read_finds_keys_through_names():
+    """The checker above sees through aliases: else it would pass by seeing nothing."""
+    assert {"base.seed", "base.splits", "download"} <= _params_read(ROOT / "stages/download.py")
+    assert {"base.seeds", "train_head.models", "finetune"} <= _params_read(ROOT / "stages/evaluate.py")

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import tiny_backbone
+from helpers import tiny_backbone
 
 from transferlab.backbones import create_backbone
 from transferlab.config import (

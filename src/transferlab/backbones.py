@@ -90,7 +90,12 @@ _REGISTRY: dict[str, BackboneBuilder] = {}
 
 
 def register_backbone(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]:
+    """Register a backbone builder under ``name``. A second builder for the same name is an
+    error: it would silently change what a params file that names it extracts."""
+
     def deco(fn: BackboneBuilder) -> BackboneBuilder:
+        if name in _REGISTRY:
+            raise ValueError(f"backbone {name!r} is registered twice")
         _REGISTRY[name] = fn
         return fn
 

@@ -105,11 +105,12 @@ class BackboneConfig(_Strict):
 
     name: str = "efficientnet_lite0"
     # Side length the images are resized to. The backbone's native size (224 for most
-    # ImageNet models) is best for accuracy; smaller trades accuracy for CPU time.
-    image_size: Annotated[int, Field(ge=16, le=1024)] = 224
-    # Evaluation crop: resize to image_size / crop_pct, centre-crop image_size (None: the
-    # backbone's own, 0.875 for ImageNet models). 1.0 keeps borders, right for tight crops.
-    crop_pct: Annotated[float, Field(gt=0, le=1)] | None = None
+    # ImageNet models) is best for accuracy; the default 64 keeps a CPU run to minutes.
+    image_size: Annotated[int, Field(ge=16, le=1024)] = 64
+    # Evaluation crop: resize to image_size / crop_pct, centre-crop image_size (null: the
+    # backbone's own, 0.875 for ImageNet models). 1.0 keeps borders, right for tight crops
+    # such as the default digits.
+    crop_pct: Annotated[float, Field(gt=0, le=1)] | None = 1.0
     # Optional local state-dict file that replaces the registered weights.
     weights: str | None = None
 
@@ -132,7 +133,8 @@ class AugmentConfig(_Strict):
 
 
 class ExtractConfig(_Strict):
-    batch_size: Annotated[int, Field(ge=1)] = 128
+    # 64 was faster than 128 on a 2-core CPU (bench/results/cpu-2cores.md)
+    batch_size: Annotated[int, Field(ge=1)] = 64
     num_workers: Annotated[int, Field(ge=0)] = 0
     # Augmented views of every training image to extract once, for ``features-augmented``
     # (0: none). Costs this many extra passes over the training images, once.
@@ -180,7 +182,7 @@ class LinearProbeConfig(_Strict):
 
     # Penalty l2/2 * ||W||^2 added to the mean cross-entropy; one fit per value, warm-started
     # from the strongest. sklearn's C corresponds to 1 / (l2 * n_train).
-    l2: list[PositiveFloat] = [1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0]
+    l2: list[PositiveFloat] = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0]
     max_iter: Annotated[int, Field(ge=1)] = 500
 
     @model_validator(mode="after")
@@ -251,7 +253,10 @@ class StrategyConfig(OptimConfig):
     _unused: ClassVar[frozenset[str]] = frozenset()
 
     # The learning-rate grid of the head (the backbone's rates follow from it).
-    lr: LrGrid = [1e-3]
+    lr: LrGrid = [1e-3, 3e-3]
+    # Every strategy's budget: short enough for the CPU default, the same for all.
+    epochs: Annotated[int, Field(ge=1)] = 5
+    warmup_epochs: Annotated[int, Field(ge=0)] = 1
     # "loss": weight the loss by inverse class frequency, for imbalanced data.
     class_balance: Literal["none", "loss"] = "none"
     num_workers: Annotated[int, Field(ge=0)] = 0
@@ -306,7 +311,7 @@ class PartialConfig(StrategyConfig):
 
 @strategy_params("full")
 class FullConfig(StrategyConfig):
-    warmup_epochs: Annotated[int, Field(ge=0)] = 1
+    pass
 
 
 @strategy_params("progressive")
@@ -335,7 +340,7 @@ class LpFtConfig(_Strict):
     backbone rate, BatchNorm) from train-head's probe instead of a random head. Only the
     learning-rate grid is its own, so the two differ in the head's start alone."""
 
-    lr: LrGrid = [1e-3]
+    lr: LrGrid = [1e-3, 3e-3]
 
 
 @strategy_params("scratch")

@@ -1,0 +1,35 @@
+"""Small builders the tests share (on the test path through pytest's ``pythonpath``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def make_image_folder(root: Path, classes: int = 3, per_class: int = 6, size: int = 12) -> list:
+    """root/<class>/<i>.png with class-dependent patterns; returns (rel path, class) pairs."""
+    rng = np.random.default_rng(0)
+    items = []
+    for c in range(classes):
+        (root / f"c{c}").mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            img = rng.integers(0, 60, (size, size), dtype=np.uint8)
+            img[:, c * size // classes : (c + 1) * size // classes] = 255  # class = stripe position
+            rel = f"c{c}/{i:03d}.png"
+            Image.fromarray(img, mode="L").save(root / rel)
+            items.append((rel, f"c{c}"))
+    return items
+
+
+def tiny_backbone():
+    """A two-block convolutional backbone: the strategies' mechanics at unit-test speed."""
+    from torch import nn
+
+    from transferlab.backbones import Backbone, Preprocess
+
+    b1 = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+    b2 = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+    body = nn.Sequential(b1, b2, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return Backbone("tiny", body, [b1, b2], 16, Preprocess(8, (0.5,) * 3, (0.5,) * 3), None)
