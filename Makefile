@@ -66,9 +66,12 @@ exp-show: setup
 bench: setup
 	$(BIN)/python bench/bench.py
 
+# The same three checks run before every commit with pre-commit (.pre-commit-config.yaml):
+#   .venv/bin/pre-commit install
 lint: setup
 	$(BIN)/ruff check src stages tests bench
 	$(BIN)/ruff format --check src stages tests bench
+	$(BIN)/mypy
 
 clean-venv:
 	rm -rf $(VENV)

@@ -48,7 +48,7 @@ from transferlab.features import FeatureStore, Fingerprint, StreamedBatches, ext
 from transferlab.images import ImageDataset, eval_loader, train_transform  # noqa: E402
 from transferlab.manifest import split_view  # noqa: E402
 from transferlab.models import TransferModel, make_head  # noqa: E402
-from transferlab.runtime import environment, memory_format, resolve_device, sync  # noqa: E402
+from transferlab.runtime import environment, memory_format, place, resolve_device, sync  # noqa: E402
 from transferlab.sources import write_digits  # noqa: E402
 from transferlab.splitting import build_manifest  # noqa: E402
 from transferlab.strategies import apply_strategy, head_param_groups, param_groups  # noqa: E402
@@ -168,7 +168,7 @@ def two_stage_speedup(paths, labels, size: int, device, tmp: Path) -> dict:
     bb = create_backbone("efficientnet_lite0", size, crop_pct=1.0)
     model = TransferModel(bb, make_head(HeadConfig(), bb.num_features, 10))
     apply_strategy(model, "frozen", FullConfig())
-    model.to(device, memory_format=memory_format(device))
+    place(model, device)
     ds = ImageDataset(
         paths, labels, train_transform(bb.preprocess, crop_scale=(0.8, 1.0), rotation_degrees=10, hflip=False)
     )
@@ -183,7 +183,7 @@ def finetune_efficiency(paths, labels, size: int, device, batch: int = 64) -> di
     model = TransferModel(bb, make_head(HeadConfig(), bb.num_features, 10))
     cfg = FullConfig()
     apply_strategy(model, "full", cfg)
-    model.to(device, memory_format=memory_format(device))
+    place(model, device)
     crit = torch.nn.CrossEntropyLoss()
     opt = torch.optim.AdamW(param_groups(model, cfg, 1e-3))
     # bare: the same model, step and batch on pre-made tensors
@@ -303,6 +303,7 @@ def _scale_worker(args) -> None:
     crit = torch.nn.CrossEntropyLoss()
     base = reset_peak()
     g = torch.Generator().manual_seed(0)
+    batches: StreamedBatches | TensorBatches
     if args.streamed:
         batches = StreamedBatches([(feats, ys)], 64, shuffle=True, generator=g, block_rows=4096)
     else:
@@ -374,16 +375,16 @@ def levers(size: int, device, tmp: Path) -> dict:
         rates = {}
         for name, fmt in (("contiguous", torch.contiguous_format), ("channels_last", torch.channels_last)):
             torch.manual_seed(0)
-            m = TransferModel(
+            tm = TransferModel(
                 create_backbone("efficientnet_lite0", size, crop_pct=1.0), make_head(HeadConfig(), 1280, 10)
             )
-            apply_strategy(m, "full", FullConfig())
-            m.to(memory_format=fmt).train()
+            apply_strategy(tm, "full", FullConfig())
+            tm.to(memory_format=fmt).train()
             xb = torch.randn(64, 3, size, size).contiguous(memory_format=fmt)
             yb = torch.randint(0, 10, (64,))
-            opt = torch.optim.AdamW(param_groups(m, FullConfig(), 1e-3))
+            opt = torch.optim.AdamW(param_groups(tm, FullConfig(), 1e-3))
 
-            def step(m=m, xb=xb, yb=yb, opt=opt) -> None:
+            def step(m=tm, xb=xb, yb=yb, opt=opt) -> None:
                 loss = torch.nn.functional.cross_entropy(m(xb), yb)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

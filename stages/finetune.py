@@ -10,6 +10,7 @@ Run through `dvc repro`; by hand: ``python stages/finetune.py full --seed 0 --lr
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run the code DVC hashed
 
@@ -23,10 +24,10 @@ from transferlab.config import HeadConfig, ProgressiveConfig, load_params
 from transferlab.errors import ConfigError, FingerprintMismatch
 from transferlab.images import ImageDataset, eval_loader, train_transform
 from transferlab.manifest import class_names, manifest_fingerprint, read_manifest, split_column, split_view
-from transferlab.models import TransferModel, load_checkpoint, make_head
+from transferlab.models import CheckpointMeta, TransferModel, load_checkpoint, make_head
 from transferlab.runtime import (
     configure_runtime,
-    memory_format,
+    place,
     resolve_device,
     seed_everything,
 )
@@ -36,23 +37,22 @@ from transferlab.tracking import CurveLogger, finish_run, run_cost, training_sum
 from transferlab.training import class_weights, fit, predict
 
 
-def probe_head(expected: dict, classes: list[str], seed: int) -> tuple[torch.nn.Module, HeadConfig, dict]:
+def probe_head(expected: dict, classes: list[str], seed: int) -> tuple[torch.nn.Module, HeadConfig]:
     """train-head's probe of the same seed, checked to come from exactly this backbone,
     preprocessing and manifest (the whole fingerprint) and these classes."""
     ckpt = layout.checkpoint(layout.run_name(layout.FEATURES_MODEL, seed))
     state, meta = load_checkpoint(ckpt)
-    fp = meta.get("fingerprint", {})
+    fp = meta.fingerprint
     diffs = [f"{k}: probe has {fp.get(k)!r}, expected {v!r}" for k, v in expected.items() if fp.get(k) != v]
-    if meta.get("classes") != classes:
+    if meta.classes != classes:
         diffs.append("classes differ")
     if diffs:
         raise FingerprintMismatch(
             f"{ckpt}: probe made from other features ({'; '.join(diffs)}); re-run train-head"
         )
-    head_cfg = HeadConfig(**meta["head"])
-    head = make_head(head_cfg, meta["in_features"], len(classes))
+    head = make_head(meta.head, meta.in_features, len(classes))
     head.load_state_dict(state)
-    return head, head_cfg, meta
+    return head, meta.head
 
 
 def main(args: argparse.Namespace) -> None:
@@ -78,7 +78,7 @@ def main(args: argparse.Namespace) -> None:
     )
     fingerprint = {**backbone_fingerprint(backbone), "manifest_sha256": manifest_fingerprint(manifest)}
     if spec.from_probe:
-        head, head_cfg, probe_meta = probe_head(fingerprint, classes, args.seed)
+        head, head_cfg = probe_head(fingerprint, classes, args.seed)
         init = {
             "backbone": f"pretrained weights {backbone.weights_sha256}",
             "head": "linear probe",
@@ -95,7 +95,7 @@ def main(args: argparse.Namespace) -> None:
         }
     model = TransferModel(backbone, head)
     apply_strategy(model, strategy, cfg)
-    model.to(device, memory_format=memory_format(device))
+    place(model, device)
 
     pre = backbone.preprocess
     column = split_column(args.seed, base.splits)  # this seed's splitting (base.splits)
@@ -107,7 +107,7 @@ def main(args: argparse.Namespace) -> None:
             pre, crop_scale=aug.crop_scale, rotation_degrees=aug.rotation_degrees, hflip=aug.hflip
         ),
     )
-    loader_kw = {
+    loader_kw: dict[str, Any] = {
         "num_workers": cfg.num_workers,
         "pin_memory": device.type == "cuda",
         "persistent_workers": cfg.num_workers > 0,
@@ -166,16 +166,16 @@ def main(args: argparse.Namespace) -> None:
         test=scored["test"],
         split=column,
     )
-    meta = {
-        "kind": "transfer",
-        "strategy": strategy,
-        "lr": lr,
-        "head": head_cfg.model_dump(),
-        "classes": classes,
-        "fingerprint": fingerprint,
-        "manifest_sha256": fingerprint["manifest_sha256"],
-        "init": init,
-    }
+    meta = CheckpointMeta(
+        kind="end-to-end",
+        model=strategy,
+        head=head_cfg,
+        in_features=backbone.num_features,
+        classes=classes,
+        fingerprint=fingerprint,
+        init=init,
+        lr=lr,
+    )
     steps = len(train_loader) * len(result.history)
     summary = training_summary(
         result,
@@ -206,10 +206,9 @@ def main(args: argparse.Namespace) -> None:
 
 def read_probe_cost(seed: int) -> float:
     """Seconds the probe lp-ft starts from cost (its whole grid search): lp-ft pays for it."""
-    from transferlab._io import read_json
+    from transferlab.records import read_summary
 
-    s = read_json(layout.train_summary(layout.run_name(layout.FEATURES_MODEL, seed)))
-    return float(s.get("search_time_s", s["train_time_s"]))
+    return read_summary(layout.train_summary(layout.run_name(layout.FEATURES_MODEL, seed))).search_s
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from transferlab.config import TrainHeadConfig, load_params
 from transferlab.errors import ConfigError
 from transferlab.features import AUGMENTED, IMAGES, FeatureStore, StreamedBatches
 from transferlab.manifest import class_names, manifest_fingerprint, read_manifest, split_column, split_view
-from transferlab.models import make_head
+from transferlab.models import CheckpointMeta, make_head
 from transferlab.probe import fit_linear_probe
 from transferlab.runtime import (
     configure_runtime,
@@ -203,8 +203,8 @@ def main(args: argparse.Namespace) -> None:
     else:
         x_train = torch.cat([store.load(g, keep[g])[0] for g in groups])
 
-        def make_batches():
-            return TensorBatches(x_train, y_train, cfg.mlp.batch_size, shuffle=True, generator=generator)
+        def make_batches(batch_size=cfg.mlp.batch_size, shuffle=True):
+            return TensorBatches(x_train, y_train, batch_size, shuffle=shuffle, generator=generator)
 
         def chunks():
             return ((x_train[i : i + CHUNK], y_train[i : i + CHUNK]) for i in range(0, n_train, CHUNK))
@@ -242,15 +242,15 @@ def main(args: argparse.Namespace) -> None:
         test=scored["test"],
         split=column,
     )
-    meta = {
-        "kind": "head",
-        "head": cfg.head_config.model_dump(),
-        "in_features": int(in_features),
-        "classes": classes,
-        "fingerprint": store.fingerprint,
-        "manifest_sha256": store.fingerprint["manifest_sha256"],
-        "init": "random head on the cached features",
-    }
+    meta = CheckpointMeta(
+        kind="head",
+        model=args.model,
+        head=cfg.head_config,
+        in_features=int(in_features),
+        classes=classes,
+        fingerprint=store.fingerprint,
+        init={"head": "random, trained on the cached features"},
+    )
     summary.update(
         {
             "seed": args.seed,

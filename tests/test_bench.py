@@ -9,6 +9,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("bench", ROOT / "bench" / "bench.py")
+assert spec is not None and spec.loader is not None
 bench = importlib.util.module_from_spec(spec)
 sys.modules["bench"] = bench
 spec.loader.exec_module(bench)

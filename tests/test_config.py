@@ -26,7 +26,7 @@ def test_project_params_are_valid():
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
+    out: dict[str, object] = {}
     for k, v in d.items():
         if isinstance(v, dict):
             out |= _flat(v, f"{prefix}{k}.")

@@ -97,7 +97,7 @@ def _params_read(script: Path) -> set[str]:
     for node in ast.walk(tree):
         if not isinstance(node, ast.Assign):
             continue
-        pairs = []
+        pairs: list[tuple[ast.expr, ast.expr]] = []
         for t in node.targets:
             if isinstance(t, ast.Tuple) and isinstance(node.value, ast.Tuple):
                 pairs += zip(t.elts, node.value.elts, strict=True)

@@ -140,7 +140,7 @@ def _progressive(compile_: bool = False):
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(32, 3, 8, 8, generator=g), torch.randint(0, 3, (32,), generator=g)
     opt = torch.optim.AdamW(param_groups(m, cfg, cfg.lr[0]))
-    b1, b2 = (blk[0].weight for blk in m.backbone.groups)
+    b1, b2 = (next(blk.parameters()) for blk in m.backbone.groups)  # each block's conv weight
     snapshots = []
     seen_groups = []
 

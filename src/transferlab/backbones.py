@@ -208,15 +208,15 @@ def load_strict(module: nn.Module, sd: dict[str, torch.Tensor], source: Path) ->
 class _EfficientNetLiteBody(nn.Module):
     """Runs the reference EfficientNet-Lite up to global average pooling."""
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: Any) -> None:
         super().__init__()
-        self.net = net
+        self.net = net  # the reference implementation's methods are untyped
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(self.net._avg_pooling(self.net.extract_features(x)), 1)
 
 
-def _efficientnet_lite_groups(net: nn.Module) -> list[nn.Module]:
+def _efficientnet_lite_groups(net: Any) -> list[nn.Module]:
     """Stem, the seven stages (consecutive blocks of equal width), then the final 1x1 conv."""
     stem = nn.ModuleList([net._conv_stem, net._bn0])
     stages: list[nn.ModuleList] = []
@@ -298,9 +298,9 @@ class _Pooled(nn.Module):
 class _ViTBody(nn.Module):
     """torchvision's ViT up to the normalized class token."""
 
-    def __init__(self, vit: nn.Module) -> None:
+    def __init__(self, vit: Any) -> None:
         super().__init__()
-        self.vit = vit
+        self.vit = vit  # torchvision's VisionTransformer: private methods, untyped
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         v = self.vit
@@ -380,22 +380,22 @@ def _torchvision(
     register_backbone(name)(builder)
 
 
-def _resnet(m: nn.Module) -> tuple:
+def _resnet(m: Any) -> tuple:
     stem = nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool)
     stages = [m.layer1, m.layer2, m.layer3, m.layer4]
     return _Pooled(nn.Sequential(stem, *stages)), [stem, *stages], m.fc.in_features, m.fc
 
 
-def _mobilenet_v3(m: nn.Module) -> tuple:
+def _mobilenet_v3(m: Any) -> tuple:
     # The pooled 960-d features; the 1280-d layer belongs to the ImageNet classifier.
     return _Pooled(m.features), list(m.features), m.classifier[0].in_features, m.classifier
 
 
-def _efficientnet(m: nn.Module) -> tuple:
+def _efficientnet(m: Any) -> tuple:
     return _Pooled(m.features), list(m.features), m.classifier[1].in_features, m.classifier[1]
 
 
-def _convnext(m: nn.Module) -> tuple:
+def _convnext(m: Any) -> tuple:
     f = m.features  # stem, stage, downsample, stage, downsample, stage, downsample, stage
     norm = m.classifier[0]
     groups = [
@@ -408,7 +408,7 @@ def _convnext(m: nn.Module) -> tuple:
     return _Pooled(f, norm), groups, m.classifier[2].in_features, m.classifier[2]
 
 
-def _vit(m: nn.Module) -> tuple:
+def _vit(m: Any) -> tuple:
     embed = nn.Module()
     embed.conv_proj = m.conv_proj
     embed.class_token = m.class_token

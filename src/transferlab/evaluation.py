@@ -7,7 +7,7 @@ see :mod:`transferlab.scoring`), so a head-only change re-scores only the heads.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from transferlab._io import read_json
 from transferlab.errors import FingerprintMismatch
 from transferlab.manifest import manifest_fingerprint, split_column, split_columns
 from transferlab.metrics import per_class_f1
+from transferlab.records import RunSummary, read_summary
 from transferlab.selection import best_index
 from transferlab.stats import (
     accuracy_interval,
@@ -74,14 +75,14 @@ def grid_runs(strategy: str, grid: list[float], seeds: list[int]) -> list[GridPo
                     f"finetune.{strategy}.lr; run dvc repro"
                 )
             runs[seed] = name
-        summaries = [read_json(layout.train_summary(n)) for n in runs.values()]
+        summaries = [read_summary(layout.train_summary(n)) for n in runs.values()]
         points.append(
             GridPoint(
                 lr=float(lr),
                 runs=runs,
-                val_acc=float(np.mean([t["val_acc"] for t in summaries])),
-                val_loss=float(np.mean([t["val_loss"] for t in summaries])),
-                seconds=float(np.mean([t["train_time_s"] for t in summaries])),
+                val_acc=float(np.mean([t.val_acc for t in summaries])),
+                val_loss=float(np.mean([t.val_loss for t in summaries])),
+                seconds=float(np.mean([t.train_time_s for t in summaries])),
             )
         )
     return points
@@ -104,7 +105,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def headline(
-    runs: dict[int, dict[str, Any]],
+    runs: dict[int, RunRecord],
     depends_s: float,
     search_s: float,
     interval: tuple[float, float],
@@ -118,13 +119,16 @@ def headline(
     two-stage models; extraction and the probe for lp-ft): ``total_time_s`` includes it.
     ``search_s`` is what searching the arm's own grid cost.
     """
-    scores = [r["scores"] for r in runs.values()]
-    train = [r["train"] for r in runs.values()]
+    scores = [r.scores for r in runs.values()]
+    train = [r.train for r in runs.values()]
     acc, acc_sd = _mean_std([s["accuracy"] for s in scores])
     f1, f1_sd = _mean_std([s["macro_f1"] for s in scores])
 
-    def mean(key: str, src: list[dict[str, Any]]) -> float:
-        return float(np.mean([x[key] for x in src]))
+    def mean(key: str) -> float:  # a test score, over seeds
+        return float(np.mean([x[key] for x in scores]))
+
+    def mean_train(key: str) -> float:  # a training summary's field, over seeds
+        return float(np.mean([getattr(t, key) for t in train]))
 
     return {
         "test_acc": round(acc, 4),
@@ -134,19 +138,19 @@ def headline(
         "val_acc": round(val_acc, 4),
         "macro_f1": round(f1, 4),
         "macro_f1_std": round(f1_sd, 4),
-        "balanced_acc": round(mean("balanced_accuracy", scores), 4),
-        "nll": round(mean("nll", scores), 4),
-        "ece": round(mean("ece", scores), 4),
-        "train_time_s": round(mean("train_time_s", train), 2),
-        "total_time_s": round(mean("train_time_s", train) + depends_s, 2),
+        "balanced_acc": round(mean("balanced_accuracy"), 4),
+        "nll": round(mean("nll"), 4),
+        "ece": round(mean("ece"), 4),
+        "train_time_s": round(mean_train("train_time_s"), 2),
+        "total_time_s": round(mean_train("train_time_s") + depends_s, 2),
         "search_time_s": round(search_s, 2),
-        "time_per_epoch_s": round(mean("time_per_epoch_s", train), 3),
-        "images_per_s": round(mean("train_images_per_s", train), 1),
-        "epochs": round(mean("epochs_run", train), 1),
-        "trainable_params": train[0]["trainable_params"],
-        "total_params": train[0]["total_params"],
-        "peak_rss_mb": round(max(t["peak_rss_bytes"] for t in train) / MB, 1),
-        "peak_gpu_mb": round(max(t["peak_gpu_bytes"] or 0 for t in train) / MB, 1),
+        "time_per_epoch_s": round(mean_train("time_per_epoch_s"), 3),
+        "images_per_s": round(mean_train("train_images_per_s"), 1),
+        "epochs": round(mean_train("epochs_run"), 1),
+        "trainable_params": train[0].trainable_params,
+        "total_params": train[0].total_params,
+        "peak_rss_mb": round(max(t.peak_rss_bytes for t in train) / MB, 1),
+        "peak_gpu_mb": round(max(t.peak_gpu_bytes or 0 for t in train) / MB, 1),
         "seeds": len(runs),
     }
 
@@ -165,7 +169,26 @@ def rank_flips(acc: dict[str, dict[int, float]]) -> list[dict[str, Any]]:
     return flips
 
 
-def _run_record(run: str, manifest_sha: str, column: str, test_index: dict[str, int]) -> dict[str, Any]:
+@dataclass
+class RunRecord:
+    """One run as evaluate sees it: its test scores, its predictions aligned with its
+    splitting's test ids, its validation scores and its training summary."""
+
+    run: str
+    split: str  # the manifest column it trained and was scored on
+    scores: dict[str, Any]  # test metrics (transferlab.metrics.classification_metrics)
+    val: dict[str, float]  # accuracy, nll
+    predictions: list[int]  # predicted class per test image, in test_ids order
+    train: RunSummary
+    curves: dict[str, list[float]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "train": self.train.model_dump(mode="json")}
+
+
+def _run_record(
+    run: str, manifest_sha: str, column: str, test_index: dict[str, int]
+) -> tuple[RunRecord, list[str]]:
     """A run's predictions (aligned with the test ids of its splitting ``column``), test
     scores, summary and curves."""
     source = layout.predictions(run)
@@ -184,23 +207,23 @@ def _run_record(run: str, manifest_sha: str, column: str, test_index: dict[str, 
     aligned = [0] * len(test_index)
     for image, p in zip(test["ids"], test["pred"], strict=True):
         aligned[test_index[image]] = p
-    return {
-        "run": run,
-        "split": column,
-        "scores": pred["test_metrics"],
-        "val": {"accuracy": pred["val"]["accuracy"], "nll": pred["val"]["nll"]},
-        "predictions": aligned,
-        "train": read_json(layout.train_summary(run)),
-        "curves": read_curves(layout.results_dir(run)),
-        "classes": pred["classes"],
-    }
+    record = RunRecord(
+        run=run,
+        split=column,
+        scores=pred["test_metrics"],
+        val={"accuracy": pred["val"]["accuracy"], "nll": pred["val"]["nll"]},
+        predictions=aligned,
+        train=read_summary(layout.train_summary(run)),
+        curves=read_curves(layout.results_dir(run)),
+    )
+    return record, pred["classes"]
 
 
 def compare_all(correct: dict[str, np.ndarray], seeds: list[int]) -> dict[str, Any]:
     """Every pair of models on the same test images: paired difference, interval, exact
     McNemar (one seed) or sign-flip (several) p-value, Holm-adjusted over all pairs."""
     names = list(correct)
-    pairs = []
+    pairs: list[dict[str, Any]] = []
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
             r = paired_test(correct[a], correct[b])
@@ -238,7 +261,6 @@ def verdict(
         if m == best_name:
             continue
         pair = pair_of(comparisons, best_name, m)
-        assert pair is not None
         if not separable(pair):
             ties.append(m)
             n_needed = images_to_separate(pair["diff"], pair["discordant"])
@@ -321,19 +343,19 @@ def evaluate_all(
     chosen: dict[str, tuple[dict[int, str], dict[str, Any]]] = {}
     for name in heads:
         runs = {seed: layout.run_name(name, seed) for seed in seeds}
-        summaries = {seed: read_json(layout.train_summary(r)) for seed, r in runs.items()}
+        summaries = {seed: read_summary(layout.train_summary(r)) for seed, r in runs.items()}
         if name == layout.FEATURES_MODEL:
-            probe_s = {seed: t.get("search_time_s", t["train_time_s"]) for seed, t in summaries.items()}
+            probe_s = {seed: t.search_s for seed, t in summaries.items()}
         first = summaries[seeds[0]]
         chosen[name] = (
             runs,
             {
                 "kind": "two-stage head",
                 "selection": "validation accuracy, ties to lower validation loss",
-                "grid": first["protocol"]["grid"],
-                "picked": {str(s): t["protocol"]["picked"] for s, t in summaries.items()},
-                "points": {str(s): t["protocol"]["points"] for s, t in summaries.items()},
-                "budget": first["protocol"]["budget"],
+                "grid": first.protocol["grid"],
+                "picked": {str(s): t.protocol["picked"] for s, t in summaries.items()},
+                "points": {str(s): t.protocol["points"] for s, t in summaries.items()},
+                "budget": first.protocol["budget"],
                 "depends_on": ["extract-features"]
                 + (["augmented views"] if registry.get(name).augmented_views else []),
             },
@@ -341,7 +363,7 @@ def evaluate_all(
     for name, grid in strategies.items():
         points = grid_runs(name, grid, seeds)
         pick = points[best_index(points)]
-        first = read_json(layout.train_summary(pick.runs[seeds[0]]))
+        first = read_summary(layout.train_summary(pick.runs[seeds[0]]))
         chosen[name] = (
             pick.runs,
             {
@@ -350,7 +372,7 @@ def evaluate_all(
                 "grid": {"lr": [p.lr for p in points]},
                 "picked": {"lr": pick.lr},
                 "points": [asdict(p) for p in points],
-                "budget": first["protocol"]["budget"],
+                "budget": first.protocol["budget"],
                 "search_time_s": round(sum(p.seconds for p in points), 2),
                 "depends_on": ["extract-features", "train-head@features"]
                 if registry.get(name).from_probe
@@ -360,13 +382,12 @@ def evaluate_all(
     correct: dict[str, np.ndarray] = {}
     val: dict[str, tuple[float, float]] = {}
     for name, (run_names, protocol) in chosen.items():
-        runs = {
+        records = {
             seed: _run_record(run, manifest_sha, columns[seed], index[columns[seed]])
             for seed, run in run_names.items()
         }
-        classes = runs[seeds[0]].pop("classes")
-        for r in runs.values():
-            r.pop("classes", None)
+        scored = {seed: record for seed, (record, _) in records.items()}
+        classes = records[seeds[0]][1]
         depends = 0.0
         spec = registry.get(name)
         if spec.two_stage or spec.from_probe:
@@ -378,29 +399,29 @@ def evaluate_all(
         # heads search their grid inside their run; a strategy's grid is one run per point
         search = protocol.get("search_time_s")
         if search is None:
-            search = float(np.mean([r["train"]["search_time_s"] for r in runs.values()]))
+            search = float(np.mean([r.train.search_s for r in scored.values()]))
         correct[name] = np.array(
             [
-                np.asarray(runs[s]["predictions"]) == np.asarray(tests[columns[s]]["test_labels"])
+                np.asarray(scored[s].predictions) == np.asarray(tests[columns[s]]["test_labels"])
                 for s in seeds
             ],
             dtype=float,
         )
         val[name] = (
-            float(np.mean([r["val"]["accuracy"] for r in runs.values()])),
-            float(np.mean([r["val"]["nll"] for r in runs.values()])),
+            float(np.mean([r.val["accuracy"] for r in scored.values()])),
+            float(np.mean([r.val["nll"] for r in scored.values()])),
         )
-        metrics[name] = headline(runs, depends, search, accuracy_interval(correct[name]), val[name][0])
+        metrics[name] = headline(scored, depends, search, accuracy_interval(correct[name]), val[name][0])
         protocol["depends_s"] = round(depends, 2)
-        confusion = np.sum([np.asarray(r["scores"]["confusion"]) for r in runs.values()], axis=0)
+        confusion = np.sum([np.asarray(r.scores["confusion"]) for r in scored.values()], axis=0)
         details["models"][name] = {
-            "runs": {str(s): r for s, r in runs.items()},
+            "scored": {str(s): r.to_json() for s, r in scored.items()},
             "protocol": protocol,
             "confusion": confusion.tolist(),  # summed over seeds
             "per_class_f1": per_class_f1(confusion).round(4).tolist(),
-            "curves": runs[seeds[0]]["curves"],
+            "curves": scored[seeds[0]].curves,
             "spread": spread_components(
-                {s: r["scores"]["accuracy"] for s, r in runs.items()},
+                {s: r.scores["accuracy"] for s, r in scored.items()},
                 {s: split_columns(manifest).index(columns[s]) for s in seeds},
             ),
         }

@@ -33,7 +33,7 @@ bounded by one shard and every shard is written exactly once.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,7 @@ import zarr
 from transferlab._io import publish
 from transferlab.backbones import Backbone, backbone_fingerprint
 from transferlab.errors import FingerprintMismatch
-from transferlab.runtime import memory_format, sync
+from transferlab.runtime import memory_format, place, sync
 
 STORE_FORMAT = 3  # 3: one group of all images (and one of views), splits selected by readers
 IMAGES, AUGMENTED = "images", "augmented"
@@ -98,7 +98,6 @@ class _SplitWriter:
         shard = min(SHARD_ROWS, max(n, 1))
         chunk = min(CHUNK_ROWS, shard)
         shard = -(-shard // chunk) * chunk  # a shard holds whole chunks
-        kw = {"shards": (shard,), "chunks": (chunk,)}
         self.features = group.create_array(
             f"{split}/features",
             shape=(n, dim),
@@ -106,8 +105,12 @@ class _SplitWriter:
             chunks=(chunk, dim),
             shards=(shard, dim),
         )
-        self.labels = group.create_array(f"{split}/labels", shape=(n,), dtype="int64", **kw)
-        self.rows = group.create_array(f"{split}/row", shape=(n,), dtype="int64", **kw)
+        self.labels = group.create_array(
+            f"{split}/labels", shape=(n,), dtype="int64", chunks=(chunk,), shards=(shard,)
+        )
+        self.rows = group.create_array(
+            f"{split}/row", shape=(n,), dtype="int64", chunks=(chunk,), shards=(shard,)
+        )
         self.n, self.shard, self.written = n, shard, 0
         self._buf: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._buffered = 0
@@ -164,7 +167,7 @@ def extract_features(
     ``loaders[split]`` yields (images, labels) in the order of ``rows[split]``. The store
     appears at ``out`` only when every split is complete.
     """
-    backbone.eval().to(device, memory_format=memory_format(device))
+    place(backbone.eval(), device)
     fwd = 0.0
     split_seconds: dict[str, float] = {}
     split_images: dict[str, int] = {}
@@ -228,7 +231,15 @@ class FeatureStore:
 
     @property
     def fingerprint(self) -> dict[str, Any]:
-        return dict(self.group.attrs["fingerprint"])
+        fp = self.group.attrs["fingerprint"]
+        assert isinstance(fp, dict)
+        return dict(fp)
+
+    def _array(self, group: str, name: str) -> zarr.Array:
+        arr = self.group[f"{group}/{name}"]
+        if not isinstance(arr, zarr.Array):
+            raise FingerprintMismatch(f"{self.path}: {group}/{name} is not an array; re-run extract-features")
+        return arr
 
     def groups(self) -> list[str]:
         return sorted(name for name, _ in self.group.groups())
@@ -236,34 +247,33 @@ class FeatureStore:
     def select(self, group: str, manifest_rows: np.ndarray) -> np.ndarray:
         """Which rows of ``group`` show one of ``manifest_rows``: a boolean mask in store
         order (every view of an image, for ``augmented``)."""
-        return np.isin(np.asarray(self.group[group]["row"][:]), manifest_rows)
+        return np.isin(np.asarray(self._array(group, "row")[:]), manifest_rows)
 
     def load(
         self, group: str, keep: np.ndarray | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
         """Features, labels and manifest rows of ``group`` (only the ``keep`` rows, a mask
         from :meth:`select`), in store order, in memory."""
-        g = self.group[group]
+        features = self._array(group, "features")
         if keep is None:
             sel: slice | np.ndarray = slice(None)
-            feats = np.asarray(g["features"][:])
+            feats = np.asarray(features[:])
         else:
             sel = np.flatnonzero(keep)
-            feats = np.asarray(g["features"].get_orthogonal_selection((sel, slice(None))))
+            feats = np.asarray(features.get_orthogonal_selection((sel, slice(None))))
         return (
             torch.from_numpy(feats),
-            torch.from_numpy(np.asarray(g["labels"][:])[sel]),
-            np.asarray(g["row"][:])[sel],
+            torch.from_numpy(np.asarray(self._array(group, "labels")[:])[sel]),
+            np.asarray(self._array(group, "row")[:])[sel],
         )
 
     def arrays(self, group: str) -> tuple[zarr.Array, zarr.Array]:
         """The (features, labels) arrays of ``group``, not loaded."""
-        g = self.group[group]
-        return g["features"], g["labels"]
+        return self._array(group, "features"), self._array(group, "labels")
 
     def nbytes(self, group: str, keep: np.ndarray | None = None) -> int:
         """Size in memory of ``group``'s features (of its ``keep`` rows)."""
-        f = self.group[group]["features"]
+        f = self._array(group, "features")
         rows = f.shape[0] if keep is None else int(np.count_nonzero(keep))
         return rows * int(np.prod(f.shape[1:])) * f.dtype.itemsize
 
@@ -287,7 +297,7 @@ class StreamedBatches:
 
     def __init__(
         self,
-        sources: list[tuple[zarr.Array, zarr.Array]] | list[tuple[zarr.Array, zarr.Array, np.ndarray | None]],
+        sources: Sequence[tuple[Any, ...]],  # (features, labels) or (features, labels, keep)
         batch_size: int,
         *,
         shuffle: bool = False,

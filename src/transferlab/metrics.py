@@ -79,10 +79,8 @@ def bootstrap_ci(
     accs = (y[idx] == pred[idx]).mean(1)
     f1s = np.array([macro_f1(confusion_matrix(y[i], pred[i], num_classes)) for i in idx])
     q = [2.5, 97.5]
-    return {
-        "accuracy": tuple(float(v) for v in np.percentile(accs, q)),
-        "macro_f1": tuple(float(v) for v in np.percentile(f1s, q)),
-    }
+    (acc_lo, acc_hi), (f1_lo, f1_hi) = np.percentile(accs, q), np.percentile(f1s, q)
+    return {"accuracy": (float(acc_lo), float(acc_hi)), "macro_f1": (float(f1_lo), float(f1_hi))}
 
 
 def classification_metrics(

@@ -1,20 +1,24 @@
 """Classifier heads, the backbone + head model, and checkpoints.
 
-A checkpoint is a plain dict of tensors and JSON-like metadata, saved atomically and loaded
-with ``weights_only=True``: loading one never runs code from the file.
+A checkpoint is a plain dict of tensors and its :class:`CheckpointMeta` (as JSON-like
+values), saved atomically and loaded with ``weights_only=True``: loading one never runs code
+from the file. The metadata is validated on load, so a checkpoint from an older layout is a
+clear error, not a ``KeyError`` deep inside a stage.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
 from transferlab._io import publish
 from transferlab.backbones import Backbone
 from transferlab.config import HeadConfig
+from transferlab.errors import FingerprintMismatch
 
 
 def make_head(cfg: HeadConfig, in_features: int, num_classes: int) -> nn.Module:
@@ -67,14 +71,43 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
-def save_checkpoint(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
+class CheckpointMeta(BaseModel):
+    """What a checkpoint is, enough to rebuild and check it without the params that made it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # "head": a head on cached features (train-head); "end-to-end": backbone + head.
+    kind: Literal["head", "end-to-end"]
+    model: str  # the registered model (transferlab.registry)
+    head: HeadConfig
+    in_features: int  # the backbone's feature width, the head's input
+    classes: list[str]  # the head's outputs, in order
+    # backbone, weights, preprocessing and manifest (backbones.backbone_fingerprint): what
+    # the features it was trained on depend on
+    fingerprint: dict[str, Any]
+    init: dict[str, str]  # where each part's starting weights came from
+    lr: float | None = None  # end-to-end: the learning rate of this run
+
+    @property
+    def manifest_sha256(self) -> str:
+        return str(self.fingerprint["manifest_sha256"])
+
+
+def save_checkpoint(path: Path, model: nn.Module, meta: CheckpointMeta) -> None:
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     with publish(path) as tmp:
-        torch.save({"state_dict": state, "meta": meta}, tmp)
+        torch.save({"state_dict": state, "meta": meta.model_dump(mode="json")}, tmp)
 
 
-def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], CheckpointMeta]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    return ckpt["state_dict"], ckpt["meta"]
+    try:
+        meta = CheckpointMeta.model_validate(ckpt["meta"])
+    except (KeyError, TypeError, ValidationError) as err:
+        first = str(err).splitlines()[:3]
+        raise FingerprintMismatch(
+            f"{path}: not a checkpoint of this version ({' '.join(first)}); re-run its stage (dvc repro)"
+        ) from None
+    return ckpt["state_dict"], meta

@@ -112,10 +112,11 @@ def recommend(
             "cannot tell": f", which straddles {GAP_THRESHOLD:.2f}: the data cannot tell whether the domain is similar",
         }[domain]
     if domain in ("similar", "different"):
-        scenario: int | None = {(False, False): 1, (True, False): 2, (False, True): 3, (True, True): 4}[
+        placed = {(False, False): 1, (True, False): 2, (False, True): 3, (True, True): 4}[
             (large, domain == "different")
         ]
-        where, rule, predicted = SCENARIOS[scenario]
+        scenario: int | None = placed
+        where, rule, predicted = SCENARIOS[placed]
         lines = [
             f"Scenario {scenario}, {where}: {size}; {similarity}.",
             f"The rule of thumb says: {rule} ({', '.join(predicted)}).",

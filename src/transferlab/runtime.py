@@ -8,7 +8,7 @@ import platform
 import random
 import resource
 import sys
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -54,6 +54,15 @@ def memory_format(device: torch.device) -> torch.memory_format:
     inference (the "levers" table of bench/results/cpu-2cores.md). On CUDA it has not been
     measured here, so it is left contiguous."""
     return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+
+
+M = TypeVar("M", bound=torch.nn.Module)
+
+
+def place(module: M, device: torch.device) -> M:
+    """``module`` on ``device`` in the memory format :func:`memory_format` picks for it."""
+    module.to(device)
+    return module.to(memory_format=memory_format(device))
 
 
 def peak_rss_bytes() -> int:

@@ -235,7 +235,7 @@ def extract_archive(archive: Path, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
-            members = []
+            members: list[tuple] = []
             for info in zf.infolist():
                 mode = (info.external_attr >> 16) & 0o170000
                 regular = mode in (0, 0o100000, 0o040000)  # 0: made on a system without modes

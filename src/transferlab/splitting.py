@@ -18,7 +18,7 @@ from transferlab.manifest import MANIFEST_SCHEMA
 
 
 def stratified_split(
-    labels: Sequence[int], val_fraction: float, test_fraction: float, seed: int
+    labels: Sequence[int] | np.ndarray, val_fraction: float, test_fraction: float, seed: int
 ) -> list[str]:
     """Assign each item to train/val/test, per class, reproducibly from ``seed``.
 
@@ -144,7 +144,9 @@ def _complete_splits(labels: list[int], given: list[str | None], val_fraction: f
     missing = {s for s in ("train", "test") if s not in splits}
     if missing:
         raise DataError(f"the data set has no {' or '.join(sorted(missing))} images")
-    return splits
+    complete = [s for s in splits if s is not None]
+    assert len(complete) == len(splits), "an item was left without a split"
+    return complete
 
 
 def _natural_key(name: str) -> tuple:

@@ -156,9 +156,10 @@ def accuracy_interval(correct: np.ndarray, *, boot: int = 4000, seed: int = 0) -
     return float(lo), float(hi)
 
 
-def pair_of(comparisons: dict, a: str, b: str) -> dict | None:
+def pair_of(comparisons: dict, a: str, b: str) -> dict:
     """The comparison of ``a`` against ``b`` from a comparisons.json structure, oriented so
-    that diff = acc_a - acc_b (and the interval flipped accordingly)."""
+    that diff = acc_a - acc_b (and the interval flipped accordingly). Every pair of compared
+    models is there: a missing one is a KeyError."""
     for p in comparisons["pairs"]:
         if (p["a"], p["b"]) == (a, b):
             return p
@@ -173,7 +174,7 @@ def pair_of(comparisons: dict, a: str, b: str) -> dict | None:
                 "diff": -p["diff"],
                 "ci95": [-hi, -lo],
             }
-    return None
+    raise KeyError(f"comparisons hold no pair of {a!r} and {b!r}")
 
 
 def separable(pair: dict, alpha: float = 0.05) -> bool:

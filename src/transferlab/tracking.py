@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from dvclive import Live
 
-from transferlab._io import write_json
-from transferlab.models import count_parameters
+from transferlab.models import CheckpointMeta, count_parameters
+from transferlab.records import RunSummary, write_summary
 from transferlab.runtime import environment, peak_gpu_bytes, peak_rss_bytes
 from transferlab.training import EpochRecord, FitResult
 
@@ -86,18 +86,16 @@ def run_cost(model: torch.nn.Module, device: torch.device) -> dict[str, Any]:
     }
 
 
-def write_summary(path: Path, summary: dict[str, Any]) -> None:
-    write_json(path, summary)
-
-
-def finish_run(name: str, model: torch.nn.Module, meta: dict[str, Any], summary: dict[str, Any]) -> None:
-    """Publish the best checkpoint and the run summary of run ``name``."""
+def finish_run(name: str, model: torch.nn.Module, meta: CheckpointMeta, summary: dict[str, Any]) -> None:
+    """Publish the best checkpoint and the run summary of run ``name``. The summary is
+    validated against :class:`~transferlab.records.RunSummary` before anything is written."""
     from transferlab import layout
     from transferlab.models import save_checkpoint
 
+    record = RunSummary.model_validate(summary)
     save_checkpoint(layout.checkpoint(name), model, meta)
-    write_summary(layout.train_summary(name), summary)
+    write_summary(layout.train_summary(name), record)
     print(
-        f"{name}: val acc {summary['val_acc']:.4f}, {summary['time_per_epoch_s']:.3f}s/epoch, "
-        f"{summary['trainable_params']:,}/{summary['total_params']:,} params trainable"
+        f"{name}: val acc {record.val_acc:.4f}, {record.time_per_epoch_s:.3f}s/epoch, "
+        f"{record.trainable_params:,}/{record.total_params:,} params trainable"
     )
