@@ -79,3 +79,16 @@ def test_run_summary_rejects_wrong_and_unknown_fields(tmp_path, change, field):
     path.write_text(json.dumps({**SUMMARY, **change}))
     with pytest.raises(FingerprintMismatch, match=field):
         read_summary(path)
+
+
+def test_a_mini_batch_runs_summary_is_a_valid_record():
+    """What training_summary and run_cost give, plus the seed the stages add, is complete."""
+    from transferlab.tracking import run_cost, training_summary
+    from transferlab.training import EpochRecord, FitResult
+
+    rec = EpochRecord(0, 1.0, 0.5, 0.9, 0.6, 2.0, 2.5, {"head": 1e-3})
+    fit = FitResult(history=[rec], seconds=2.5, lr_schedule={"head": {"nominal": 1e-3}})
+    summary = training_summary(fit, model="full", n_train=64, extra={"seed": 0, "protocol": {}})
+    summary.update(run_cost(torch.nn.Linear(2, 2), torch.device("cpu")))
+    record = RunSummary.model_validate(summary)
+    assert record.n_train == 64 and record.train_images_per_s == 32.0

@@ -59,6 +59,7 @@ def training_summary(
     per_epoch = [r.train_seconds for r in fit.history]
     return {
         "model": model,
+        "n_train": n_train,
         "epochs_run": len(fit.history),
         "best_epoch": fit.best_epoch + 1,
         "stopped_early": fit.stopped_early,
