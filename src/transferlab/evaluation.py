@@ -415,7 +415,7 @@ def evaluate_all(
         protocol["depends_s"] = round(depends, 2)
         confusion = np.sum([np.asarray(r.scores["confusion"]) for r in scored.values()], axis=0)
         details["models"][name] = {
-            "scored": {str(s): r.to_json() for s, r in scored.items()},
+            "runs": {str(s): r.to_json() for s, r in scored.items()},
             "protocol": protocol,
             "confusion": confusion.tolist(),  # summed over seeds
             "per_class_f1": per_class_f1(confusion).round(4).tolist(),
