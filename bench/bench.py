@@ -17,6 +17,12 @@ Writes bench/results/<machine>.md and .json. The figures:
 5. scale: extraction and train-head time and peak memory at 1x, 4x, 16x the data, with
    train-head in memory and streamed under a memory budget
 6. feature store: bytes per image, files, read throughput vs the same array in memory
+7. image stages at scale: download (check, copy, hash), extract-features, a `full`
+   fine-tuning epoch and scoring on 512x512 JPEGs at 1x/4x/16x, with the decoded-image
+   cache under a budget the larger sizes exceed: peak memory growth must stay flat beyond
+   the budget, images/s alongside
+8. workers and threads: extraction and a fine-tuning epoch on JPEGs decoded as read, with
+   DataLoader workers / torch threads / the extraction prefetch thread on and off
 
 Every timing is wall-clock after a warm-up, the best of two repeats where the run is short
 (this machine shares its cores), on the default backbone (EfficientNet-Lite0).
@@ -45,14 +51,14 @@ from torch.utils.data import DataLoader  # noqa: E402
 from transferlab.backbones import create_backbone  # noqa: E402
 from transferlab.config import FullConfig, HeadConfig  # noqa: E402
 from transferlab.features import FeatureStore, Fingerprint, StreamedBatches, extract_features  # noqa: E402
-from transferlab.images import ImageDataset, eval_loader, train_transform  # noqa: E402
+from transferlab.images import DecodedCache, ImageDataset, eval_loader, train_transform  # noqa: E402
 from transferlab.manifest import split_view  # noqa: E402
 from transferlab.models import TransferModel, make_head  # noqa: E402
 from transferlab.runtime import environment, memory_format, place, resolve_device, sync  # noqa: E402
-from transferlab.sources import write_digits  # noqa: E402
+from transferlab.sources import copy_items, scan_folder, write_digits  # noqa: E402
 from transferlab.splitting import build_manifest  # noqa: E402
 from transferlab.strategies import apply_strategy, head_param_groups, param_groups  # noqa: E402
-from transferlab.training import TensorBatches, train_one_epoch  # noqa: E402
+from transferlab.training import TensorBatches, predict, train_one_epoch  # noqa: E402
 
 MB = 2**20
 
@@ -351,6 +357,209 @@ def scale(factors, image_size: int, device: str) -> list[dict]:
     return out
 
 
+# -------------------------------------------------------------------------------- 7. image stages at scale
+
+JPEG_SIDE = 512
+JPEG_BASE = 256  # images at 1x: 192 MB decoded
+
+
+def jpegs(root: Path, n: int = JPEG_BASE, side: int = JPEG_SIDE, classes: int = 8) -> None:
+    """``n`` photo-like JPEGs (smooth colour fields plus sensor-like noise, quality 90) under
+    ``root/<class>/``: they decode like real photos of that size, ~60-90 KB each."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        c = i % classes
+        low = rng.integers(0, 256, (6, 6, 3)).astype(np.uint8)
+        low[..., c % 3] = 30 * (c + 1)
+        field = np.asarray(
+            Image.fromarray(low).resize((side, side), Image.Resampling.BICUBIC), dtype=np.int16
+        )
+        noisy = np.clip(field + rng.integers(-10, 11, field.shape), 0, 255).astype(np.uint8)
+        (root / f"c{c}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(noisy).save(root / f"c{c}" / f"{i:05d}.jpg", quality=90)
+
+
+def replicate(base: Path, root: Path, factor: int) -> None:
+    """``factor`` copies of the files under ``base`` (other names: each is decoded on its own)."""
+    for src in sorted(base.rglob("*.jpg")):
+        (root / src.parent.name).mkdir(parents=True, exist_ok=True)
+        for k in range(factor):
+            shutil.copyfile(src, root / src.parent.name / f"{src.stem}-{k}.jpg")
+
+
+def _jpeg_items(root: Path) -> tuple[list[Path], np.ndarray]:
+    paths = sorted(root.rglob("*.jpg"))
+    return paths, np.array([int(p.parent.name[1:]) for p in paths])
+
+
+def _image_step(args) -> dict:
+    """One image stage on the JPEG folder ``args.tmp``/jpeg, in this fresh process."""
+    tmp, device = Path(args.tmp), resolve_device(args.device)
+    budget = args.budget_mb * MB
+    if args.step == "download":
+        base = reset_peak()
+        t = time.perf_counter()
+        found = scan_folder(tmp / "jpeg")
+        copy_items(tmp / "jpeg", found.items, tmp / "raw")
+        build_manifest(
+            tmp / "raw", [(p, c) for p, c, _ in found.items], val_fraction=0.1, test_fraction=0.1, seed=0
+        )
+        secs = time.perf_counter() - t
+        return {"s": secs, "images_per_s": len(found.items) / secs, "growth_mb": _status_mb("VmHWM") - base}
+    paths, labels = _jpeg_items(tmp / "jpeg")
+    bb = create_backbone("efficientnet_lite0", args.image_size, crop_pct=1.0)
+    pre = bb.preprocess
+    cache = DecodedCache(budget)
+    if args.step == "extract":
+        base = reset_peak()
+        ds = ImageDataset(paths, labels, None, cache=cache)
+        stats, secs = timed(
+            extract_features,
+            bb,
+            {"images": eval_loader(paths, labels, pre, 64, dataset=ds)},
+            {"images": np.arange(len(paths))},
+            tmp / "store",
+            Fingerprint.of(bb, "bench"),
+            device,
+        )
+    else:
+        model = TransferModel(bb, make_head(HeadConfig(), bb.num_features, 8))
+        cfg = FullConfig()
+        apply_strategy(model, "full", cfg)
+        place(model, device)
+        opt = torch.optim.AdamW(param_groups(model, cfg, 1e-3))
+        train_ds = ImageDataset(
+            paths,
+            labels,
+            train_transform(pre, crop_scale=(0.8, 1.0), rotation_degrees=10, hflip=False),
+            cache=cache,
+        )
+        loader = DataLoader(train_ds, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
+        base = reset_peak()
+        _, secs = timed(train_one_epoch, model, loader, torch.nn.CrossEntropyLoss(), opt, None, device)
+        point = {"s": secs, "images_per_s": len(paths) / secs, "growth_mb": _status_mb("VmHWM") - base}
+        base = reset_peak()
+        _, secs = timed(predict, model, eval_loader(paths, labels, pre, 128, cache=cache), device)
+        return {
+            "finetune": point,
+            "score": {"s": secs, "images_per_s": len(paths) / secs, "growth_mb": _status_mb("VmHWM") - base},
+            "cache_held_mb": cache.used / MB,
+        }
+    return {
+        "s": secs,
+        "images_per_s": len(paths) / secs,
+        "growth_mb": _status_mb("VmHWM") - base,
+        "cache_held_mb": cache.used / MB,
+    }
+
+
+def image_scale(
+    factors, image_size: int, device: str, budget_mb: int, n: int = JPEG_BASE, side: int = JPEG_SIDE
+) -> dict:
+    points = []
+    with tempfile.TemporaryDirectory() as base_s:
+        base = Path(base_s) / "base"
+        jpegs(base, n, side)
+        for f in factors:
+            with tempfile.TemporaryDirectory() as tmp:
+                replicate(base, Path(tmp) / "jpeg", f)
+                paths, _ = _jpeg_items(Path(tmp) / "jpeg")
+
+                def step(name: str, f: int = f, tmp: str = tmp) -> dict:
+                    cmd = [sys.executable, __file__, "_image", "--tmp", tmp, "--step-image", name]
+                    cmd += [
+                        "--image-size",
+                        str(image_size),
+                        "--device",
+                        device,
+                        "--budget-mb",
+                        str(budget_mb),
+                    ]
+                    res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                    return json.loads(res.stdout.strip().splitlines()[-1])
+
+                point = {
+                    "factor": f,
+                    "images": len(paths),
+                    "jpeg_mb": sum(p.stat().st_size for p in paths) / MB,
+                    "decoded_mb": len(paths) * side * side * 3 / MB,
+                    "download": step("download"),
+                    "extract": step("extract"),
+                }
+                point |= step("train")
+                points.append(point)
+                print(f"  {f}x: {json.dumps(point)}", flush=True)
+    return {"budget_mb": budget_mb, "side": side, "points": points}
+
+
+# -------------------------------------------------------------------------------- 8. workers, threads
+
+
+def workers_and_threads(image_size: int, device, n: int = 2 * JPEG_BASE, side: int = JPEG_SIDE) -> list[dict]:
+    """Extraction and a fine-tuning epoch on JPEGs decoded as read (no cache: the large-data
+    regime), for each setting of DataLoader workers, torch threads and the prefetch thread."""
+    cores = os.cpu_count() or 1
+    settings = [
+        {"workers": 0, "threads": cores, "overlap": False},
+        {"workers": 0, "threads": cores, "overlap": True},
+        {"workers": 1, "threads": cores, "overlap": True},
+        {"workers": 1, "threads": max(1, cores - 1), "overlap": True},
+    ]
+    out = []
+    default_threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory() as tmp_s:
+        tmp = Path(tmp_s)
+        jpegs(tmp / "jpeg", n, side)
+        paths, labels = _jpeg_items(tmp / "jpeg")
+        bb = create_backbone("efficientnet_lite0", image_size, crop_pct=1.0)
+        for s in settings:
+            torch.set_num_threads(s["threads"])
+            loader = eval_loader(
+                paths, labels, bb.preprocess, 64, num_workers=s["workers"], cache=DecodedCache(0)
+            )
+            ex = best_of(
+                2,
+                lambda loader=loader, s=s: extract_features(
+                    bb,
+                    {"images": loader},
+                    {"images": np.arange(len(paths))},
+                    tmp / "store",
+                    Fingerprint.of(bb, "bench"),
+                    device,
+                    overlap=s["overlap"],
+                ),
+            )
+            row = {**s, "extract_images_per_s": len(paths) / ex}
+            if s["overlap"]:  # a training loader has no prefetch thread: one row per workers/threads
+                # a fresh backbone: extraction leaves inference tensors in the one above
+                fresh = create_backbone("efficientnet_lite0", image_size, crop_pct=1.0)
+                model = TransferModel(fresh, make_head(HeadConfig(), fresh.num_features, 8))
+                apply_strategy(model, "full", FullConfig())
+                place(model, device)
+                opt = torch.optim.AdamW(param_groups(model, FullConfig(), 1e-3))
+                ds = ImageDataset(
+                    paths,
+                    labels,
+                    train_transform(bb.preprocess, crop_scale=(0.8, 1.0), rotation_degrees=10, hflip=False),
+                    cache=DecodedCache(0),
+                )
+                train = DataLoader(
+                    ds,
+                    batch_size=64,
+                    shuffle=True,
+                    num_workers=s["workers"],
+                    generator=torch.Generator().manual_seed(0),
+                )
+                ep = best_of(2, train_one_epoch, model, train, torch.nn.CrossEntropyLoss(), opt, None, device)
+                row["finetune_images_per_s"] = len(paths) / ep
+            out.append(row)
+            print(f"  {json.dumps(row)}", flush=True)
+    torch.set_num_threads(default_threads)
+    return out
+
+
 # -------------------------------------------------------------------------------- levers
 
 
@@ -515,42 +724,126 @@ def markdown(r: dict) -> str:
             f"| {p['extract_peak_rss_mb']:.0f} / {p['extract_rss_growth_mb']:.0f} | {m['features_mb']:.0f} | {m['head_epoch_s']:.3f} "
             f"| {m['head_rss_growth_mb']:.0f} | {st_['head_epoch_s']:.3f} | {st_['head_rss_growth_mb']:.0f} |"
         )
+    im = r["images"]
+    lines += [
+        "",
+        "## Image stages at scale",
+        "",
+        f"{im['side']}x{im['side']} JPEGs, EfficientNet-Lite0 at {e['image_size']} px, decoded-image cache "
+        f"budget {im['budget_mb']} MB (`base.image_cache_mb`), each stage in a fresh process. Memory: "
+        "peak growth over the phase (VmHWM reset at its start; download: checking, copying and "
+        "hashing every file; finetune: one `full` epoch, model built before; score: prediction "
+        "over every image, as each run scores val and test). Beyond the budget growth must stay "
+        "flat while the decoded size grows.",
+        "",
+        "| data | images | JPEG MB | decoded MB | cache held MB | download s (img/s) | growth MB "
+        "| extract img/s | growth MB | finetune img/s | growth MB | score img/s | growth MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for p in im["points"]:
+        d, x, f, sc = p["download"], p["extract"], p["finetune"], p["score"]
+        lines.append(
+            f"| {p['factor']}x | {p['images']} | {p['jpeg_mb']:.0f} | {p['decoded_mb']:.0f} | {x['cache_held_mb']:.0f} "
+            f"| {d['s']:.1f} ({d['images_per_s']:.0f}) | {d['growth_mb']:.0f} "
+            f"| {x['images_per_s']:.0f} | {x['growth_mb']:.0f} | {f['images_per_s']:.0f} | {f['growth_mb']:.0f} "
+            f"| {sc['images_per_s']:.0f} | {sc['growth_mb']:.0f} |"
+        )
+    lines += [
+        "",
+        "## Workers and threads",
+        "",
+        f"{im['side']}x{im['side']} JPEGs decoded as read (no cache), EfficientNet-Lite0 at {e['image_size']} px. "
+        "overlap: extraction's prefetch and writer threads (features.prefetch); workers: DataLoader "
+        "worker processes; threads: torch intra-op threads of the main process.",
+        "",
+        "| workers | threads | overlap | extraction img/s | `full` epoch img/s |",
+        "|---:|---:|:---:|---:|---:|",
+    ]
+    for w in r["workers"]:
+        ft_ = f"{w['finetune_images_per_s']:.0f}" if "finetune_images_per_s" in w else ""
+        lines.append(
+            f"| {w['workers']} | {w['threads']} | {'on' if w['overlap'] else 'off'} "
+            f"| {w['extract_images_per_s']:.0f} | {ft_} |"
+        )
     return "\n".join(lines) + "\n"
+
+
+SECTIONS = (
+    "extraction",
+    "two_stage",
+    "finetune",
+    "store",
+    "levers",
+    "never_pay_twice",
+    "scale",
+    "images",
+    "workers",
+)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", nargs="?", default="all", choices=["all", "_scale"])
+    ap.add_argument("mode", nargs="?", default="all", choices=["all", "_scale", "_image"])
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--factors", default="1,4,16")
+    ap.add_argument("--budget-mb", type=int, default=256, help="decoded-image cache of the image-scale runs")
+    ap.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help="a subset prints its figures; bench/results is written only when all run",
+    )
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--factor", type=int, default=1)
     ap.add_argument("--tmp")
     ap.add_argument("--streamed", action="store_true")
     ap.add_argument("--step", choices=["extract", "head"], default="extract")
+    ap.add_argument("--step-image", choices=["download", "extract", "train"], default="extract")
     args = ap.parse_args()
     if args.mode == "_scale":
         _scale_worker(args)
         return
+    if args.mode == "_image":
+        args.step = args.step_image
+        print(json.dumps(_image_step(args)))
+        return
+    wanted = set(args.sections.split(","))
+    unknown = wanted - set(SECTIONS)
+    if unknown:
+        ap.error(f"--sections: unknown {sorted(unknown)}; known: {', '.join(SECTIONS)}")
     device = resolve_device(args.device)
     torch.manual_seed(0)
+    factors = [int(f) for f in args.factors.split(",")]
+    result: dict = {}
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         paths, labels = digits(tmp)
-        print("extraction ...", flush=True)
-        ex = extraction(paths, labels, args.image_size, 64, device, tmp)
-        print("two-stage speed-up ...", flush=True)
-        ts = two_stage_speedup(paths, labels, args.image_size, device, tmp)
-        print("fine-tuning efficiency ...", flush=True)
-        ft = finetune_efficiency(paths, labels, args.image_size, device)
-        st = store_stats(tmp)
-        print("levers ...", flush=True)
-        lv = levers(args.image_size, device, tmp)
-        print("never pay twice (dvc repro) ...", flush=True)
-        npt = never_pay_twice(tmp)
-    print("scale ...", flush=True)
-    sc = scale([int(f) for f in args.factors.split(",")], args.image_size, args.device)
+        if wanted & {"extraction", "two_stage", "store", "levers"}:
+            print("extraction ...", flush=True)
+            result["extraction"] = extraction(paths, labels, args.image_size, 64, device, tmp)
+        if "two_stage" in wanted:
+            print("two-stage speed-up ...", flush=True)
+            result["two_stage"] = two_stage_speedup(paths, labels, args.image_size, device, tmp)
+        if "finetune" in wanted:
+            print("fine-tuning efficiency ...", flush=True)
+            result["finetune"] = finetune_efficiency(paths, labels, args.image_size, device)
+        if "store" in wanted:
+            result["store"] = store_stats(tmp)
+        if "levers" in wanted:
+            print("levers ...", flush=True)
+            result["levers"] = levers(args.image_size, device, tmp)
+        if "never_pay_twice" in wanted:
+            print("never pay twice (dvc repro) ...", flush=True)
+            result["never_pay_twice"] = never_pay_twice(tmp)
+    if "scale" in wanted:
+        print("scale ...", flush=True)
+        result["scale"] = scale(factors, args.image_size, args.device)
+    if "images" in wanted:
+        print(f"image stages at scale (cache budget {args.budget_mb} MB) ...", flush=True)
+        result["images"] = image_scale(factors, args.image_size, args.device, args.budget_mb)
+    if "workers" in wanted:
+        print("workers and threads ...", flush=True)
+        result["workers"] = workers_and_threads(args.image_size, device)
     env = environment()
     device_name = (
         env["cuda"] if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})"
@@ -559,14 +852,11 @@ def main() -> None:
         "machine": {**env, "platform": platform.platform(), "device": device_name},
         "command": " ".join(["python", "bench/bench.py", *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d"),
-        "extraction": ex,
-        "two_stage": ts,
-        "finetune": ft,
-        "never_pay_twice": npt,
-        "store": st,
-        "levers": lv,
-        "scale": sc,
+        **result,
     }
+    if wanted != set(SECTIONS):
+        print(json.dumps(result, indent=2))
+        return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = f"{'cuda' if device.type == 'cuda' else 'cpu'}-{env['cpu_count']}cores"

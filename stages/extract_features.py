@@ -21,13 +21,14 @@ from transferlab.backbones import check_backbone_name, create_backbone
 from transferlab.cli import run_stage
 from transferlab.config import load_params
 from transferlab.features import AUGMENTED, IMAGES, FeatureStore, Fingerprint, extract_features
-from transferlab.images import ImageDataset, eval_loader, train_transform
+from transferlab.images import DecodedCache, ImageDataset, eval_loader, train_transform
 from transferlab.manifest import SplitView, manifest_fingerprint, read_manifest, split_columns
 from transferlab.runtime import (
     configure_runtime,
     environment,
     peak_rss_bytes,
     resolve_device,
+    resolve_workers,
     seed_everything,
 )
 
@@ -37,7 +38,7 @@ def main(args: argparse.Namespace) -> None:
     bcfg, cfg, aug = p.backbone, p.extract_features, p.augment
     check_backbone_name(bcfg.name)
     device = resolve_device(p.base.device)
-    configure_runtime(p.base.num_threads, device)
+    configure_runtime(p.base.num_threads, device, channels_last=p.base.channels_last)
     manifest = read_manifest(layout.MANIFEST)
     backbone = create_backbone(bcfg.name, bcfg.image_size, bcfg.weights, crop_pct=bcfg.crop_pct)
     pre = backbone.preprocess
@@ -49,14 +50,19 @@ def main(args: argparse.Namespace) -> None:
         labels=manifest["label"].to_numpy().astype(np.int64),
     ).permuted(p.base.seed)
     pin = device.type == "cuda"
-    decoded = ImageDataset(images.paths, images.labels, None)
+    workers = resolve_workers(cfg.num_workers, device)
+    # Images are decoded as they are read and kept while base.image_cache_mb allows, so the
+    # augmented views below reuse them; larger data sets are decoded again, never all held.
+    decoded = ImageDataset(
+        images.paths, images.labels, None, cache=DecodedCache(p.base.image_cache_mb * 2**20)
+    )
     loaders = {
         IMAGES: eval_loader(
             images.paths,
             images.labels,
             pre,
             cfg.batch_size,
-            num_workers=cfg.num_workers,
+            num_workers=workers,
             pin_memory=pin,
             dataset=decoded,
         )
@@ -80,7 +86,7 @@ def main(args: argparse.Namespace) -> None:
         loaders[AUGMENTED] = DataLoader(
             ConcatDataset([augmented] * cfg.augment_views),
             batch_size=cfg.batch_size,
-            num_workers=cfg.num_workers,
+            num_workers=workers,
             pin_memory=pin,
             generator=seed_everything(p.base.seed),
         )
@@ -88,7 +94,7 @@ def main(args: argparse.Namespace) -> None:
     fingerprint = Fingerprint.of(
         backbone, manifest_fingerprint(manifest), cfg.augment_views, aug.model_dump(mode="json")
     )
-    stats = extract_features(backbone, loaders, rows, layout.FEATURES, fingerprint, device)
+    stats = extract_features(backbone, loaders, rows, layout.FEATURES, fingerprint, device, amp=cfg.amp)
     store = FeatureStore.open(layout.FEATURES)
     summary = {
         "images": stats.split_images[IMAGES],
@@ -105,6 +111,9 @@ def main(args: argparse.Namespace) -> None:
         "store_bytes": store.nbytes_on_disk(),
         "store_files": sum(1 for f in layout.FEATURES.rglob("*") if f.is_file()),
         "peak_rss_bytes": peak_rss_bytes(),
+        "num_workers": workers,
+        "amp": cfg.amp,
+        "cache": {"budget_mb": p.base.image_cache_mb, "held_mb": round(decoded.cache.used / 2**20, 1)},
         "device": str(device),
         "environment": environment(),
         "fingerprint": fingerprint.to_json(),

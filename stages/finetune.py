@@ -22,13 +22,14 @@ from transferlab.backbones import backbone_fingerprint, check_backbone_name, cre
 from transferlab.cli import run_stage
 from transferlab.config import HeadConfig, ProgressiveConfig, load_params
 from transferlab.errors import ConfigError, FingerprintMismatch
-from transferlab.images import ImageDataset, eval_loader, train_transform
+from transferlab.images import DecodedCache, ImageDataset, eval_loader, train_transform
 from transferlab.manifest import class_names, manifest_fingerprint, read_manifest, split_column, split_view
 from transferlab.models import CheckpointMeta, TransferModel, load_checkpoint, make_head
 from transferlab.runtime import (
     configure_runtime,
     place,
     resolve_device,
+    resolve_workers,
     seed_everything,
 )
 from transferlab.scoring import write_predictions
@@ -66,7 +67,7 @@ def main(args: argparse.Namespace) -> None:
         raise ConfigError(f"finetune.{strategy}.lr: {args.lr} is not in the grid {cfg.lr}")
     check_backbone_name(bcfg.name)
     device = resolve_device(base.device)
-    configure_runtime(base.num_threads, device)
+    configure_runtime(base.num_threads, device, channels_last=base.channels_last)
     run = layout.run_name(strategy, args.seed, args.lr)
     generator = seed_everything(args.seed)
     manifest = read_manifest(layout.MANIFEST)
@@ -100,17 +101,22 @@ def main(args: argparse.Namespace) -> None:
     pre = backbone.preprocess
     column = split_column(args.seed, base.splits)  # this seed's splitting (base.splits)
     train, val, test = (split_view(manifest, layout.RAW, s, column) for s in ("train", "val", "test"))
+    # One decoded-image cache under base.image_cache_mb for the run's three splits: what
+    # fits is decoded once per run, the rest per epoch, and memory never grows with the data.
+    cache = DecodedCache(base.image_cache_mb * 2**20)
+    workers = resolve_workers(cfg.num_workers, device)
     train_ds = ImageDataset(
         train.paths,
         train.labels,
         train_transform(
             pre, crop_scale=aug.crop_scale, rotation_degrees=aug.rotation_degrees, hflip=aug.hflip
         ),
+        cache=cache,
     )
     loader_kw: dict[str, Any] = {
-        "num_workers": cfg.num_workers,
+        "num_workers": workers,
         "pin_memory": device.type == "cuda",
-        "persistent_workers": cfg.num_workers > 0,
+        "persistent_workers": workers > 0,
     }
     train_loader = DataLoader(
         train_ds,
@@ -125,8 +131,9 @@ def main(args: argparse.Namespace) -> None:
         val.labels,
         pre,
         cfg.batch_size * 2,
-        num_workers=cfg.num_workers,
+        num_workers=workers,
         pin_memory=device.type == "cuda",
+        cache=cache,
     )
 
     optimizer = torch.optim.AdamW(param_groups(model, cfg, lr))
@@ -153,7 +160,7 @@ def main(args: argparse.Namespace) -> None:
         (
             "test",
             test,
-            eval_loader(test.paths, test.labels, pre, cfg.batch_size * 2, num_workers=cfg.num_workers),
+            eval_loader(test.paths, test.labels, pre, cfg.batch_size * 2, num_workers=workers, cache=cache),
         ),
     ):
         logits, labels = predict(model, loader, device, amp=cfg.amp)
@@ -183,6 +190,7 @@ def main(args: argparse.Namespace) -> None:
         n_train=len(train_ds),
         extra={
             "bn": cfg.bn,
+            "num_workers": workers,
             "seed": args.seed,
             "split": column,
             "lr": lr,

@@ -134,7 +134,7 @@ def test_corrupt_image_is_named(tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
     with pytest.raises(DataError, match="bad.png: cannot decode image"):
-        ImageDataset([bad], np.array([0]), eval_transform(Preprocess(8, (0.5,) * 3, (0.5,) * 3)))
+        ImageDataset([bad], np.array([0]), eval_transform(Preprocess(8, (0.5,) * 3, (0.5,) * 3)))[0]
 
 
 def test_batched_eval_transform_equals_per_image(image_folder):

@@ -11,10 +11,14 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def remove(path: Path) -> None:
@@ -69,3 +73,18 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def parallel_map(fn: Callable[[T], R], items: Sequence[T], desc: str) -> list[R]:
+    """``[fn(x) for x in items]`` on a thread per core, in order, with a progress bar.
+
+    For per-file work that releases the GIL (hashing, image decoding): on tens of thousands
+    of files the download stage's checks then run at the disk's and the cores' speed, in time
+    linear in the data. The bar (tqdm) is silent when the output is not a terminal.
+    """
+    from tqdm import tqdm
+
+    workers = min(32, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(fn, items) if workers > 1 else map(fn, items)
+        return list(tqdm(results, total=len(items), desc=desc, disable=None, leave=False))

@@ -25,6 +25,8 @@ Fraction = Annotated[float, Field(gt=0, lt=1)]
 # A learning-rate grid: each value is its own run, the pick is made on validation. An empty
 # list skips the strategy (DVC's matrix then has no stage for it).
 LrGrid = list[PositiveFloat]
+# DataLoader worker processes: a count, or "auto" (transferlab.runtime.resolve_workers).
+Workers = Literal["auto"] | Annotated[int, Field(ge=0)]
 
 
 class _Strict(BaseModel):
@@ -60,6 +62,11 @@ class BaseConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # 0 means "let torch decide"; a fixed count makes CPU timings comparable across runs.
     num_threads: Annotated[int, Field(ge=0)] = 0
+    # Decoded images kept in memory per image stage (extract-features, each finetune run);
+    # beyond it images are decoded as they are read. Results do not depend on it.
+    image_cache_mb: Annotated[int, Field(ge=0)] = 1024
+    # Image and weight layout: auto (channels-last on CPU, contiguous on CUDA), true, false.
+    channels_last: Literal["auto"] | bool = "auto"
 
 
 class DownloadConfig(_Strict):
@@ -135,10 +142,13 @@ class AugmentConfig(_Strict):
 class ExtractConfig(_Strict):
     # 64 was faster than 128 on a 2-core CPU (bench/results/cpu-2cores.md)
     batch_size: Annotated[int, Field(ge=1)] = 64
-    num_workers: Annotated[int, Field(ge=0)] = 0
+    num_workers: Workers = "auto"
     # Augmented views of every training image to extract once, for ``features-augmented``
     # (0: none). Costs this many extra passes over the training images, once.
     augment_views: Annotated[int, Field(ge=0, le=100)] = 4
+    # bfloat16 autocast for the forward pass (the features are stored as float32). Off by
+    # default: on CPUs without bf16 units it is slower.
+    amp: bool = False
 
 
 class OptimConfig(_Strict):
@@ -259,7 +269,7 @@ class StrategyConfig(OptimConfig):
     warmup_epochs: Annotated[int, Field(ge=0)] = 1
     # "loss": weight the loss by inverse class frequency, for imbalanced data.
     class_balance: Literal["none", "loss"] = "none"
-    num_workers: Annotated[int, Field(ge=0)] = 0
+    num_workers: Workers = "auto"
     # bfloat16 autocast (CPU and CUDA). Off by default: on CPUs without bf16 units it is slower.
     amp: bool = False
     # torch.compile the model for training (compilation costs time up front).

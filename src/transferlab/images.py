@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 from torchvision.transforms import v2
 
 from transferlab.backbones import Preprocess
@@ -113,9 +113,14 @@ def eval_loader(
     num_workers: int = 0,
     pin_memory: bool = False,
     dataset: ImageDataset | None = None,
+    cache: DecodedCache | None = None,
 ) -> DataLoader:
     """Deterministic batches of ``paths`` in order, preprocessed as the backbone wants."""
-    ds = dataset.with_transform(None) if dataset is not None else ImageDataset(paths, labels, None)
+    ds = (
+        dataset.with_transform(None)
+        if dataset is not None
+        else ImageDataset(paths, labels, None, cache=cache)
+    )
     return DataLoader(
         ds,
         batch_size=batch_size,
@@ -126,26 +131,77 @@ def eval_loader(
     )
 
 
+class DecodedCache:
+    """Decoded images kept in memory up to a byte budget; beyond it, decoded on every access.
+
+    The first images that fit are kept and never evicted: under random access an LRU policy
+    would evict what the next epoch needs, while keeping a fixed set gives a steady hit rate
+    of budget / data size. Memory stays bounded by the budget whatever the data size; small
+    data sets (the default digits) are decoded once per run.
+
+    In DataLoader worker processes (forked) each worker inherits what the parent holds,
+    shared copy-on-write, and takes ``1 / num_workers`` of what is left of the budget, so the
+    total stays within it. Pickled (spawned workers), a cache travels empty.
+    """
+
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget = max(0, int(budget_bytes))
+        self.used = 0
+        self.hits = self.misses = 0
+        self._images: dict[Path, torch.Tensor] = {}
+        self._worker: int | None = None
+
+    def get(self, path: Path) -> torch.Tensor:
+        self._share_among_workers()
+        img = self._images.get(path)
+        if img is not None:
+            self.hits += 1
+            return img
+        self.misses += 1
+        img = v2.functional.pil_to_tensor(load_rgb(path))
+        size = img.numel() * img.element_size()
+        if self.used + size <= self.budget:
+            self._images[path] = img
+            self.used += size
+        return img
+
+    def _share_among_workers(self) -> None:
+        info = get_worker_info()
+        if info is not None and self._worker != info.id:
+            self._worker = info.id
+            self.budget = self.used + (self.budget - self.used) // info.num_workers
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_images": {}, "used": 0}
+
+
+# Decoded images kept in memory by default, per process (base.image_cache_mb overrides it).
+DEFAULT_CACHE_MB = 1024
+
+
 class ImageDataset(Dataset):
     """Decodes images to uint8 RGB tensors and applies ``transform`` (None: leave them uint8,
     for :class:`BatchTransform`).
 
     Grayscale, palette and RGBA inputs all come out as 3-channel RGB, the input every
-    ImageNet backbone expects. Small data sets are decoded once and kept in memory
-    (``cache=True``): decoding is then paid once per run, not once per epoch.
+    ImageNet backbone expects. Images are decoded when first read and kept in ``cache`` (a
+    :class:`DecodedCache`, which may be shared by several datasets of one process) while its
+    byte budget allows: decoding is paid once per run for data that fits, and memory stays
+    bounded for data that does not.
     """
 
     def __init__(
-        self, paths: list[Path], labels: np.ndarray, transform: v2.Transform | None, *, cache: bool = True
+        self,
+        paths: list[Path],
+        labels: np.ndarray,
+        transform: v2.Transform | None,
+        *,
+        cache: DecodedCache | None = None,
     ) -> None:
         self.paths = paths
         self.labels = torch.as_tensor(labels, dtype=torch.long)
         self.transform = transform
-        self._cache: list[torch.Tensor] | None = [self._decode(p) for p in paths] if cache else None
-
-    @staticmethod
-    def _decode(path: Path) -> torch.Tensor:
-        return v2.functional.pil_to_tensor(load_rgb(path))
+        self.cache = cache if cache is not None else DecodedCache(DEFAULT_CACHE_MB * 2**20)
 
     def with_transform(self, transform: v2.Transform | None) -> ImageDataset:
         """The same images (and decoded cache) under another transform."""
@@ -158,5 +214,5 @@ class ImageDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        img = self._cache[i] if self._cache is not None else self._decode(self.paths[i])
+        img = self.cache.get(self.paths[i])
         return (self.transform(img) if self.transform is not None else img), self.labels[i]

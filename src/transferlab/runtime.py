@@ -26,7 +26,9 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def configure_runtime(num_threads: int, device: torch.device | None = None) -> None:
+def configure_runtime(
+    num_threads: int, device: torch.device | None = None, *, channels_last: bool | str = "auto"
+) -> None:
     """Thread count and, on CPU, deterministic algorithms.
 
     Reductions split across threads add in an order that depends on the thread count, so
@@ -34,6 +36,8 @@ def configure_runtime(num_threads: int, device: torch.device | None = None) -> N
     torch's default, the number of cores). Deterministic algorithms cost little on CPU; on
     CUDA they would cost speed and need cuBLAS settings, so they are left off there.
     """
+    global _CHANNELS_LAST
+    _CHANNELS_LAST = channels_last
     if num_threads > 0:
         torch.set_num_threads(num_threads)
     if device is None or device.type == "cpu":
@@ -49,11 +53,35 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def resolve_workers(setting: int | str, device: torch.device) -> int:
+    """DataLoader worker processes for ``num_workers: auto`` (a number is taken as given).
+
+    On CUDA: one per core but one (at most 8), so decoding and augmentation keep the GPU fed
+    while the main process drives it. On CPU: none. The forward and backward passes already
+    use every core through torch's threads, and the benchmark's "workers and threads" table
+    (bench/results/) measures a worker process there as no faster; extraction still overlaps
+    decoding with the forward pass, in a thread (transferlab.features.prefetch).
+    """
+    if setting != "auto":
+        return int(setting)
+    if device.type == "cuda":
+        return max(1, min(8, (os.cpu_count() or 2) - 1))
+    return 0
+
+
+# base.channels_last, set once per process by configure_runtime.
+_CHANNELS_LAST: bool | str = "auto"
+
+
 def memory_format(device: torch.device) -> torch.memory_format:
-    """Channels-last on CPU, where the benchmark measures it faster for both training and
-    inference (the "levers" table of bench/results/cpu-2cores.md). On CUDA it has not been
-    measured here, so it is left contiguous."""
-    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+    """The layout of images and convolution weights (``base.channels_last``). ``auto``:
+    channels-last on CPU, where the benchmark measures it faster for both training and
+    inference (the "levers" table of bench/results/cpu-2cores.md); contiguous on CUDA, where
+    it has not been measured here (the GPU profile in the README turns it on: tensor cores
+    want channels-last under autocast)."""
+    if _CHANNELS_LAST == "auto":
+        return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+    return torch.channels_last if _CHANNELS_LAST else torch.contiguous_format
 
 
 M = TypeVar("M", bound=torch.nn.Module)

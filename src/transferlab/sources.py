@@ -25,7 +25,7 @@ import numpy as np
 import polars as pl
 from PIL import Image
 
-from transferlab._io import sha256_file
+from transferlab._io import parallel_map, sha256_file
 from transferlab.errors import DataError
 from transferlab.manifest import SPLITS, split_columns
 
@@ -80,6 +80,7 @@ def scan_folder(root: Path) -> Collected:
     out = Collected()
     for stray in sorted(p for p in root.iterdir() if p.is_file() and _visible(p)):
         out.problems.append((str(stray), "file outside any class folder"))
+    candidates: list[tuple[Path, str, str | None]] = []
     for split_dir in top if split_layout else [root]:
         split = split_dir.name if split_layout else None
         for cls_dir in _class_dirs(split_dir):
@@ -89,15 +90,16 @@ def scan_folder(root: Path) -> Collected:
             for f in files:
                 if f.is_symlink():
                     out.problems.append((str(f), "symbolic link (not followed)"))
-                    continue
-                if f.suffix.lower() not in IMAGE_SUFFIXES:
+                elif f.suffix.lower() not in IMAGE_SUFFIXES:
                     out.problems.append((str(f), f"not an image file (suffix {f.suffix or 'none'!r})"))
-                    continue
-                reason = check_image(f)
-                if reason:
-                    out.problems.append((str(f), reason))
-                    continue
-                out.items.append((f.relative_to(root).as_posix(), cls_dir.name, split))
+                else:
+                    candidates.append((f, cls_dir.name, split))
+    reasons = parallel_map(check_image, [f for f, _, _ in candidates], desc="checking images")
+    for (f, cls, split), reason in zip(candidates, reasons, strict=True):
+        if reason:
+            out.problems.append((str(f), reason))
+        else:
+            out.items.append((f.relative_to(root).as_posix(), cls, split))
     return out
 
 
@@ -165,10 +167,9 @@ def resolve_problems(collected: Collected, on_bad: str, source: str) -> list[Ite
 
 
 def copy_items(src: Path, items: list[Item], dst: Path) -> None:
-    for rel, _, _ in items:
-        target = dst / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src / rel, target)
+    for parent in sorted({(dst / rel).parent for rel, _, _ in items}):
+        parent.mkdir(parents=True, exist_ok=True)
+    parallel_map(lambda rel: shutil.copy2(src / rel, dst / rel), [rel for rel, _, _ in items], desc="copying")
 
 
 # ------------------------------------------------------------------------------ URL archives

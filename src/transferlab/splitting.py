@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from transferlab._io import sha256_file
+from transferlab._io import parallel_map, sha256_file
 from transferlab.errors import DataError
 from transferlab.manifest import MANIFEST_SCHEMA
 
@@ -120,7 +120,7 @@ def build_manifest(
             "label": labels,
             "class_name": class_list,
             "split": draw(seed),
-            "sha256": [sha256_file(root / p) for p in paths],
+            "sha256": parallel_map(sha256_file, [root / p for p in paths], desc="hashing"),
         },
         schema=MANIFEST_SCHEMA,
     )

@@ -1,0 +1,207 @@
+"""Real data sizes: decoded images held under a byte budget, extraction overlapped with the
+forward pass through bounded queues, workers chosen by default, download checks in parallel.
+
+Speed and memory at scale are measured in the benchmark (bench/bench.py); these tests check
+the mechanisms: what is held, what order comes out, what happens on errors.
+"""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from helpers import make_image_folder
+from torch.utils.data import DataLoader
+
+from transferlab import features as F
+from transferlab._io import parallel_map
+from transferlab.backbones import Preprocess
+from transferlab.features import FeatureStore, Fingerprint, extract_features, prefetch
+from transferlab.images import DecodedCache, ImageDataset, eval_loader
+from transferlab.runtime import resolve_workers
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def pictures(tmp_path):
+    root = tmp_path / "img"
+    items = make_image_folder(root, classes=2, per_class=5, size=16)  # 16x16 gray -> RGB 768 bytes
+    return [root / rel for rel, _ in items], np.array([int(c[1:]) for _, c in items])
+
+
+def test_cache_keeps_what_fits_and_decodes_the_rest_every_time(pictures):
+    paths, labels = pictures
+    one = 16 * 16 * 3
+    cache = DecodedCache(budget_bytes=3 * one + 10)  # room for three images
+    ds = ImageDataset(paths, labels, None, cache=cache)
+    first = [ds[i][0] for i in range(len(ds))]
+    assert cache.used == 3 * one <= cache.budget
+    assert (cache.hits, cache.misses) == (0, 10)
+    second = [ds[i][0] for i in range(len(ds))]
+    assert (cache.hits, cache.misses) == (3, 17)  # the three kept ones hit; the rest decode again
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+    assert cache.used == 3 * one  # it did not grow
+
+
+def test_results_do_not_depend_on_the_budget(pictures):
+    paths, labels = pictures
+    pre = Preprocess(8, (0.5,) * 3, (0.5,) * 3)
+    batches = [
+        torch.cat([x for x, _ in eval_loader(paths, labels, pre, 4, cache=DecodedCache(budget))])
+        for budget in (0, 10**9)
+    ]
+    assert torch.equal(batches[0], batches[1])
+
+
+def test_workers_share_the_budget_and_see_the_same_images(pictures):
+    """Each of two worker processes takes half of what is left; batches equal the in-process ones."""
+    paths, labels = pictures
+    cache = DecodedCache(budget_bytes=4 * 768)
+    ds = ImageDataset(paths, labels, None, cache=cache)
+    ds[0]  # the parent holds one image, which forked workers inherit
+
+    def held(_):
+        info = torch.utils.data.get_worker_info()
+        assert info is not None
+        c = info.dataset.cache
+        return torch.tensor([c.budget, c.used])
+
+    probe = DataLoader(ds, batch_size=1, num_workers=2, collate_fn=held)
+    for budget, used in (b.tolist() for b in probe):
+        assert budget == 768 + (3 * 768) // 2  # inherited + half of the rest
+        assert used <= budget
+    inline = [x for x, _ in DataLoader(ds, batch_size=3)]
+    workers = [x for x, _ in DataLoader(ds, batch_size=3, num_workers=2)]
+    assert all(torch.equal(a, b) for a, b in zip(inline, workers, strict=True))
+
+
+def test_a_pickled_cache_travels_empty(pictures):
+    import pickle
+
+    paths, labels = pictures
+    cache = DecodedCache(10**6)
+    cache.get(paths[0])
+    copy = pickle.loads(pickle.dumps(cache))
+    assert copy.used == 0 and copy.budget == 10**6 and cache.used > 0
+
+
+def test_prefetch_keeps_order_and_bounds_what_is_ahead():
+    produced = []
+
+    def items():
+        for i in range(20):
+            produced.append(i)
+            yield i
+
+    seen = []
+    for i in prefetch(items(), depth=2):
+        time.sleep(0.002)
+        # the producer is never more than the queue (2) plus the item in its hand ahead
+        assert len(produced) - len(seen) <= 4
+        seen.append(i)
+    assert seen == list(range(20))
+
+
+def test_prefetch_raises_the_producers_error_and_stops_when_abandoned():
+    def broken():
+        yield 1
+        raise OSError("disk gone")
+
+    with pytest.raises(OSError, match="disk gone"):
+        list(prefetch(broken()))
+    before = threading.active_count()
+    gen = prefetch(iter(range(10**6)), depth=2)
+    assert next(gen) == 0
+    gen.close()  # the consumer stops early: the thread must finish, not block on a full queue
+    time.sleep(0.2)
+    assert threading.active_count() <= before
+
+
+def test_extraction_through_the_pipeline_equals_a_plain_forward(tmp_path, lite0_32, monkeypatch):
+    """Prefetch thread, writer thread, shards: the store holds the forward's features in order."""
+    monkeypatch.setattr(F, "SHARD_ROWS", 4)
+    monkeypatch.setattr(F, "CHUNK_ROWS", 2)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(13, 3, 32, 32, generator=g), torch.randint(0, 3, (13,), generator=g)
+    loader = DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=3)
+    out = tmp_path / "store"
+    extract_features(
+        lite0_32, {"images": loader}, {"images": np.arange(13)}, out, Fingerprint.of(lite0_32, "m"), CPU
+    )
+    feats, labels, rows = FeatureStore.open(out).load("images")
+    with torch.no_grad():
+        expect = lite0_32.eval()(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(feats, expect, rtol=1e-4, atol=1e-5)
+    assert torch.equal(labels, y) and np.array_equal(rows, np.arange(13))
+
+
+def test_a_failed_write_fails_extraction_and_publishes_nothing(tmp_path, lite0_32, monkeypatch):
+    def full_disk(self, *args):
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(F._SplitWriter, "append", full_disk)
+    g = torch.Generator().manual_seed(0)
+    loader = DataLoader(
+        torch.utils.data.TensorDataset(torch.randn(6, 3, 32, 32, generator=g), torch.zeros(6)), batch_size=3
+    )
+    with pytest.raises(OSError, match="no space left"):
+        extract_features(
+            lite0_32,
+            {"images": loader},
+            {"images": np.arange(6)},
+            tmp_path / "store",
+            Fingerprint.of(lite0_32, "m"),
+            CPU,
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_workers_auto_is_none_on_cpu_and_feeds_a_gpu(monkeypatch):
+    assert resolve_workers("auto", CPU) == 0
+    assert resolve_workers(3, CPU) == 3
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert resolve_workers("auto", torch.device("cuda")) == 8
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert resolve_workers("auto", torch.device("cuda")) == 1
+
+
+def test_parallel_map_keeps_order():
+    assert parallel_map(lambda i: i * i, list(range(500)), desc="squares") == [i * i for i in range(500)]
+
+
+def test_extraction_under_bf16_autocast_stores_float32_close_to_full_precision(tmp_path, lite0_32):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 3, 32, 32, generator=g)
+    loader = DataLoader(torch.utils.data.TensorDataset(x, torch.zeros(6, dtype=torch.long)), batch_size=3)
+    stores = {}
+    for amp in (False, True):
+        out = tmp_path / f"store-{amp}"
+        extract_features(
+            lite0_32,
+            {"images": loader},
+            {"images": np.arange(6)},
+            out,
+            Fingerprint.of(lite0_32, "m"),
+            CPU,
+            amp=amp,
+        )
+        stores[amp] = FeatureStore.open(out).load("images")[0]
+    assert stores[True].dtype == torch.float32
+    assert not torch.equal(stores[True], stores[False])  # autocast did run in bfloat16
+    cos = torch.nn.functional.cosine_similarity(stores[True], stores[False])
+    assert cos.min() > 0.99
+
+
+def test_channels_last_setting(monkeypatch):
+    from transferlab import runtime
+
+    cuda = torch.device("cuda")
+    for setting, on_cpu, on_cuda in (
+        ("auto", torch.channels_last, torch.contiguous_format),
+        (True, torch.channels_last, torch.channels_last),
+        (False, torch.contiguous_format, torch.contiguous_format),
+    ):
+        monkeypatch.setattr(runtime, "_CHANNELS_LAST", setting)
+        assert runtime.memory_format(CPU) == on_cpu and runtime.memory_format(cuda) == on_cuda
