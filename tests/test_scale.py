@@ -119,7 +119,8 @@ def test_prefetch_raises_the_producers_error_and_stops_when_abandoned():
     assert threading.active_count() <= before
 
 
-def test_extraction_through_the_pipeline_equals_a_plain_forward(tmp_path, lite0_32, monkeypatch):
+@pytest.mark.parametrize("overlap", [True, False])
+def test_extraction_through_the_pipeline_equals_a_plain_forward(tmp_path, lite0_32, monkeypatch, overlap):
     """Prefetch thread, writer thread, shards: the store holds the forward's features in order."""
     monkeypatch.setattr(F, "SHARD_ROWS", 4)
     monkeypatch.setattr(F, "CHUNK_ROWS", 2)
@@ -128,7 +129,13 @@ def test_extraction_through_the_pipeline_equals_a_plain_forward(tmp_path, lite0_
     loader = DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=3)
     out = tmp_path / "store"
     extract_features(
-        lite0_32, {"images": loader}, {"images": np.arange(13)}, out, Fingerprint.of(lite0_32, "m"), CPU
+        lite0_32,
+        {"images": loader},
+        {"images": np.arange(13)},
+        out,
+        Fingerprint.of(lite0_32, "m"),
+        CPU,
+        overlap=overlap,
     )
     feats, labels, rows = FeatureStore.open(out).load("images")
     with torch.no_grad():
@@ -137,7 +144,8 @@ def test_extraction_through_the_pipeline_equals_a_plain_forward(tmp_path, lite0_
     assert torch.equal(labels, y) and np.array_equal(rows, np.arange(13))
 
 
-def test_a_failed_write_fails_extraction_and_publishes_nothing(tmp_path, lite0_32, monkeypatch):
+@pytest.mark.parametrize("overlap", [True, False])
+def test_a_failed_write_fails_extraction_and_publishes_nothing(tmp_path, lite0_32, monkeypatch, overlap):
     def full_disk(self, *args):
         raise OSError("no space left on device")
 
@@ -154,6 +162,7 @@ def test_a_failed_write_fails_extraction_and_publishes_nothing(tmp_path, lite0_3
             tmp_path / "store",
             Fingerprint.of(lite0_32, "m"),
             CPU,
+            overlap=overlap,
         )
     assert list(tmp_path.iterdir()) == []
 

@@ -29,10 +29,12 @@ normalization, crop and the manifest's content hash. A reader states what it exp
 Rows are written batch by batch through a buffer aligned to shard boundaries, so memory is
 bounded by one shard and every shard is written exactly once.
 
-Extraction keeps the backbone busy: batches are decoded and transformed ahead of the
-forward pass (in DataLoader workers, or in a prefetch thread when there are none) and
+On a GPU, extraction keeps the backbone busy: batches are decoded and transformed ahead of
+the forward pass (in DataLoader workers, or in a prefetch thread when there are none) and
 written to the store by a writer thread, each through a queue of ``PIPELINE_DEPTH`` batches,
-so that memory stays bounded and the forward pass never waits for a write.
+so that memory stays bounded and the forward pass never waits for a write. On a CPU the
+forward pass itself uses every core, and the same steps run in series (see
+:func:`extract_features`).
 """
 
 from __future__ import annotations
@@ -238,17 +240,24 @@ def extract_features(
     fingerprint: Fingerprint,
     device: torch.device,
     *,
-    overlap: bool = True,
+    overlap: bool | None = None,
     amp: bool = False,
 ) -> ExtractionStats:
     """Run the frozen ``backbone`` over every split and write the store at ``out``.
 
     ``loaders[split]`` yields (images, labels) in the order of ``rows[split]``. The store
-    appears at ``out`` only when every split is complete. Loaders without worker processes
-    are run in a prefetch thread (:func:`prefetch`); writes go through a writer thread.
-    ``overlap=False`` runs everything in series (the benchmark's "off" setting). ``amp``
+    appears at ``out`` only when every split is complete.
+
+    ``overlap``: loaders without worker processes run in a prefetch thread (:func:`prefetch`)
+    and writes go through a writer thread, so the forward pass does not wait for either.
+    ``None`` (the default) overlaps on CUDA, where the CPU is free while the GPU computes,
+    and not on CPU, where the forward pass already keeps every core busy: there the
+    benchmark measures the extra thread as slower than running in series (it preempts
+    torch's worker threads, and every parallel op waits for its slowest thread). ``amp``
     runs the forward pass under bfloat16 autocast; features are stored as float32.
     """
+    if overlap is None:
+        overlap = device.type == "cuda"
     place(backbone.eval(), device)
     fwd = 0.0
     split_seconds: dict[str, float] = {}
