@@ -139,7 +139,7 @@ def extraction(paths, labels, size: int, batch: int, device, tmp: Path, repeats:
     fp = Fingerprint.of(backbone, "bench")
     runs: dict[str, list[float]] = {"bare": [], "on": [], "off": []}
     profile: dict[str, float] = {}
-    for r in range(repeats):
+    for _ in range(repeats):
         runs["bare"].append(bare_forward_ips(backbone, size, batch, len(paths), device))
         for overlap in (True, False):
             loader = eval_loader(paths, labels, backbone.preprocess, batch, cache=DecodedCache(2**31))
