@@ -16,7 +16,7 @@ from transferlab import layout
 from transferlab._io import write_json
 from transferlab.cli import run_stage
 from transferlab.config import load_params
-from transferlab.evaluation import evaluate_all
+from transferlab.evaluation import evaluate_all, recommendation
 from transferlab.manifest import read_manifest
 
 
@@ -32,6 +32,7 @@ def main(args: argparse.Namespace) -> None:
     write_json(out / "details.json", details)
     write_json(out / "comparisons.json", comparisons)
     write_json(out / "metrics.json", metrics)
+    write_json(layout.RECOMMENDATION, recommendation(metrics, details))
     for name in [*heads, *strategies]:
         m = metrics[name]
         picked = details["models"][name]["protocol"]["picked"]

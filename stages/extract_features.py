@@ -38,7 +38,8 @@ def main(args: argparse.Namespace) -> None:
     bcfg, cfg, aug = p.backbone, p.extract_features, p.augment
     check_backbone_name(bcfg.name)
     device = resolve_device(p.base.device)
-    configure_runtime(p.base.num_threads, device, channels_last=p.base.channels_last)
+    workers = resolve_workers(cfg.num_workers, device)
+    configure_runtime(p.base.num_threads, device, channels_last=p.base.channels_last, workers=workers)
     manifest = read_manifest(layout.MANIFEST)
     backbone = create_backbone(bcfg.name, bcfg.image_size, bcfg.weights, crop_pct=bcfg.crop_pct)
     pre = backbone.preprocess
@@ -50,7 +51,6 @@ def main(args: argparse.Namespace) -> None:
         labels=manifest["label"].to_numpy().astype(np.int64),
     ).permuted(p.base.seed)
     pin = device.type == "cuda"
-    workers = resolve_workers(cfg.num_workers, device)
     # Images are decoded as they are read and kept while base.image_cache_mb allows, so the
     # augmented views below reuse them; larger data sets are decoded again, never all held.
     decoded = ImageDataset(
@@ -112,6 +112,7 @@ def main(args: argparse.Namespace) -> None:
         "store_files": sum(1 for f in layout.FEATURES.rglob("*") if f.is_file()),
         "peak_rss_bytes": peak_rss_bytes(),
         "num_workers": workers,
+        "prefetched": stats.prefetched,
         "amp": cfg.amp,
         "cache": {"budget_mb": p.base.image_cache_mb, "held_mb": round(decoded.cache.used / 2**20, 1)},
         "device": str(device),

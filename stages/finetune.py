@@ -67,7 +67,8 @@ def main(args: argparse.Namespace) -> None:
         raise ConfigError(f"finetune.{strategy}.lr: {args.lr} is not in the grid {cfg.lr}")
     check_backbone_name(bcfg.name)
     device = resolve_device(base.device)
-    configure_runtime(base.num_threads, device, channels_last=base.channels_last)
+    workers = resolve_workers(cfg.num_workers, device)
+    configure_runtime(base.num_threads, device, channels_last=base.channels_last, workers=workers)
     run = layout.run_name(strategy, args.seed, args.lr)
     generator = seed_everything(args.seed)
     manifest = read_manifest(layout.MANIFEST)
@@ -104,7 +105,6 @@ def main(args: argparse.Namespace) -> None:
     # One decoded-image cache under base.image_cache_mb for the run's three splits: what
     # fits is decoded once per run, the rest per epoch, and memory never grows with the data.
     cache = DecodedCache(base.image_cache_mb * 2**20)
-    workers = resolve_workers(cfg.num_workers, device)
     train_ds = ImageDataset(
         train.paths,
         train.labels,

@@ -8,7 +8,6 @@ Run through `dvc repro`; by hand: ``python stages/report.py``.
 """
 
 import argparse
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,27 +16,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run the 
 import yaml
 
 from transferlab import layout
-from transferlab._io import publish, read_json
+from transferlab._io import code_version, publish, read_json
 from transferlab.cli import run_stage
 from transferlab.config import load_params
 from transferlab.report import build
-
-
-def code_version() -> str:
-    """The git commit, marked dirty when tracked files differ from it."""
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        return rev + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main(args: argparse.Namespace) -> None:

@@ -53,3 +53,9 @@ def test_run_names_round_trip():
     for model, seed, lr in (("features", 0, None), ("lp-ft", 3, "0.001"), ("full", 1, "1e-05")):
         name = layout.run_name(model, seed, lr)
         assert layout.parse_run(name) == (model, seed, float(lr) if lr else None)
+
+
+def test_export_paths():
+    assert layout.RECOMMENDATION.as_posix() in _outs("evaluate")
+    assert layout.RECOMMENDATION.as_posix() in STAGES["export"]["deps"]
+    assert layout.RECOMMENDED.as_posix() in _outs("export")

@@ -80,8 +80,25 @@ def set_params(project: Path, over: dict) -> None:
     p.write_text(yaml.safe_dump(_merge(yaml.safe_load(p.read_text()), over), sort_keys=False))
 
 
-def ran(output: str) -> set[str]:
+def _stages_run(output: str) -> set[str]:
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
+
+
+def ran(output: str) -> set[str]:
+    """The stages `dvc repro` ran, but export, which :func:`repro` checks on its own."""
+    return _stages_run(output) - {"export"}
+
+
+def repro(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`dvc repro`, checking that export re-ran exactly when recommended.json changed: the
+    recommended model is exported again when, and only when, it or its checkpoint changed."""
+    rec = project / "results/evaluate/recommended.json"
+    before = rec.read_bytes() if rec.is_file() else None
+    res = dvc(project, "repro", *args, check=check)
+    if res.returncode == 0:
+        after = rec.read_bytes() if rec.is_file() else None
+        assert ("export" in _stages_run(res.stdout)) == (before != after), res.stdout
+    return res
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +122,7 @@ def project(tmp_path_factory) -> Path:
 
 class TestPipeline:
     def test_repro_runs_every_stage(self, project):
-        res = dvc(project, "repro")
+        res = repro(project)
         assert ran(res.stdout) == {
             "download",
             "extract-features",
@@ -182,13 +199,50 @@ class TestPipeline:
         assert (project / "reports/learning_curves.png").stat().st_size > 10_000
         page = (project / "reports/report.html").read_text()
         assert page.count("data:image/png;base64,") == 4 and "Recommendation" in page
+        # the recommended model, exported: checkpoint, TorchScript, ONNX, model card
+        assert "export" in _stages_run(res.stdout)
+        rec = json.loads((project / "results/evaluate/recommended.json").read_text())
+        assert rec["model"] == v["recommended"] and rec["run"] in {
+            r["run"] for r in details["models"][rec["model"]]["runs"].values()
+        }
+        exported = project / "models/recommended"
+        assert {p.name for p in exported.iterdir()} == {
+            "checkpoint.pt",
+            "model.ts",
+            "model.onnx",
+            "model_card.md",
+            "model_card.json",
+        }
+        card = json.loads((exported / "model_card.json").read_text())
+        assert card["run"] == rec["run"] and card["classes"] == details["classes"]
+        assert card["exports"]["model.ts"]["max_abs_logit_diff"] <= 1e-3
         assert "changed" not in dvc(project, "status").stdout  # everything up to date
         run(project, "git", "add", "-A")
         run(project, "git", "commit", "-qm", "first run")
 
+    def test_predict_recommended_as_the_pipeline_scored_it(self, project, tmp_path):
+        """`transferlab predict recommended` on the test images, through the console script
+        `make setup` installs: the classes the recommended run's scoring recorded."""
+        rec = json.loads((project / "results/evaluate/recommended.json").read_text())
+        scored = json.loads((project / f"results/{rec['run']}/predictions.json").read_text())
+        out = tmp_path / "preds.csv"
+        exe = Path(sys.executable).parent / "transferlab"
+        images = [str(project / "data/raw" / i) for i in scored["test"]["ids"]]
+        run(project, str(exe), "predict", "recommended", *images, "--out", str(out), "--top-k", "2")
+        import csv
+
+        rows = list(csv.DictReader(out.open()))
+        assert [r["path"] for r in rows] == images
+        assert [r["class_1"] for r in rows] == [scored["classes"][c] for c in scored["test"]["pred"]]
+        probs = [float(r["prob_1"]) for r in rows]
+        assert max(abs(a - b) for a, b in zip(probs, scored["test"]["prob"], strict=True)) < 1e-3
+        # a folder of the user's own images, as the README shows it
+        res = run(project, str(exe), "predict", "recommended", str(project / "data/raw"), "--top-k", "1")
+        assert res.stdout.startswith("path,class_1,prob_1\n") and res.stdout.count("\n") == 61
+
     def test_head_param_change_reruns_only_heads_evaluate_report(self, project):
         set_params(project, {"train_head": {"linear": {"l2": [0.1, 1.0]}}})
-        res = dvc(project, "repro")
+        res = repro(project)
         # lp-ft starts from the head's checkpoint, so it (and no other strategy) follows the head.
         assert ran(res.stdout) == {*HEADS, LP_FT, "evaluate", "report"}
         assert "Stage 'extract-features' didn't change, skipping" in res.stdout
@@ -202,7 +256,7 @@ class TestPipeline:
         # but they are part of data/models, which it depends on: remove them (README).
         shutil.rmtree(project / "data/models/partial-s0-lr0.001")
         shutil.rmtree(project / "results/partial-s0-lr0.001")
-        res = dvc(project, "repro")
+        res = repro(project)
         assert ran(res.stdout) == {"finetune-partial@0-0.002", "evaluate", "report"}
         run(project, "git", "add", "-A")
         run(project, "git", "commit", "-qm", "partial lr")
@@ -213,7 +267,7 @@ class TestPipeline:
         every metric comes out exactly as before."""
         before = json.loads((project / "results/evaluate/metrics.json").read_text())
         set_params(project, {"base": {"image_cache_mb": 0}})
-        res = dvc(project, "repro")
+        res = repro(project)
         assert "extract-features" in ran(res.stdout) and END_TO_END <= ran(res.stdout)
         extract = json.loads((project / "results/extract/extract.json").read_text())
         assert extract["cache"] == {"budget_mb": 0, "held_mb": 0.0}
@@ -226,7 +280,7 @@ class TestPipeline:
 
     def test_bad_param_fails_with_one_clear_line(self, project):
         set_params(project, {"train_head": {"linear": {"l2": [-1]}}})
-        res = dvc(project, "repro", check=False)
+        res = repro(project, check=False)
         assert res.returncode != 0
         assert (
             "error: params.yaml: train_head.linear.l2.0: Input should be greater than 0 (got -1)"
@@ -242,7 +296,7 @@ class TestPipeline:
 
     def test_adding_a_seed_runs_only_the_new_seed(self, project):
         set_params(project, {"base": {"seeds": [0, 1]}})
-        res = dvc(project, "repro")
+        res = repro(project)
         new = (
             {s[:-1] + "1" for s in HEADS}
             | {s.replace("@0-", "@1-") for s in (*END_TO_END, LP_FT) if "partial" not in s}
@@ -258,7 +312,7 @@ class TestPipeline:
     def test_queued_experiments_compare_in_exp_show(self, project):
         set_params(project, {"base": {"seeds": [0]}})
         run(project, "git", "commit", "-qam", "one seed")
-        dvc(project, "repro")  # back to one seed: only evaluate and report re-run
+        repro(project)  # back to one seed: only evaluate and report re-run
         run(project, "git", "commit", "-qam", "one seed results")
         # the two kinds of two-stage head: the L-BFGS probe and the MLP over its rate grid
         dvc(
@@ -324,7 +378,7 @@ class TestPipeline:
                 | {"full": {"lr": [1e-3]}},
             },
         )
-        res = dvc(project, "repro")
+        res = repro(project)
         assert "Running stage 'download'" in res.stdout  # a new splitting is new data
         details = json.loads((project / "results/evaluate/details.json").read_text())
         splits = details["splits"]

@@ -214,3 +214,45 @@ def test_channels_last_setting(monkeypatch):
     ):
         monkeypatch.setattr(runtime, "_CHANNELS_LAST", setting)
         assert runtime.memory_format(CPU) == on_cpu and runtime.memory_format(cuda) == on_cuda
+
+
+def _slow_batches(n: int, delay: float, g: torch.Generator):
+    for _ in range(n):
+        time.sleep(delay)  # an input-bound loader: decoding large images
+        yield torch.randn(2, 3, 32, 32, generator=g), torch.zeros(2, dtype=torch.long)
+
+
+@pytest.mark.parametrize(("delay", "expect"), [(0.0, False), (0.3, True)])
+def test_cpu_extraction_prefetches_only_when_input_bound(tmp_path, lite0_32, delay, expect):
+    """On CPU the default starts in series and switches to the prefetch thread only when the
+    first batches waited for input longer than a quarter of their forward time."""
+    n = F.PROBE_BATCHES + 3
+    stats = extract_features(
+        lite0_32,
+        {"images": _slow_batches(n, delay, torch.Generator().manual_seed(0))},
+        {"images": np.arange(2 * n)},
+        tmp_path / "store",
+        Fingerprint.of(lite0_32, "m"),
+        CPU,
+    )
+    assert stats.prefetched == {"images": expect}
+    feats, _, rows = FeatureStore.open(tmp_path / "store").load("images")
+    x = torch.cat([b for b, _ in _slow_batches(n, 0.0, torch.Generator().manual_seed(0))])
+    with torch.no_grad():
+        expect_feats = lite0_32.eval()(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(feats, expect_feats, rtol=1e-4, atol=1e-5)
+    assert np.array_equal(rows, np.arange(2 * n))
+
+
+def test_workers_leave_their_cores_to_them(monkeypatch):
+    from transferlab.runtime import configure_runtime
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    try:
+        configure_runtime(0, CPU, workers=1)
+        assert torch.get_num_threads() == 3
+        configure_runtime(2, CPU, workers=1)  # an explicit base.num_threads wins
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

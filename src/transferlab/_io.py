@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -88,3 +89,20 @@ def parallel_map(fn: Callable[[T], R], items: Sequence[T], desc: str) -> list[R]
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = pool.map(fn, items) if workers > 1 else map(fn, items)
         return list(tqdm(results, total=len(items), desc=desc, disable=None, leave=False))
+
+
+def code_version() -> str:
+    """The git commit, marked dirty when tracked files differ from it."""
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"

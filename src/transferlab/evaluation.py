@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 
 from transferlab import layout, registry
-from transferlab._io import read_json
+from transferlab._io import read_json, sha256_file
 from transferlab.errors import FingerprintMismatch
 from transferlab.manifest import manifest_fingerprint, split_column, split_columns
 from transferlab.metrics import per_class_f1
@@ -444,3 +444,34 @@ def evaluate_all(
     details["fingerprint"] = extract.get("fingerprint") or {}
     details["split_sizes"] = dict(manifest.group_by("split").len().iter_rows())
     return metrics, details, comparisons
+
+
+def recommendation(metrics: dict[str, Any], details: dict[str, Any]) -> dict[str, Any]:
+    """Which checkpoint stands for the recommended model: of its runs (one per seed), the one
+    with the highest validation accuracy (ties: lower validation loss, then the first seed),
+    chosen on validation like everything else. Its SHA-256 goes with it, so the export
+    stage, which depends on this file, re-runs exactly when the recommendation or that
+    checkpoint changes."""
+    v = details["verdict"]
+    model = v["recommended"]
+    runs = details["models"][model]["runs"]
+    seed = min(runs, key=lambda s: (-runs[s]["val"]["accuracy"], runs[s]["val"]["nll"], int(s)))
+    run = runs[seed]["run"]
+    ckpt = layout.checkpoint(run)
+    return {
+        "model": model,
+        "run": run,
+        "seed": int(seed),
+        "checkpoint": ckpt.as_posix(),
+        "checkpoint_sha256": sha256_file(ckpt),
+        "metrics": metrics[model],
+        "run_test": {k: runs[seed]["scores"][k] for k in ("accuracy", "macro_f1", "nll", "ece")},
+        "run_val": runs[seed]["val"],
+        "chosen": {
+            "best_on_val": v["best_on_val"],
+            "tie_set": v["tie_set"],
+            "rule": v["rule"],
+            "run": "of the model's runs (one per seed), the highest validation accuracy",
+        },
+        "protocol": details["models"][model]["protocol"],
+    }

@@ -44,7 +44,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +158,8 @@ class ExtractionStats:
     forward_seconds: float
     split_seconds: dict[str, float]
     split_images: dict[str, int]
+    # per split: whether its input ran in the prefetch thread (see extract_features)
+    prefetched: dict[str, bool] = field(default_factory=dict)
 
     @property
     def images_per_s(self) -> float:
@@ -231,6 +233,12 @@ class _BackgroundWriter:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+# overlap=None on CPU: after PROBE_BATCHES batches in series (the first left out: it pays for
+# warm-up), prefetch when waiting for input took more than this fraction of the forward time.
+PROBE_BATCHES = 4
+OVERLAP_WHEN = 0.25
+
+
 @torch.inference_mode()
 def extract_features(
     backbone: Backbone,
@@ -250,20 +258,25 @@ def extract_features(
 
     ``overlap``: loaders without worker processes run in a prefetch thread (:func:`prefetch`)
     and writes go through a writer thread, so the forward pass does not wait for either.
-    ``None`` (the default) overlaps on CUDA, where the CPU is free while the GPU computes,
-    and not on CPU, where the forward pass already keeps every core busy: there the
-    benchmark measures the extra thread as slower than running in series (it preempts
-    torch's worker threads, and every parallel op waits for its slowest thread). ``amp``
-    runs the forward pass under bfloat16 autocast; features are stored as float32.
+    ``None`` (the default) decides: on CUDA it overlaps (the CPU is free while the GPU
+    computes); on CPU the forward pass already keeps every core busy and an extra thread
+    slows it down (it preempts torch's threads, and each parallel op waits for its slowest
+    thread), which pays only when input is expensive. So on CPU each split starts in series,
+    times its first batches, and switches to the prefetch thread when waiting for input took
+    more than ``OVERLAP_WHEN`` of the forward time: the benchmark measures the prefetch thread
+    slower on the small default digits and faster on 512 px JPEGs. ``amp`` runs the forward
+    pass under bfloat16 autocast; features are stored as float32.
     """
+    probe = overlap is None and device.type != "cuda"
     if overlap is None:
         overlap = device.type == "cuda"
     place(backbone.eval(), device)
     fwd = 0.0
     split_seconds: dict[str, float] = {}
     split_images: dict[str, int] = {}
+    prefetched: dict[str, bool] = {}
     t0 = time.perf_counter()
-    background = _BackgroundWriter(depth=PIPELINE_DEPTH if overlap else 0)
+    background = _BackgroundWriter(depth=PIPELINE_DEPTH if overlap or probe else 0)
     try:
         with publish(out) as tmp:
             group = zarr.open_group(tmp, mode="w")
@@ -274,14 +287,30 @@ def extract_features(
                 writer = _SplitWriter(group, split, len(split_rows), backbone.num_features)
                 pos = 0
                 in_workers = getattr(loader, "num_workers", 0) > 0
-                batches = prefetch(loader) if overlap and not in_workers else loader
-                for images, labels in batches:
+                source: Iterator[tuple[torch.Tensor, torch.Tensor]] = iter(loader)
+                prefetched[split] = overlap and not in_workers
+                if prefetched[split]:
+                    source = prefetch(source)
+                probing = probe and not in_workers
+                waited = computed = 0.0
+                n = 0
+                while True:
+                    t = time.perf_counter()
+                    try:
+                        images, labels = next(source)
+                    except StopIteration:
+                        break
+                    t_wait = time.perf_counter() - t
+                    n += 1
                     images = images.to(device, non_blocking=True, memory_format=memory_format(device))
                     t = time.perf_counter()
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                         feats = backbone(images).float()
                     sync(device)
-                    fwd += time.perf_counter() - t
+                    dt = time.perf_counter() - t
+                    fwd += dt
+                    if n > 1:  # the first batch pays for warm-up
+                        waited, computed = waited + t_wait, computed + dt
                     k = len(labels)
                     background.submit(
                         writer.append,
@@ -290,6 +319,11 @@ def extract_features(
                         split_rows[pos : pos + k],
                     )
                     pos += k
+                    if probing and n == PROBE_BATCHES:
+                        probing = False
+                        if waited > OVERLAP_WHEN * computed:  # input-bound: hide it
+                            source = prefetch(source)  # the rest of the same iterator
+                            prefetched[split] = True
                 background.submit(writer.close)
                 background.drain()
                 split_seconds[split] = time.perf_counter() - t_split
@@ -302,6 +336,7 @@ def extract_features(
         forward_seconds=fwd,
         split_seconds=split_seconds,
         split_images=split_images,
+        prefetched=prefetched,
     )
 
 

@@ -15,6 +15,11 @@ FEATURES = DATA / "features"
 MODELS = DATA / "models"
 RESULTS = Path("results")
 REPORTS = Path("reports")
+# The model the report recommends, exported (stage export): checkpoint, TorchScript, ONNX,
+# model card. Outside data/ on purpose: it is what a user takes away.
+RECOMMENDED = Path("models") / "recommended"
+# evaluate's pointer to it: which run, and the SHA-256 of its checkpoint.
+RECOMMENDATION = RESULTS / "evaluate" / "recommended.json"
 
 # The two-stage model (head on cached features) is called "features" everywhere.
 FEATURES_MODEL = "features"

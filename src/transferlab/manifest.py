@@ -25,6 +25,8 @@ import polars as pl
 from transferlab.errors import DataError
 
 SPLITS = ("train", "val", "test")
+# Files taken as images, by suffix (case-insensitive): in a data folder and by `transferlab predict`.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
 MANIFEST_SCHEMA = {
     "path": pl.String,

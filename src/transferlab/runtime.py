@@ -27,7 +27,11 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def configure_runtime(
-    num_threads: int, device: torch.device | None = None, *, channels_last: bool | str = "auto"
+    num_threads: int,
+    device: torch.device | None = None,
+    *,
+    channels_last: bool | str = "auto",
+    workers: int = 0,
 ) -> None:
     """Thread count and, on CPU, deterministic algorithms.
 
@@ -40,6 +44,10 @@ def configure_runtime(
     _CHANNELS_LAST = channels_last
     if num_threads > 0:
         torch.set_num_threads(num_threads)
+    elif workers > 0 and (device is None or device.type == "cpu"):
+        # DataLoader workers take cores too: one torch thread per remaining core, since the
+        # benchmark measures the oversubscribed setting slower ("workers and threads")
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
     if device is None or device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
 

@@ -27,9 +27,7 @@ from PIL import Image
 
 from transferlab._io import parallel_map, sha256_file
 from transferlab.errors import DataError
-from transferlab.manifest import SPLITS, split_columns
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+from transferlab.manifest import IMAGE_SUFFIXES, SPLITS, split_columns
 
 Item = tuple[str, str, str | None]  # (path relative to the raw root, class name, split or None)
 
