@@ -170,7 +170,8 @@ def card_markdown(card: dict[str, Any]) -> str:
             f"# Model card: {card['model']} ({card['run']})",
             "",
             f"Recommended by transferlab: {chosen['rule']}. Best on validation: {chosen['best_on_val']}; "
-            f"the test split could not separate it from: {', '.join(chosen['tie_set'])}. "
+            f"the test split could not separate it from: "
+            f"{', '.join(m for m in chosen['tie_set'] if m != chosen['best_on_val']) or 'no other model'}. "
             f"Exported run: {chosen['run']}.",
             "",
             "## Use",
@@ -192,7 +193,12 @@ def card_markdown(card: dict[str, Any]) -> str:
             f"accuracy {m['this_run']['test']['accuracy']:.4f}.",
             "",
             f"Cost: {card['cost']['total_time_s']:.1f} s in total (training {card['cost']['train_time_s']:.1f} s), "
-            f"{card['cost']['trainable_params']:,} of {card['cost']['total_params']:,} parameters trained.",
+            + (
+                f"{card['cost']['trainable_params']:,} parameters trained: a head on the frozen backbone's "
+                "cached features."
+                if card["kind"] == "head"
+                else f"{card['cost']['trainable_params']:,} of {card['cost']['total_params']:,} parameters trained."
+            ),
             "",
             "## Provenance",
             "",
