@@ -218,6 +218,10 @@ class _BackgroundWriter:
         self.depth = depth
 
     def submit(self, fn: Any, *args: Any) -> None:
+        if self.depth == 0:  # in series: here, after what is still pending
+            self.drain()
+            fn(*args)
+            return
         self._pending.append(self._pool.submit(fn, *args))
         while len(self._pending) > self.depth:
             self._pending.pop(0).result()  # raises the write's error, if any
@@ -276,7 +280,9 @@ def extract_features(
     split_images: dict[str, int] = {}
     prefetched: dict[str, bool] = {}
     t0 = time.perf_counter()
-    background = _BackgroundWriter(depth=PIPELINE_DEPTH if overlap or probe else 0)
+    # writes run in the writer thread only while the input runs in the prefetch thread: on a
+    # CPU in series even a short-lived second thread slows the forward pass measurably
+    background = _BackgroundWriter(depth=PIPELINE_DEPTH if overlap else 0)
     try:
         with publish(out) as tmp:
             group = zarr.open_group(tmp, mode="w")
@@ -291,6 +297,7 @@ def extract_features(
                 prefetched[split] = overlap and not in_workers
                 if prefetched[split]:
                     source = prefetch(source)
+                background.depth = PIPELINE_DEPTH if overlap else 0
                 probing = probe and not in_workers
                 waited = computed = 0.0
                 n = 0
@@ -324,6 +331,7 @@ def extract_features(
                         if waited > OVERLAP_WHEN * computed:  # input-bound: hide it
                             source = prefetch(source)  # the rest of the same iterator
                             prefetched[split] = True
+                            background.depth = PIPELINE_DEPTH
                 background.submit(writer.close)
                 background.drain()
                 split_seconds[split] = time.perf_counter() - t_split
