@@ -105,6 +105,7 @@ def main(args: argparse.Namespace) -> None:
     # One decoded-image cache under base.image_cache_mb for the run's three splits: what
     # fits is decoded once per run, the rest per epoch, and memory never grows with the data.
     cache = DecodedCache(base.image_cache_mb * 2**20)
+    cache.fill(train.paths + val.paths + test.paths)
     train_ds = ImageDataset(
         train.paths,
         train.labels,

@@ -119,6 +119,13 @@ def test_prefetch_raises_the_producers_error_and_stops_when_abandoned():
     assert threading.active_count() <= before
 
 
+def _extract(backbone, batches, n: int, out, **kw):
+    """One group ``images`` of ``n`` rows, 0..n-1, from ``batches``."""
+    return extract_features(
+        backbone, {"images": batches}, {"images": np.arange(n)}, out, Fingerprint.of(backbone, "m"), CPU, **kw
+    )
+
+
 @pytest.mark.parametrize("overlap", [True, False])
 def test_extraction_through_the_pipeline_equals_a_plain_forward(tmp_path, lite0_32, monkeypatch, overlap):
     """Prefetch thread, writer thread, shards: the store holds the forward's features in order."""
@@ -128,15 +135,7 @@ def test_extraction_through_the_pipeline_equals_a_plain_forward(tmp_path, lite0_
     x, y = torch.randn(13, 3, 32, 32, generator=g), torch.randint(0, 3, (13,), generator=g)
     loader = DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=3)
     out = tmp_path / "store"
-    extract_features(
-        lite0_32,
-        {"images": loader},
-        {"images": np.arange(13)},
-        out,
-        Fingerprint.of(lite0_32, "m"),
-        CPU,
-        overlap=overlap,
-    )
+    _extract(lite0_32, loader, 13, out, overlap=overlap)
     feats, labels, rows = FeatureStore.open(out).load("images")
     with torch.no_grad():
         expect = lite0_32.eval()(x.contiguous(memory_format=torch.channels_last))
@@ -155,15 +154,7 @@ def test_a_failed_write_fails_extraction_and_publishes_nothing(tmp_path, lite0_3
         torch.utils.data.TensorDataset(torch.randn(6, 3, 32, 32, generator=g), torch.zeros(6)), batch_size=3
     )
     with pytest.raises(OSError, match="no space left"):
-        extract_features(
-            lite0_32,
-            {"images": loader},
-            {"images": np.arange(6)},
-            tmp_path / "store",
-            Fingerprint.of(lite0_32, "m"),
-            CPU,
-            overlap=overlap,
-        )
+        _extract(lite0_32, loader, 6, tmp_path / "store", overlap=overlap)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -187,15 +178,7 @@ def test_extraction_under_bf16_autocast_stores_float32_close_to_full_precision(t
     stores = {}
     for amp in (False, True):
         out = tmp_path / f"store-{amp}"
-        extract_features(
-            lite0_32,
-            {"images": loader},
-            {"images": np.arange(6)},
-            out,
-            Fingerprint.of(lite0_32, "m"),
-            CPU,
-            amp=amp,
-        )
+        _extract(lite0_32, loader, 6, out, amp=amp)
         stores[amp] = FeatureStore.open(out).load("images")[0]
     assert stores[True].dtype == torch.float32
     assert not torch.equal(stores[True], stores[False])  # autocast did run in bfloat16
@@ -227,13 +210,8 @@ def test_cpu_extraction_prefetches_only_when_input_bound(tmp_path, lite0_32, del
     """On CPU the default starts in series and switches to the prefetch thread only when the
     first batches waited for input longer than a quarter of their forward time."""
     n = F.PROBE_BATCHES + 3
-    stats = extract_features(
-        lite0_32,
-        {"images": _slow_batches(n, delay, torch.Generator().manual_seed(0))},
-        {"images": np.arange(2 * n)},
-        tmp_path / "store",
-        Fingerprint.of(lite0_32, "m"),
-        CPU,
+    stats = _extract(
+        lite0_32, _slow_batches(n, delay, torch.Generator().manual_seed(0)), 2 * n, tmp_path / "store"
     )
     assert stats.prefetched == {"images": expect}
     feats, _, rows = FeatureStore.open(tmp_path / "store").load("images")
@@ -256,3 +234,13 @@ def test_workers_leave_their_cores_to_them(monkeypatch):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_fill_decodes_up_front_in_order_until_the_budget_is_full(pictures):
+    paths, labels = pictures
+    cache = DecodedCache(budget_bytes=4 * 768 + 100)
+    assert cache.fill(paths) == 4 and cache.used == 4 * 768
+    ds = ImageDataset(paths, labels, None, cache=cache)
+    [ds[i] for i in range(len(ds))]
+    assert (cache.hits, cache.misses) == (4, 6)  # the first four were held, the rest decode
+    assert cache.fill(paths) == 4  # nothing more fits; nothing decoded twice into it
