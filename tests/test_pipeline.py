@@ -97,7 +97,9 @@ def repro(project: Path, *args: str, check: bool = True) -> subprocess.Completed
     res = dvc(project, "repro", *args, check=check)
     if res.returncode == 0:
         after = rec.read_bytes() if rec.is_file() else None
-        assert ("export" in _stages_run(res.stdout)) == (before != after), res.stdout
+        # run, or restored from DVC's run cache (a recommendation seen before)
+        exported = "export" in _stages_run(res.stdout) or "Stage 'export' is cached" in res.stdout
+        assert exported == (before != after), res.stdout
     return res
 
 
@@ -238,7 +240,10 @@ class TestPipeline:
         assert max(abs(a - b) for a, b in zip(probs, scored["test"]["prob"], strict=True)) < 1e-3
         # a folder of the user's own images, as the README shows it
         res = run(project, str(exe), "predict", "recommended", str(project / "data/raw"), "--top-k", "1")
-        assert res.stdout.startswith("path,class_1,prob_1\n") and res.stdout.count("\n") == 61
+        n_files = sum(
+            1 for f in (project / "data/raw").rglob("*.png")
+        )  # every digit, not only the capped ones
+        assert res.stdout.startswith("path,class_1,prob_1\n") and res.stdout.count("\n") == n_files + 1
 
     def test_head_param_change_reruns_only_heads_evaluate_report(self, project):
         set_params(project, {"train_head": {"linear": {"l2": [0.1, 1.0]}}})
@@ -268,7 +273,8 @@ class TestPipeline:
         before = json.loads((project / "results/evaluate/metrics.json").read_text())
         set_params(project, {"base": {"image_cache_mb": 0}})
         res = repro(project)
-        assert "extract-features" in ran(res.stdout) and END_TO_END <= ran(res.stdout)
+        reran = ran(res.stdout)
+        assert {"extract-features", "finetune-frozen@0-0.001", "finetune-full@0-0.003", LP_FT} <= reran
         extract = json.loads((project / "results/extract/extract.json").read_text())
         assert extract["cache"] == {"budget_mb": 0, "held_mb": 0.0}
         after = json.loads((project / "results/evaluate/metrics.json").read_text())
