@@ -28,7 +28,7 @@ from transferlab.inference import classify, expand_inputs, load_classifier, reso
 from transferlab.runtime import resolve_device
 
 
-def _rows(preds: list, k: int) -> list[dict[str, object]]:
+def _rows(preds: list) -> list[dict[str, object]]:
     rows = []
     for p in preds:
         row: dict[str, object] = {"path": str(p.path)}
@@ -62,7 +62,7 @@ def predict(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     )
-    rows = _rows(preds, args.top_k)
+    rows = _rows(preds)
     if args.out and args.out.suffix.lower() == ".json":
         text = json.dumps(
             {

@@ -131,7 +131,8 @@ def eval_loader(
     )
 
 
-def _decode(path: Path) -> torch.Tensor:
+def decode(path: Path) -> torch.Tensor:
+    """``path`` as a uint8 RGB tensor (3, H, W): the one decoding every stage and predict use."""
     return v2.functional.pil_to_tensor(load_rgb(path))
 
 
@@ -162,7 +163,7 @@ class DecodedCache:
             self.hits += 1
             return img
         self.misses += 1
-        img = _decode(path)
+        img = decode(path)
         size = img.numel() * img.element_size()
         if self.used + size <= self.budget:
             self._images[path] = img
@@ -179,7 +180,7 @@ class DecodedCache:
 
         for start in range(0, len(paths), chunk):
             todo = [p for p in paths[start : start + chunk] if p not in self._images]
-            for path, img in zip(todo, parallel_map(_decode, todo, desc="decoding"), strict=True):
+            for path, img in zip(todo, parallel_map(decode, todo, desc="decoding"), strict=True):
                 size = img.numel() * img.element_size()
                 if self.used + size > self.budget:
                     return len(self._images)

@@ -18,12 +18,11 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torchvision.transforms.v2.functional import pil_to_tensor
 
 from transferlab import layout
 from transferlab.backbones import Backbone, Preprocess, backbone_fingerprint, create_backbone
 from transferlab.errors import DataError, FingerprintMismatch
-from transferlab.images import BatchTransform, eval_transform, load_rgb
+from transferlab.images import BatchTransform, decode, eval_transform
 from transferlab.manifest import IMAGE_SUFFIXES
 from transferlab.models import CheckpointMeta, TransferModel, load_checkpoint, make_head
 from transferlab.runtime import memory_format, place
@@ -153,14 +152,14 @@ def classify(
         batch, images = [], []
         for path in paths[start : start + batch_size]:
             try:
-                img = load_rgb(path)
+                img = decode(path)
             except DataError as err:
                 if on_bad != "skip":
                     raise
                 if skipped is not None:
                     skipped.append((path, str(err).split(": ", 1)[-1]))
                 continue
-            images.append((pil_to_tensor(img), torch.tensor(0)))
+            images.append((img, torch.tensor(0)))
             batch.append(path)
         if not batch:
             continue
