@@ -5,6 +5,7 @@ Speed and memory at scale are measured in the benchmark (bench/bench.py); these 
 the mechanisms: what is held, what order comes out, what happens on errors.
 """
 
+import os
 import threading
 import time
 
@@ -167,8 +168,32 @@ def test_workers_auto_is_none_on_cpu_and_feeds_a_gpu(monkeypatch):
     assert resolve_workers("auto", torch.device("cuda")) == 1
 
 
-def test_parallel_map_keeps_order():
-    assert parallel_map(lambda i: i * i, list(range(500)), desc="squares") == [i * i for i in range(500)]
+def test_parallel_map_keeps_order_and_stays_in_series_for_short_work():
+    threads = set()
+
+    def square(i):
+        threads.add(threading.get_ident())
+        return i * i
+
+    assert parallel_map(square, list(range(500)), desc="squares") == [i * i for i in range(500)]
+    assert threads == {threading.get_ident()}  # microseconds per item: threads would cost more
+
+
+def test_parallel_map_threads_long_work_in_order_and_reraises():
+    threads = set()
+
+    def slow(i):
+        threads.add(threading.get_ident())
+        time.sleep(2e-3)
+        if i == 77:
+            raise ValueError("item 77")
+        return -i
+
+    assert parallel_map(slow, list(range(60)), desc="slow") == [-i for i in range(60)]
+    if (os.cpu_count() or 1) > 1:
+        assert len(threads) > 1
+    with pytest.raises(ValueError, match="item 77"):
+        parallel_map(slow, list(range(100)), desc="slow")
 
 
 def test_extraction_under_bf16_autocast_stores_float32_close_to_full_precision(tmp_path, lite0_32):
