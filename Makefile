@@ -5,9 +5,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 export DVC_NO_ANALYTICS := 1
 # The pipeline's stages call `python`: make it the environment's.
-export PATH := $(CURDIR)/$(BIN):$(PATH)
+export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup lock repro test test-fast lint browser exp-sweep exp-show bench clean-venv
+.PHONY: setup lock repro ci-repro test test-fast lint browser exp-sweep exp-show bench clean-venv
 
 setup: $(VENV)/.installed
 
@@ -34,6 +34,27 @@ repro: setup
 	  echo "make repro: needs a git repository with at least one commit (DVC tracks runs by commit)"; exit 1; }
 	$(BIN)/dvc repro
 	@echo "Report: reports/report.md"
+
+# Reproduce against a shared DVC remote, as CI does (.github/workflows/repro.yml): restore
+# what any machine already computed (DVC's run cache), run only what is new, share it back,
+# and write the comparison with BASE (a git revision) to results/ci/diff.md.
+#   make ci-repro REMOTE=/mnt/shared/dvc-cache BASE=origin/main   (or s3://..., ssh://...)
+# REMOTE is added as this clone's default remote in .dvc/config.local (not committed);
+# without it, the remote configured in .dvc/config is used.
+REMOTE ?=
+BASE   ?= main
+ci-repro: setup
+	@git rev-parse --verify -q HEAD >/dev/null || { \
+	  echo "make ci-repro: needs a git repository with at least one commit"; exit 1; }
+	@if [ -n "$(REMOTE)" ]; then $(BIN)/dvc remote add --local --default --force ci '$(REMOTE)'; fi
+	$(BIN)/dvc pull --run-cache --allow-missing
+	$(BIN)/dvc repro --pull
+	$(BIN)/dvc push --run-cache
+	mkdir -p results/ci
+	{ echo "## Metrics against $(BASE)"; echo; $(BIN)/dvc metrics diff --md '$(BASE)'; \
+	  echo; echo "## Params against $(BASE)"; echo; $(BIN)/dvc params diff --md '$(BASE)'; \
+	  } > results/ci/diff.md
+	@echo "Comparison: results/ci/diff.md  Report: reports/report.md"
 
 test: setup browser
 	$(BIN)/python -m pytest

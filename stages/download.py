@@ -112,7 +112,7 @@ def main(args: argparse.Namespace) -> None:
                 skipped += problems
         with publish(layout.MANIFEST) as tmp:
             manifest.write_parquet(tmp)
-    counts = dict(manifest.group_by("split").len().iter_rows())
+    counts = dict(manifest.group_by("split").len().sort("split").iter_rows())
     write_json(
         layout.results_dir("download") / "download.json",
         {

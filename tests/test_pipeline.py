@@ -12,114 +12,29 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
+from dvc_project import (
+    ALL_MODELS,
+    END_TO_END,
+    HEADS,
+    LP_FT,
+    ROOT,
+    _stages_run,
+    command_env,
+    dvc,
+    make_project,
+    ran,
+    repro,
+    run,
+    set_params,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-ONE_EPOCH = {"epochs": 1, "batch_size": 16, "warmup_epochs": 0, "lr": [1e-3]}
-TINY = {
-    "download": {"max_per_class": 6, "val_fraction": 0.2, "test_fraction": 0.2},
-    "backbone": {"image_size": 32},
-    "extract_features": {"batch_size": 32, "augment_views": 2},
-    "train_head": {"linear": {"l2": [0.01, 1.0]}},
-    "finetune": {
-        **{s: ONE_EPOCH for s in ("frozen", "partial", "scratch")},
-        "full": {**ONE_EPOCH, "lr": [1e-3, 3e-3]},  # a real grid: evaluate must pick on val
-        "lp-ft": {"lr": [1e-3]},
-        "progressive": {**ONE_EPOCH, "epochs": 2, "unfreeze_epochs": [1]},
-    },
-}
-HEADS = {"train-head@features-0", "train-head@features-augmented-0"}
-END_TO_END = {f"finetune-{s}@0-0.001" for s in ("frozen", "partial", "full", "progressive", "scratch")} | {
-    "finetune-full@0-0.003"
-}
-LP_FT = "finetune-lp-ft@0-0.001"
-ALL_MODELS = {
-    "features",
-    "features-augmented",
-    "frozen",
-    "partial",
-    "full",
-    "progressive",
-    "scratch",
-    "lp-ft",
-}
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # stages call `python`
-    env["DVC_NO_ANALYTICS"] = "1"
-    for who in ("AUTHOR", "COMMITTER"):
-        env[f"GIT_{who}_NAME"] = "transferlab tests"
-        env[f"GIT_{who}_EMAIL"] = "tests@transferlab.invalid"
-    return env
-
-
-def run(project: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-    res = subprocess.run(cmd, cwd=project, env=_env(), capture_output=True, text=True)
-    if check and res.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
-    return res
-
-
-def dvc(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return run(project, sys.executable, "-m", "dvc", *args, check=check)
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(base.get(k, {}), v) if isinstance(v, dict) else v
-    return out
-
-
-def set_params(project: Path, over: dict) -> None:
-    p = project / "params.yaml"
-    p.write_text(yaml.safe_dump(_merge(yaml.safe_load(p.read_text()), over), sort_keys=False))
-
-
-def _stages_run(output: str) -> set[str]:
-    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
-
-
-def ran(output: str) -> set[str]:
-    """The stages `dvc repro` ran, but export, which :func:`repro` checks on its own."""
-    return _stages_run(output) - {"export"}
-
-
-def repro(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """`dvc repro`, checking that export re-ran exactly when recommended.json changed: the
-    recommended model is exported again when, and only when, it or its checkpoint changed."""
-    rec = project / "results/evaluate/recommended.json"
-    before = rec.read_bytes() if rec.is_file() else None
-    res = dvc(project, "repro", *args, check=check)
-    if res.returncode == 0:
-        after = rec.read_bytes() if rec.is_file() else None
-        # run, or restored from DVC's run cache (a recommendation seen before)
-        exported = "export" in _stages_run(res.stdout) or "Stage 'export' is cached" in res.stdout
-        assert exported == (before != after), res.stdout
-    return res
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     """A fresh clone's worth of files: what git tracks, nothing built."""
-    dst = tmp_path_factory.mktemp("project")
-    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True)
-    for rel in filter(None, tracked.stdout.split("\0")):
-        if (ROOT / rel).is_file():
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, dst / rel)
-    for generated in ("dvc.lock", "results", "reports"):
-        path = dst / generated
-        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    set_params(dst, TINY)
-    run(dst, "git", "init", "-q")
-    run(dst, "git", "add", "-A")
-    run(dst, "git", "commit", "-qm", "tiny project")
-    return dst
+    return make_project(tmp_path_factory.mktemp("project"))
 
 
 class TestPipeline:
@@ -359,7 +274,7 @@ class TestPipeline:
         lines = [line.split("#")[0].strip() for line in block.splitlines()]
         assert all(w in lines for w in wanted), lines
         (project / ".venv").symlink_to(venv)
-        env = _env()
+        env = command_env()
         env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if Path(p) != venv / "bin")
         res = subprocess.run(
             ["bash", "-c", "set -e; " + "; ".join(wanted)],
@@ -393,10 +308,10 @@ class TestPipeline:
         assert set(tests["split"]["test_ids"]) != set(tests["split_1"]["test_ids"])
         assert details["test_ids"] == tests["split"]["test_ids"]
         for name, model in details["models"].items():
-            for seed, run in model["runs"].items():
-                labels = tests[run["split"]]["test_labels"]
-                acc = np.mean(np.asarray(run["predictions"]) == np.asarray(labels))
-                assert acc == pytest.approx(run["scores"]["accuracy"]), (name, seed)
+            for seed, record in model["runs"].items():
+                labels = tests[record["split"]]["test_labels"]
+                acc = np.mean(np.asarray(record["predictions"]) == np.asarray(labels))
+                assert acc == pytest.approx(record["scores"]["accuracy"]), (name, seed)
             spread = model["spread"]
             assert (spread["runs"], spread["splittings"]) == (4, 2)
             assert spread["seed_sd"] is not None and spread["split_sd"] is not None

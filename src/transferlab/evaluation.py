@@ -442,7 +442,7 @@ def evaluate_all(
     details["extract"] = extract
     details["classes"] = classes
     details["fingerprint"] = extract.get("fingerprint") or {}
-    details["split_sizes"] = dict(manifest.group_by("split").len().iter_rows())
+    details["split_sizes"] = dict(manifest.group_by("split").len().sort("split").iter_rows())
     return metrics, details, comparisons
 
 
