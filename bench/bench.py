@@ -51,7 +51,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from transferlab.backbones import create_backbone  # noqa: E402
 from transferlab.config import FullConfig, HeadConfig  # noqa: E402
-from transferlab.features import FeatureStore, Fingerprint, StreamedBatches, extract_features  # noqa: E402
+from transferlab.features import FeatureStore, Fingerprint, Group, StreamedBatches, extract_features  # noqa: E402
 from transferlab.images import DecodedCache, ImageDataset, eval_loader, train_transform  # noqa: E402
 from transferlab.manifest import split_view  # noqa: E402
 from transferlab.models import TransferModel, make_head  # noqa: E402
@@ -151,8 +151,7 @@ def extraction(paths, labels, size: int, batch: int, device, tmp: Path, repeats:
                 loader = eval_loader(paths, labels, backbone.preprocess, batch, cache=cache)
                 return extract_features(
                     backbone,
-                    {"train": loader},
-                    {"train": np.arange(len(paths))},
+                    {"train": Group.from_loader(np.arange(len(paths)), loader)},
                     tmp / "store",
                     fp,
                     device,
@@ -446,8 +445,11 @@ def _image_step(args) -> dict:
             ds = ImageDataset(paths, labels, None, cache=cache)
             return extract_features(
                 bb,
-                {"images": eval_loader(paths, labels, pre, 64, dataset=ds)},
-                {"images": np.arange(len(paths))},
+                {
+                    "images": Group.from_loader(
+                        np.arange(len(paths)), eval_loader(paths, labels, pre, 64, dataset=ds)
+                    )
+                },
                 tmp / "store",
                 Fingerprint.of(bb, "bench"),
                 device,
@@ -555,8 +557,7 @@ def workers_and_threads(image_size: int, device, n: int = 2 * JPEG_BASE, side: i
                 2,
                 lambda loader=loader, s=s: extract_features(
                     bb,
-                    {"images": loader},
-                    {"images": np.arange(len(paths))},
+                    {"images": Group.from_loader(np.arange(len(paths)), loader)},
                     tmp / "store",
                     Fingerprint.of(bb, "bench"),
                     device,

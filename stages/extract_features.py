@@ -14,23 +14,40 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run the 
 
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, DataLoader
+from torch.utils.data import ConcatDataset
 
 from transferlab import layout
 from transferlab._io import write_json
 from transferlab.backbones import check_backbone_name, create_backbone
 from transferlab.cli import run_stage
 from transferlab.config import load_params
-from transferlab.features import AUGMENTED, IMAGES, FeatureStore, Fingerprint, extract_features
-from transferlab.images import DecodedCache, ImageDataset, eval_loader, train_transform
+from transferlab.features import (
+    AUGMENTED,
+    IMAGES,
+    FeatureStore,
+    Fingerprint,
+    Group,
+    extract_features,
+    owned_rows,
+    row_ranges,
+)
+from transferlab.images import (
+    BatchTransform,
+    DecodedCache,
+    ImageDataset,
+    SeededItems,
+    eval_transform,
+    train_transform,
+)
 from transferlab.manifest import SplitView, manifest_fingerprint, read_manifest, split_columns
 from transferlab.runtime import (
+    close_ranks,
     configure_runtime,
     environment,
+    init_ranks,
     peak_rss_bytes,
     resolve_device,
     resolve_workers,
-    seed_everything,
 )
 
 
@@ -41,6 +58,8 @@ def main(args: argparse.Namespace) -> None:
     device = resolve_device(p.base.device)
     workers = resolve_workers(cfg.num_workers, device)
     configure_runtime(p.base.num_threads, device, channels_last=p.base.channels_last, workers=workers)
+    # under torchrun: one rank per process, each extracting its own shards of the store
+    ranks, device = init_ranks(device, p.base.num_threads)
     manifest = read_manifest(layout.MANIFEST)
     backbone = create_backbone(bcfg.name, bcfg.image_size, bcfg.weights, crop_pct=bcfg.crop_pct)
     pre = backbone.preprocess
@@ -58,23 +77,21 @@ def main(args: argparse.Namespace) -> None:
         images.paths, images.labels, None, cache=DecodedCache(p.base.image_cache_mb * 2**20)
     )
     t = time.perf_counter()
-    decoded.cache.fill(images.paths)  # what fits, decoded up front (see DecodedCache.fill)
+    # what fits, decoded up front (see DecodedCache.fill); under torchrun, of this rank's shards
+    mine = owned_rows(len(images.paths), cfg.shard_rows, ranks)
+    decoded.cache.fill(images.paths[mine.start : mine.stop])
     decode_s = time.perf_counter() - t
-    loaders = {
-        IMAGES: eval_loader(
-            images.paths,
-            images.labels,
-            pre,
-            cfg.batch_size,
-            num_workers=workers,
-            pin_memory=pin,
-            dataset=decoded,
+    loader_kwargs = {"batch_size": cfg.batch_size, "num_workers": workers, "pin_memory": pin}
+    groups = {
+        IMAGES: Group(
+            images.rows,
+            row_ranges(decoded, collate_fn=BatchTransform(eval_transform(pre)), **loader_kwargs),
         )
     }
-    rows = {IMAGES: images.rows}
     if cfg.augment_views:
-        # K augmented views of every image that trains in some splitting: random per image,
-        # so transformed one by one, drawn from a seeded generator.
+        # K augmented views of every image that trains in some splitting, view k of all of
+        # them before view k + 1: random per image, each item under its own seed, so the
+        # views are the same however many processes or workers extract them.
         trains = np.zeros(manifest.height, dtype=bool)
         for column in split_columns(manifest):
             trains |= (manifest[column] == "train").to_numpy()
@@ -87,26 +104,36 @@ def main(args: argparse.Namespace) -> None:
             ),
             picked.tolist(),
         )
-        loaders[AUGMENTED] = DataLoader(
-            ConcatDataset([augmented] * cfg.augment_views),
-            batch_size=cfg.batch_size,
-            num_workers=workers,
-            pin_memory=pin,
-            generator=seed_everything(p.base.seed),
+        groups[AUGMENTED] = Group(
+            np.tile(images.rows[picked], cfg.augment_views),
+            row_ranges(
+                SeededItems(ConcatDataset([augmented] * cfg.augment_views), p.base.seed), **loader_kwargs
+            ),
         )
-        rows[AUGMENTED] = np.tile(images.rows[picked], cfg.augment_views)
     fingerprint = Fingerprint.of(
         backbone, manifest_fingerprint(manifest), cfg.augment_views, aug.model_dump(mode="json")
     )
-    stats = extract_features(backbone, loaders, rows, layout.FEATURES, fingerprint, device, amp=cfg.amp)
+    stats = extract_features(
+        backbone,
+        groups,
+        layout.FEATURES,
+        fingerprint,
+        device,
+        amp=cfg.amp,
+        shard_rows=cfg.shard_rows,
+        ranks=ranks,
+    )
+    close_ranks(ranks)
+    if not ranks.main:  # rank 0 writes the summary, once the store is complete
+        return
     store = FeatureStore.open(layout.FEATURES)
     summary = {
-        "images": stats.split_images[IMAGES],
+        "images": len(images.rows),
         # the one-time cost of the two-stage path: every image once, without augmentation
         "extract_time_s": decode_s + stats.split_seconds[IMAGES],
         "decode_time_s": decode_s,
         "augment_views": cfg.augment_views,
-        "augment_images": stats.split_images.get(AUGMENTED, 0),
+        "augment_images": len(groups[AUGMENTED].rows) if AUGMENTED in groups else 0,
         "augment_time_s": stats.split_seconds.get(AUGMENTED, 0.0),
         "total_time_s": stats.seconds,
         "forward_time_s": stats.forward_seconds,
@@ -117,6 +144,9 @@ def main(args: argparse.Namespace) -> None:
         "store_files": sum(1 for f in layout.FEATURES.rglob("*") if f.is_file()),
         "peak_rss_bytes": peak_rss_bytes(),
         "num_workers": workers,
+        # torchrun processes (timings are rank 0's) and rows an interrupted run had written
+        "ranks": ranks.size,
+        "resumed_rows": stats.resumed,
         "prefetched": stats.prefetched,
         "amp": cfg.amp,
         "cache": {"budget_mb": p.base.image_cache_mb, "held_mb": round(decoded.cache.used / 2**20, 1)},

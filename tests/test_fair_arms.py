@@ -11,7 +11,14 @@ from transferlab.backbones import backbone_fingerprint, create_backbone
 from transferlab.config import OptimConfig
 from transferlab.errors import FingerprintMismatch
 from transferlab.evaluation import _check_manifest
-from transferlab.features import Fingerprint, StreamedBatches, _SplitWriter
+from transferlab.features import (
+    SHARD_ROWS,
+    Fingerprint,
+    StreamedBatches,
+    _create_group_arrays,
+    _ShardWriter,
+    geometry,
+)
 from transferlab.manifest import SplitView
 from transferlab.probe import fit_linear_probe
 from transferlab.selection import best_index
@@ -148,7 +155,8 @@ def _sorted_store(tmp_path, x, y, permute_seed):
     if permute_seed is not None:
         view = view.permuted(permute_seed)
     group = zarr.open_group(tmp_path / ("p" if permute_seed is not None else "s"), mode="w")
-    w = _SplitWriter(group, "train", len(y), x.shape[1])
+    _create_group_arrays(group, "train", len(y), x.shape[1], SHARD_ROWS)
+    w = _ShardWriter(group, "train", geometry(len(y))[1], 0, len(y), done=lambda index: None)
     for i in range(0, len(y), 256):
         rows = view.rows[i : i + 256]
         w.append(x[rows], view.labels[i : i + 256], rows)

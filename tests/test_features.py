@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 from transferlab import features as F
 from transferlab.features import FeatureStore, Fingerprint, FingerprintMismatch, extract_features
@@ -14,18 +14,20 @@ def _data(n: int, size: int = 32, seed: int = 0):
     return torch.randn(n, 3, size, size, generator=g), torch.randint(0, 4, (n,), generator=g)
 
 
-def _extract(backbone, out, splits, batch_size=4):
-    loaders = {s: DataLoader(TensorDataset(x, y), batch_size=batch_size) for s, (x, y) in splits.items()}
-    rows = {s: np.arange(len(y)) + 100 * i for i, (s, (_, y)) in enumerate(splits.items())}
+def _extract(backbone, out, splits, batch_size=4, **kw):
+    groups = {
+        s: F.Group(np.arange(len(y)) + 100 * i, F.row_ranges(TensorDataset(x, y), batch_size=batch_size))
+        for i, (s, (x, y)) in enumerate(splits.items())
+    }
     fp = Fingerprint.of(backbone, "m" * 64)
-    return extract_features(backbone, loaders, rows, out, fp, CPU), rows
+    return extract_features(backbone, groups, out, fp, CPU, **kw), {s: g.rows for s, g in groups.items()}
 
 
 def test_store_holds_the_backbone_features(tmp_path, lite0_32, monkeypatch):
-    monkeypatch.setattr(F, "SHARD_ROWS", 4)  # several shards, a partial one at the end
     monkeypatch.setattr(F, "CHUNK_ROWS", 2)
     splits = {"train": _data(11), "val": _data(5, seed=1)}
-    stats, rows = _extract(lite0_32, tmp_path / "store", splits, batch_size=3)
+    # several shards, a partial one at the end
+    stats, rows = _extract(lite0_32, tmp_path / "store", splits, batch_size=3, shard_rows=4)
     assert stats.images == 16
     store = FeatureStore.open(tmp_path / "store")
     assert store.groups() == ["train", "val"]
@@ -43,7 +45,6 @@ def test_a_split_is_selected_by_manifest_rows(tmp_path, lite0_32, monkeypatch):
     in memory or streamed: the same rows either way."""
     from transferlab.features import StreamedBatches
 
-    monkeypatch.setattr(F, "SHARD_ROWS", 4)
     monkeypatch.setattr(F, "CHUNK_ROWS", 2)
     x, y = _data(13)
     out = tmp_path / "store"
@@ -51,11 +52,11 @@ def test_a_split_is_selected_by_manifest_rows(tmp_path, lite0_32, monkeypatch):
     fp = Fingerprint.of(lite0_32, "m" * 64)
     extract_features(
         lite0_32,
-        {"images": DataLoader(TensorDataset(x[order], y[order]), batch_size=5)},
-        {"images": order},
+        {"images": F.Group(order, F.row_ranges(TensorDataset(x[order], y[order]), batch_size=5))},
         out,
         fp,
         CPU,
+        shard_rows=4,
     )
     store = FeatureStore.open(out)
     wanted = np.array([1, 4, 5, 11])
@@ -80,21 +81,116 @@ def test_fingerprint_mismatch_is_refused(tmp_path, lite0_32):
         FeatureStore.open(tmp_path / "store", expect={"image_size": 64})
 
 
-def test_interrupted_extraction_leaves_nothing(tmp_path, lite0_32):
+def test_interrupted_extraction_leaves_the_store_as_it_was(tmp_path, lite0_32):
     out = tmp_path / "store"
     _extract(lite0_32, out, {"train": _data(2)})
     before = FeatureStore.open(out).load("train")[0]
 
-    def broken():
+    def broken(start, end):
         yield _data(2)
         raise OSError("disk gone")
 
     with pytest.raises(OSError):
         extract_features(
-            lite0_32, {"train": broken()}, {"train": np.arange(4)}, out, Fingerprint.of(lite0_32, "x"), CPU
+            lite0_32, {"train": F.Group(np.arange(4), broken)}, out, Fingerprint.of(lite0_32, "x"), CPU
         )
     assert torch.equal(FeatureStore.open(out).load("train")[0], before)
-    assert [p.name for p in tmp_path.iterdir()] == ["store"]
+    # what was done is kept aside, hidden, for the next run to resume (next test)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".store.partial", "store"]
+
+
+class _Counted:
+    """A dataset that counts the items read and can fail after ``fail_after`` of them."""
+
+    def __init__(self, x, y, fail_after=None):
+        self.x, self.y, self.fail_after, self.reads = x, y, fail_after, 0
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        if self.fail_after is not None and self.reads >= self.fail_after:
+            raise OSError("killed")
+        self.reads += 1
+        return self.x[i], self.y[i]
+
+
+def test_interrupted_extraction_resumes_from_its_finished_shards(tmp_path, lite0_32):
+    """Killed after two of four shards: the next run reads only the other two, and the
+    store equals one made in a single go."""
+    x, y = _data(14)
+    rows = np.arange(14)
+    fp = Fingerprint.of(lite0_32, "m" * 64)
+
+    def run(data, out):
+        group = F.Group(rows, F.row_ranges(data, batch_size=2))
+        return extract_features(lite0_32, {"images": group}, out, fp, CPU, shard_rows=4)
+
+    run(_Counted(x, y), tmp_path / "whole")
+    out = tmp_path / "store"
+    with pytest.raises(OSError, match="killed"):
+        run(_Counted(x, y, fail_after=10), out)  # shards 0 and 1 written, 2 half-way
+    assert not out.exists()
+    again = _Counted(x, y)
+    stats = run(again, out)
+    assert again.reads == 6 and stats.resumed == {"images": 8}  # rows 8..13 only
+    got, want = FeatureStore.open(out).load("images"), FeatureStore.open(tmp_path / "whole").load("images")
+    for a, b in zip(got, want, strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert not F.staging_path(out).exists()
+
+
+def test_a_different_extraction_does_not_resume_a_stale_one(tmp_path, lite0_32):
+    x, y = _data(8)
+    out = tmp_path / "store"
+    group = F.Group(np.arange(8), F.row_ranges(_Counted(x, y, fail_after=5), batch_size=2))
+    with pytest.raises(OSError):
+        extract_features(
+            lite0_32, {"images": group}, out, Fingerprint.of(lite0_32, "a" * 64), CPU, shard_rows=4
+        )
+    fresh = _Counted(x, y)
+    group = F.Group(np.arange(8), F.row_ranges(fresh, batch_size=2))
+    stats = extract_features(
+        lite0_32, {"images": group}, out, Fingerprint.of(lite0_32, "b" * 64), CPU, shard_rows=4
+    )
+    assert fresh.reads == 8 and stats.resumed == {"images": 0}
+    assert FeatureStore.open(out).fingerprint["manifest_sha256"] == "b" * 64
+
+
+class _Alone(F.Ranks):
+    """A rank of a job whose other ranks run before or after it (no process group)."""
+
+    def barrier(self) -> None:
+        pass
+
+
+def test_ranks_write_disjoint_whole_shards_that_make_the_same_store(tmp_path, lite0_32):
+    """What torchrun's ranks do, one after another here: each writes its block of whole
+    shards into the shared staging store; rank 0 publishes once every shard is there."""
+    x, y = _data(14)
+    fp = Fingerprint.of(lite0_32, "m" * 64)
+    seen = {}
+
+    def run(out, ranks):
+        data = _Counted(x, y)
+        group = F.Group(np.arange(14), F.row_ranges(data, batch_size=3))
+        extract_features(lite0_32, {"images": group}, out, fp, CPU, shard_rows=4, ranks=ranks)
+        seen[ranks.rank] = data.reads
+
+    run(tmp_path / "one", F.Ranks())
+    out = tmp_path / "two"
+    assert [F.owned_rows(14, 4, _Alone(r, 2)) for r in (0, 1)] == [range(0, 8), range(8, 14)]
+    with pytest.raises(RuntimeError, match="2 shard\\(s\\) were not written"):
+        run(out, _Alone(0, 2))  # rank 0 alone: rank 1's shards are missing, nothing published
+    assert not out.exists()
+    run(out, _Alone(1, 2))  # rank 1 (not the main rank) writes its shards, publishes nothing
+    assert not out.exists()
+    run(out, _Alone(0, 2))  # rank 0 again: its shards are done, it only publishes
+    assert seen == {0: 0, 1: 6}
+    for a, b in zip(
+        FeatureStore.open(out).load("images"), FeatureStore.open(tmp_path / "one").load("images"), strict=True
+    ):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_missing_store(tmp_path):

@@ -122,21 +122,19 @@ def test_prefetch_raises_the_producers_error_and_stops_when_abandoned():
 
 def _extract(backbone, batches, n: int, out, **kw):
     """One group ``images`` of ``n`` rows, 0..n-1, from ``batches``."""
-    return extract_features(
-        backbone, {"images": batches}, {"images": np.arange(n)}, out, Fingerprint.of(backbone, "m"), CPU, **kw
-    )
+    group = F.Group.from_loader(np.arange(n), batches)
+    return extract_features(backbone, {"images": group}, out, Fingerprint.of(backbone, "m"), CPU, **kw)
 
 
 @pytest.mark.parametrize("overlap", [True, False])
 def test_extraction_through_the_pipeline_equals_a_plain_forward(tmp_path, lite0_32, monkeypatch, overlap):
     """Prefetch thread, writer thread, shards: the store holds the forward's features in order."""
-    monkeypatch.setattr(F, "SHARD_ROWS", 4)
     monkeypatch.setattr(F, "CHUNK_ROWS", 2)
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(13, 3, 32, 32, generator=g), torch.randint(0, 3, (13,), generator=g)
     loader = DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=3)
     out = tmp_path / "store"
-    _extract(lite0_32, loader, 13, out, overlap=overlap)
+    _extract(lite0_32, loader, 13, out, overlap=overlap, shard_rows=4)
     feats, labels, rows = FeatureStore.open(out).load("images")
     with torch.no_grad():
         expect = lite0_32.eval()(x.contiguous(memory_format=torch.channels_last))
@@ -149,14 +147,14 @@ def test_a_failed_write_fails_extraction_and_publishes_nothing(tmp_path, lite0_3
     def full_disk(self, *args):
         raise OSError("no space left on device")
 
-    monkeypatch.setattr(F._SplitWriter, "append", full_disk)
+    monkeypatch.setattr(F._ShardWriter, "append", full_disk)
     g = torch.Generator().manual_seed(0)
     loader = DataLoader(
         torch.utils.data.TensorDataset(torch.randn(6, 3, 32, 32, generator=g), torch.zeros(6)), batch_size=3
     )
     with pytest.raises(OSError, match="no space left"):
         _extract(lite0_32, loader, 6, tmp_path / "store", overlap=overlap)
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == [".store.partial"]  # kept to resume, hidden
 
 
 def test_workers_auto_is_none_on_cpu_and_feeds_a_gpu(monkeypatch):

@@ -49,6 +49,11 @@ def publish(path: str | Path) -> Iterator[Path]:
         raise
     if not tmp.exists():
         raise RuntimeError(f"{path}: the writer produced nothing")
+    move_into_place(tmp, path)
+
+
+def move_into_place(tmp: Path, path: Path) -> None:
+    """Rename the finished ``tmp`` to ``path``, replacing what was there."""
     if path.is_dir() and not path.is_symlink():
         # A non-empty directory cannot be replaced in one rename: move the old one aside first.
         old = path.with_name(f".{path.name}.old-{os.getpid()}")

@@ -149,6 +149,9 @@ class ExtractConfig(_Strict):
     # bfloat16 autocast for the forward pass (the features are stored as float32). Off by
     # default: on CPUs without bf16 units it is slower.
     amp: bool = False
+    # Rows per Zarr shard: the unit of work of each torchrun process and of resuming an
+    # interrupted extraction (each shard is written whole, by one process).
+    shard_rows: Annotated[int, Field(ge=1)] = 16384
 
 
 class OptimConfig(_Strict):

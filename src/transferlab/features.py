@@ -39,10 +39,11 @@ forward pass itself uses every core, and the same steps run in series (see
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,11 +52,12 @@ from typing import Any
 import numpy as np
 import torch
 import zarr
+from torch.utils.data import DataLoader, Dataset, Subset
 
-from transferlab._io import publish
+from transferlab._io import move_into_place, remove
 from transferlab.backbones import Backbone, backbone_fingerprint
 from transferlab.errors import FingerprintMismatch
-from transferlab.runtime import memory_format, place, sync
+from transferlab.runtime import Ranks, memory_format, place, sync
 
 STORE_FORMAT = 3  # 3: one group of all images (and one of views), splits selected by readers
 IMAGES, AUGMENTED = "images", "augmented"
@@ -102,27 +104,33 @@ class Fingerprint:
         )
 
 
-class _SplitWriter:
-    """Appends rows to one split's arrays, one full shard at a time."""
+def geometry(n: int, shard_rows: int = SHARD_ROWS) -> tuple[int, int]:
+    """(chunk, shard) rows of a group of ``n`` rows: a shard holds whole chunks. It depends on
+    ``n`` and ``shard_rows`` only, never on how many processes write, so the store is the
+    same whoever wrote it and an interrupted run can resume with any number of them."""
+    shard = min(shard_rows, max(n, 1))
+    chunk = min(CHUNK_ROWS, shard)
+    return chunk, -(-shard // chunk) * chunk
 
-    def __init__(self, group: zarr.Group, split: str, n: int, dim: int) -> None:
-        shard = min(SHARD_ROWS, max(n, 1))
-        chunk = min(CHUNK_ROWS, shard)
-        shard = -(-shard // chunk) * chunk  # a shard holds whole chunks
-        self.features = group.create_array(
-            f"{split}/features",
-            shape=(n, dim),
-            dtype="float32",
-            chunks=(chunk, dim),
-            shards=(shard, dim),
-        )
-        self.labels = group.create_array(
-            f"{split}/labels", shape=(n,), dtype="int64", chunks=(chunk,), shards=(shard,)
-        )
-        self.rows = group.create_array(
-            f"{split}/row", shape=(n,), dtype="int64", chunks=(chunk,), shards=(shard,)
-        )
-        self.n, self.shard, self.written = n, shard, 0
+
+def _create_group_arrays(group: zarr.Group, name: str, n: int, dim: int, shard_rows: int) -> None:
+    chunk, shard = geometry(n, shard_rows)
+    group.create_array(
+        f"{name}/features", shape=(n, dim), dtype="float32", chunks=(chunk, dim), shards=(shard, dim)
+    )
+    group.create_array(f"{name}/labels", shape=(n,), dtype="int64", chunks=(chunk,), shards=(shard,))
+    group.create_array(f"{name}/row", shape=(n,), dtype="int64", chunks=(chunk,), shards=(shard,))
+
+
+class _ShardWriter:
+    """Writes rows ``[start, end)`` of one group, whole shards at a time, and reports each
+    finished shard (``done(index)``). ``start`` is on a shard boundary and ``end`` is one or
+    the group's end, so every shard file is written once, by one writer: zarr-python has no
+    locks, and two processes writing into one shard lose rows."""
+
+    def __init__(self, group: zarr.Group, name: str, shard: int, start: int, end: int, done: Any) -> None:
+        self.arrays: tuple[Any, ...] = tuple(group[f"{name}/{a}"] for a in ("features", "labels", "row"))
+        self.shard, self.written, self.end, self.done = shard, start, end, done
         self._buf: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._buffered = 0
 
@@ -130,25 +138,31 @@ class _SplitWriter:
         self._buf.append((feats, labels, rows))
         self._buffered += len(feats)
         if self._buffered >= self.shard:
-            self._flush(final=False)
+            self._flush()
 
-    def _flush(self, final: bool) -> None:
+    def _flush(self) -> None:
         if not self._buf:
             return
-        f, y, r = (np.concatenate(parts) for parts in zip(*self._buf, strict=True))
-        take = len(f) if final else (len(f) // self.shard) * self.shard
-        end = self.written + take
-        self.features[self.written : end] = f[:take]
-        self.labels[self.written : end] = y[:take]
-        self.rows[self.written : end] = r[:take]
-        self.written = end
-        self._buf = [(f[take:], y[take:], r[take:])] if take < len(f) else []
-        self._buffered = len(f) - take
+        parts = [np.concatenate(p) for p in zip(*self._buf, strict=True)]
+        taken = 0
+        while taken < len(parts[0]):
+            size = min(self.shard, self.end - self.written)
+            if len(parts[0]) - taken < size:
+                break  # not a whole shard yet
+            for array, part in zip(self.arrays, parts, strict=True):
+                array[self.written : self.written + size] = part[taken : taken + size]
+            self.done(self.written // self.shard)
+            self.written += size
+            taken += size
+        self._buf = [tuple(p[taken:] for p in parts)] if taken < len(parts[0]) else []  # type: ignore[list-item]
+        self._buffered = len(parts[0]) - taken
 
     def close(self) -> None:
-        self._flush(final=True)
-        if self.written != self.n:
-            raise RuntimeError(f"wrote {self.written} rows, expected {self.n}")
+        self._flush()
+        if self.written != self.end or self._buffered:
+            raise RuntimeError(
+                f"wrote rows up to {self.written} (+{self._buffered} left), expected {self.end}"
+            )
 
 
 @dataclass
@@ -160,6 +174,8 @@ class ExtractionStats:
     split_images: dict[str, int]
     # per split: whether its input ran in the prefetch thread (see extract_features)
     prefetched: dict[str, bool] = field(default_factory=dict)
+    # rows found already written by an interrupted earlier run, per group
+    resumed: dict[str, int] = field(default_factory=dict)
 
     @property
     def images_per_s(self) -> float:
@@ -242,65 +258,182 @@ class _BackgroundWriter:
 PROBE_BATCHES = 4
 OVERLAP_WHEN = 0.25
 
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class Group:
+    """One group of the store: ``rows`` (the manifest row of each store row, in store order)
+    and ``batches(start, end)``, the (images, labels) of store rows ``[start, end)`` in that
+    order. A range, not the whole group, so that each process reads only its shards."""
+
+    rows: np.ndarray
+    batches: Callable[[int, int], Batches]
+
+    @classmethod
+    def from_loader(cls, rows: np.ndarray, loader: Batches) -> Group:
+        """A group read by one loader over all its rows, in order: for one process that
+        extracts the whole group (no torchrun ranks, no part to resume)."""
+        n = len(rows)
+
+        def batches(start: int, end: int) -> Batches:
+            if (start, end) != (0, n):
+                raise ValueError(
+                    f"rows {start}..{end} of {n} asked of a group read by one loader; "
+                    "build it with row_ranges to extract part of it"
+                )
+            return loader
+
+        return cls(np.asarray(rows), batches)
+
+
+def row_ranges(dataset: Dataset, **loader_kwargs: Any) -> Callable[[int, int], Batches]:
+    """``Group.batches`` for a map-style ``dataset`` whose item i is store row i: a
+    DataLoader (``loader_kwargs``) over items ``[start, end)``, in order."""
+
+    def batches(start: int, end: int) -> Batches:
+        return DataLoader(Subset(dataset, range(start, end)), shuffle=False, **loader_kwargs)
+
+    return batches
+
+
+def staging_path(out: Path) -> Path:
+    """Where the store is built before it appears at ``out``; kept when extraction stops
+    half-way, so that the next run resumes it (see :func:`extract_features`)."""
+    return out.with_name(f".{out.name}.partial")
+
+
+def owned_rows(n: int, shard_rows: int, ranks: Ranks) -> range:
+    """The rows of a group of ``n`` that ``ranks`` writes: a contiguous block of whole shards."""
+    _, shard = geometry(n, shard_rows)
+    n_shards = -(-n // shard)
+    first, last = n_shards * ranks.rank // ranks.size, n_shards * (ranks.rank + 1) // ranks.size
+    return range(first * shard, min(n, last * shard))
+
+
+def _runs(indices: list[int]) -> list[tuple[int, int]]:
+    """Consecutive shard indices as [first, last + 1) ranges."""
+    runs: list[tuple[int, int]] = []
+    for i in indices:
+        if runs and runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs
+
+
+def _prepare_staging(staging: Path, expected: dict[str, Any], groups: Mapping[str, Group], dim: int) -> None:
+    """Keep a staging store left by an interrupted run of the same extraction; otherwise
+    start a new one, with every array created (empty) and the fingerprint set."""
+    done = staging / DONE
+    if staging.exists():
+        try:
+            same = json.loads((done / "expected.json").read_text()) == expected
+        except (OSError, ValueError):
+            same = False
+        if same:
+            return
+        remove(staging)
+    group = zarr.open_group(staging, mode="w")
+    group.attrs["fingerprint"] = expected["fingerprint"]
+    for name, g in groups.items():
+        _create_group_arrays(group, name, len(g.rows), dim, expected["shard_rows"])
+    done.mkdir()
+    (done / "expected.json").write_text(json.dumps(expected))
+
+
+DONE = ".done"  # in the staging store: one empty file per finished shard, "<group>-<index>"
+
 
 @torch.inference_mode()
 def extract_features(
     backbone: Backbone,
-    loaders: Mapping[str, Iterable[tuple[torch.Tensor, torch.Tensor]]],
-    rows: Mapping[str, np.ndarray],
+    groups: Mapping[str, Group],
     out: Path,
     fingerprint: Fingerprint,
     device: torch.device,
     *,
     overlap: bool | None = None,
     amp: bool = False,
+    shard_rows: int = SHARD_ROWS,
+    ranks: Ranks | None = None,
 ) -> ExtractionStats:
-    """Run the frozen ``backbone`` over every split and write the store at ``out``.
+    """Run the frozen ``backbone`` over every group and write the store at ``out``.
 
-    ``loaders[split]`` yields (images, labels) in the order of ``rows[split]``. The store
-    appears at ``out`` only when every split is complete.
+    The store is built in :func:`staging_path` and moved to ``out`` only when every shard of
+    every group is written. Shards are the unit of work: under torchrun (``ranks``) each
+    process takes a contiguous block of every group's shards and writes only those, whole
+    (zarr-python 3 has no locks; processes sharing a shard lose rows). A finished shard
+    leaves a marker; a run that finds a staging store of the same extraction (fingerprint,
+    sizes, ``shard_rows``) skips the shards marked done, so an interrupted extraction, on
+    one process or many, resumes where it stopped. The store does not depend on the number
+    of processes: rows, geometry and (given deterministic batches) values are the same.
 
     ``overlap``: loaders without worker processes run in a prefetch thread (:func:`prefetch`)
     and writes go through a writer thread, so the forward pass does not wait for either.
     ``None`` (the default) decides: on CUDA it overlaps (the CPU is free while the GPU
     computes); on CPU the forward pass already keeps every core busy and an extra thread
     slows it down (it preempts torch's threads, and each parallel op waits for its slowest
-    thread), which pays only when input is expensive. So on CPU each split starts in series,
-    times its first batches, and switches to the prefetch thread when waiting for input took
-    more than ``OVERLAP_WHEN`` of the forward time: the benchmark measures the prefetch thread
-    slower on the small default digits and faster on 512 px JPEGs. ``amp`` runs the forward
-    pass under bfloat16 autocast; features are stored as float32.
+    thread), which pays only when input is expensive. So on CPU each run of shards starts in
+    series, times its first batches, and switches to the prefetch thread when waiting for
+    input took more than ``OVERLAP_WHEN`` of the forward time: the benchmark measures the
+    prefetch thread slower on the small default digits and faster on 512 px JPEGs. ``amp``
+    runs the forward pass under bfloat16 autocast; features are stored as float32.
     """
+    ranks = ranks or Ranks()
     probe = overlap is None and device.type != "cuda"
     if overlap is None:
         overlap = device.type == "cuda"
     place(backbone.eval(), device)
+    staging = staging_path(out)
+    expected = {
+        "fingerprint": fingerprint.to_json(),
+        "shard_rows": shard_rows,
+        "dim": backbone.num_features,
+        "rows": {name: len(g.rows) for name, g in groups.items()},
+    }
+    if ranks.main:
+        _prepare_staging(staging, expected, groups, backbone.num_features)
+    ranks.barrier()
+    store = zarr.open_group(staging, mode="r+")
+    done_dir = staging / DONE
     fwd = 0.0
     split_seconds: dict[str, float] = {}
     split_images: dict[str, int] = {}
     prefetched: dict[str, bool] = {}
+    resumed: dict[str, int] = {}
     t0 = time.perf_counter()
     # writes run in the writer thread only while the input runs in the prefetch thread: on a
     # CPU in series even a short-lived second thread slows the forward pass measurably
     background = _BackgroundWriter(depth=PIPELINE_DEPTH if overlap else 0)
     try:
-        with publish(out) as tmp:
-            group = zarr.open_group(tmp, mode="w")
-            group.attrs["fingerprint"] = fingerprint.to_json()
-            for split, loader in loaders.items():
-                t_split = time.perf_counter()
-                split_rows = rows[split]
-                writer = _SplitWriter(group, split, len(split_rows), backbone.num_features)
-                pos = 0
+        for name, g in groups.items():
+            t_split = time.perf_counter()
+            n = len(g.rows)
+            _, shard = geometry(n, shard_rows)
+            rows = owned_rows(n, shard_rows, ranks)
+            mine = range(rows.start // shard, -(-rows.stop // shard))
+            pending = [s for s in mine if not (done_dir / f"{name}-{s}").exists()]
+            resumed[name] = sum(min(shard, n - s * shard) for s in mine if s not in pending)
+            split_images[name] = 0
+            prefetched[name] = False
+
+            def mark(index: int, name: str = name) -> None:
+                (done_dir / f"{name}-{index}").touch()
+
+            for first, last in _runs(pending):
+                start, end = first * shard, min(n, last * shard)
+                loader = g.batches(start, end)
+                writer = _ShardWriter(store, name, shard, start, end, mark)
                 in_workers = getattr(loader, "num_workers", 0) > 0
                 source: Iterator[tuple[torch.Tensor, torch.Tensor]] = iter(loader)
-                prefetched[split] = overlap and not in_workers
-                if prefetched[split]:
+                prefetching = overlap and not in_workers
+                if prefetching:
                     source = prefetch(source)
                 background.depth = PIPELINE_DEPTH if overlap else 0
                 probing = probe and not in_workers
                 waited = computed = 0.0
-                n = 0
+                pos, batches = start, 0
                 while True:
                     t = time.perf_counter()
                     try:
@@ -308,7 +441,7 @@ def extract_features(
                     except StopIteration:
                         break
                     t_wait = time.perf_counter() - t
-                    n += 1
+                    batches += 1
                     images = images.to(device, non_blocking=True, memory_format=memory_format(device))
                     t = time.perf_counter()
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -316,28 +449,45 @@ def extract_features(
                     sync(device)
                     dt = time.perf_counter() - t
                     fwd += dt
-                    if n > 1:  # the first batch pays for warm-up
+                    if batches > 1:  # the first batch pays for warm-up
                         waited, computed = waited + t_wait, computed + dt
                     k = len(labels)
                     background.submit(
                         writer.append,
                         feats.cpu().numpy(),
                         labels.numpy().astype(np.int64),
-                        split_rows[pos : pos + k],
+                        g.rows[pos : pos + k],
                     )
                     pos += k
-                    if probing and n == PROBE_BATCHES:
+                    if probing and batches == PROBE_BATCHES:
                         probing = False
                         if waited > OVERLAP_WHEN * computed:  # input-bound: hide it
                             source = prefetch(source)  # the rest of the same iterator
-                            prefetched[split] = True
+                            prefetching = True
                             background.depth = PIPELINE_DEPTH
                 background.submit(writer.close)
                 background.drain()
-                split_seconds[split] = time.perf_counter() - t_split
-                split_images[split] = pos
+                split_images[name] += pos - start
+                prefetched[name] = prefetched[name] or prefetching
+            split_seconds[name] = time.perf_counter() - t_split
     finally:
         background.close()
+    ranks.barrier()
+    if ranks.main:
+        missing = [
+            f"{name}-{s}"
+            for name, g in groups.items()
+            for s in range(-(-len(g.rows) // geometry(len(g.rows), shard_rows)[1]))
+            if not (done_dir / f"{name}-{s}").exists()
+        ]
+        if missing:
+            raise RuntimeError(
+                f"{staging}: {len(missing)} shard(s) were not written ({', '.join(missing[:4])}"
+                f"{', ...' if len(missing) > 4 else ''}); run extraction again to resume"
+            )
+        remove(done_dir)
+        move_into_place(staging, out)
+    ranks.barrier()
     return ExtractionStats(
         images=sum(split_images.values()),
         seconds=time.perf_counter() - t0,
@@ -345,6 +495,7 @@ def extract_features(
         split_seconds=split_seconds,
         split_images=split_images,
         prefetched=prefetched,
+        resumed=resumed,
     )
 
 

@@ -198,6 +198,26 @@ class DecodedCache:
         return {**self.__dict__, "_images": {}, "used": 0}
 
 
+class SeededItems(Dataset):
+    """``dataset`` with item i drawn under its own random seed (from ``seed`` and i).
+
+    Random transforms then give item i the same result whichever process, worker or order
+    reads it: the augmented views in the feature store are the same from one process, from
+    DataLoader workers or from N torchrun ranks each reading its own rows.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int):  # noqa: ANN204 - whatever ``dataset`` returns
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(((self.seed & 0xFFFFFFFF) << 32) | i)
+            return self.dataset[i]
+
+
 # Decoded images kept in memory by default, per process (base.image_cache_mb overrides it).
 DEFAULT_CACHE_MB = 1024
 

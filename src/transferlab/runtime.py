@@ -8,10 +8,12 @@ import platform
 import random
 import resource
 import sys
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
 import torch
+import torch.distributed
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -158,3 +160,58 @@ def environment() -> dict[str, Any]:
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
         "packages": installed_packages(),
     }
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place among the processes torchrun started (one, without torchrun).
+
+    ``rank`` numbers every process of the job, across machines; ``local_rank`` those of this
+    machine (it picks the GPU); ``local_size`` how many share this machine's cores.
+    """
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    local_size: int = 1
+
+    @property
+    def main(self) -> bool:
+        """Rank 0 writes what the job writes once: summaries, metrics, checkpoints."""
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            torch.distributed.barrier()
+
+
+def init_ranks(device: torch.device, num_threads: int = 0) -> tuple[Ranks, torch.device]:
+    """Join the process group torchrun set up (environment RANK, WORLD_SIZE, LOCAL_RANK,
+    MASTER_ADDR/PORT), with nccl on GPUs and gloo on CPUs, and pick this rank's device: its
+    own GPU on CUDA (``cuda:LOCAL_RANK``). Without torchrun: one rank, the device unchanged.
+    On CPU each process then takes its share of the cores for torch's threads (unless
+    ``num_threads``, base.num_threads, fixes the count), so N ranks on one machine do not
+    oversubscribe it."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return Ranks(), device
+    ranks = Ranks(
+        rank=int(os.environ["RANK"]),
+        size=size,
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        local_size=int(os.environ.get("LOCAL_WORLD_SIZE", str(size))),
+    )
+    if device.type == "cuda":
+        device = torch.device("cuda", ranks.local_rank)
+        torch.cuda.set_device(device)
+    if not torch.distributed.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        torch.distributed.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+    if device.type == "cpu" and num_threads <= 0:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // ranks.local_size))
+    return ranks, device
+
+
+def close_ranks(ranks: Ranks) -> None:
+    if ranks.size > 1 and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
