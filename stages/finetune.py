@@ -21,12 +21,15 @@ from transferlab import layout, registry
 from transferlab.backbones import backbone_fingerprint, check_backbone_name, create_backbone
 from transferlab.cli import run_stage
 from transferlab.config import HeadConfig, ProgressiveConfig, load_params
+from transferlab.distributed import EpochSampler, per_rank_batch, replicate, sync_batchnorm
 from transferlab.errors import ConfigError, FingerprintMismatch
-from transferlab.images import DecodedCache, ImageDataset, eval_loader, train_transform
+from transferlab.images import DecodedCache, ImageDataset, SeededItems, eval_loader, train_transform
 from transferlab.manifest import class_names, manifest_fingerprint, read_manifest, split_column, split_view
 from transferlab.models import CheckpointMeta, TransferModel, load_checkpoint, make_head
 from transferlab.runtime import (
+    close_ranks,
     configure_runtime,
+    init_ranks,
     place,
     resolve_device,
     resolve_workers,
@@ -69,8 +72,11 @@ def main(args: argparse.Namespace) -> None:
     device = resolve_device(base.device)
     workers = resolve_workers(cfg.num_workers, device)
     configure_runtime(base.num_threads, device, channels_last=base.channels_last, workers=workers)
+    # under torchrun: data-parallel over the ranks, the batch shared among them (distributed.py)
+    ranks, device = init_ranks(device, base.num_threads)
+    batch = per_rank_batch(cfg.batch_size, ranks, f"finetune.{strategy}.batch_size")
     run = layout.run_name(strategy, args.seed, args.lr)
-    generator = seed_everything(args.seed)
+    seed_everything(args.seed)  # the same initial weights on every rank
     manifest = read_manifest(layout.MANIFEST)
     classes = class_names(manifest)
 
@@ -97,6 +103,7 @@ def main(args: argparse.Namespace) -> None:
         }
     model = TransferModel(backbone, head)
     apply_strategy(model, strategy, cfg)
+    bn_synced = cfg.bn == "train" and sync_batchnorm(model, ranks, device)
     place(model, device)
 
     pre = backbone.preprocess
@@ -119,11 +126,13 @@ def main(args: argparse.Namespace) -> None:
         "pin_memory": device.type == "cuda",
         "persistent_workers": workers > 0,
     }
+    # One seeded order per epoch, each rank taking its slice of it, and every image's
+    # augmentation drawn from (seed, epoch, index): the same run on 1 process or N.
+    sampler = EpochSampler(len(train_ds), ranks, args.seed)
     train_loader = DataLoader(
-        train_ds,
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        generator=generator,
+        SeededItems(train_ds, args.seed),
+        batch_size=batch,
+        sampler=sampler,
         drop_last=len(train_ds) > cfg.batch_size,
         **loader_kw,
     )
@@ -139,7 +148,12 @@ def main(args: argparse.Namespace) -> None:
 
     optimizer = torch.optim.AdamW(param_groups(model, cfg, lr))
     unfreezer = ProgressiveUnfreezer(model, cfg, lr) if isinstance(cfg, ProgressiveConfig) else None
-    logger = CurveLogger(layout.results_dir(run))
+    logger = CurveLogger(layout.results_dir(run)) if ranks.main else None
+
+    def on_epoch_start(epoch: int, optimizer: torch.optim.Optimizer) -> list[str]:
+        sampler.set_epoch(epoch)
+        return unfreezer(epoch, optimizer) if unfreezer is not None else []
+
     result = fit(
         model,
         optimizer,
@@ -148,10 +162,14 @@ def main(args: argparse.Namespace) -> None:
         cfg,
         device,
         on_epoch=logger,
-        on_epoch_start=unfreezer,
+        on_epoch_start=on_epoch_start,
         loss_weights=class_weights(train_ds.labels, len(classes)) if cfg.class_balance == "loss" else None,
         desc=f"finetune-{strategy} lr={args.lr}",
+        replicate=(lambda m: replicate(m, device)) if ranks.size > 1 else None,
     )
+    close_ranks(ranks)
+    if logger is None:  # not rank 0: rank 0 scores and writes the run
+        return
     logger.close()
     # Score the best epoch's weights on val and test, image by image.
     paths = manifest["path"].to_list()
@@ -192,6 +210,10 @@ def main(args: argparse.Namespace) -> None:
         extra={
             "bn": cfg.bn,
             "num_workers": workers,
+            # torchrun processes sharing each batch, and whether BatchNorm statistics were
+            # synchronised across them (distributed.py)
+            "ranks": ranks.size,
+            "bn_synced": bn_synced,
             "seed": args.seed,
             "split": column,
             "lr": lr,

@@ -199,10 +199,12 @@ class DecodedCache:
 
 
 class SeededItems(Dataset):
-    """``dataset`` with item i drawn under its own random seed (from ``seed`` and i).
+    """``dataset`` with each item drawn under its own random seed.
 
-    Random transforms then give item i the same result whichever process, worker or order
-    reads it: the augmented views in the feature store are the same from one process, from
+    A key is an index i, or (i, epoch) from :class:`transferlab.distributed.EpochSampler`;
+    the seed comes from ``seed``, the epoch and i. Random transforms then give an item the
+    same result whichever process, worker or order reads it: the augmented views in the
+    feature store and the augmented training images are the same from one process, from
     DataLoader workers or from N torchrun ranks each reading its own rows.
     """
 
@@ -212,9 +214,11 @@ class SeededItems(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, i: int):  # noqa: ANN204 - whatever ``dataset`` returns
+    def __getitem__(self, key: int | tuple[int, int]):  # noqa: ANN204 - whatever ``dataset`` returns
+        i, epoch = key if isinstance(key, tuple) else (key, 0)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(((self.seed & 0xFFFFFFFF) << 32) | i)
+            # 32 bits of (seed, epoch), 32 of the index: distinct for every item of a run
+            torch.manual_seed(((self.seed * 1_000_003 + epoch) & 0xFFFFFFFF) << 32 | i)
             return self.dataset[i]
 
 

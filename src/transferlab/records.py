@@ -52,10 +52,10 @@ class RunSummary(BaseModel):
     lr: float | None = None
     bn: Literal["frozen", "train"] | None = None
     init: dict[str, str] | None = None
-    probe_train_time_s: float | None = None
-    num_workers: int | None = (
-        None  # DataLoader worker processes it ran with  # lp-ft: the probe's search, which it pays for
-    )
+    probe_train_time_s: float | None = None  # lp-ft: the probe's search, which it pays for
+    num_workers: int | None = None  # DataLoader worker processes it ran with
+    ranks: int | None = None  # torchrun processes that shared each batch
+    bn_synced: bool | None = None  # BatchNorm statistics synchronised across them
 
     @property
     def search_s(self) -> float:

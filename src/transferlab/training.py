@@ -260,6 +260,7 @@ def fit(
     on_epoch_start: EpochStartHook | None = None,
     loss_weights: torch.Tensor | None = None,
     desc: str = "",
+    replicate: Callable[[nn.Module], nn.Module] | None = None,
 ) -> FitResult:
     """Train for ``cfg.epochs`` (or until early stopping) and leave the best weights loaded.
 
@@ -268,6 +269,13 @@ def fit(
     added. Under ``cfg.compile`` no manual recompilation is needed for that: torch.compile's
     guards cover ``requires_grad``, and tests/test_strategies.py checks that blocks unfrozen
     mid-run do train when compiled.
+
+    ``replicate`` (several processes: :func:`transferlab.distributed.replicate`) wraps the
+    model for the training pass, and again whenever ``on_epoch_start`` adds groups, since
+    DistributedDataParallel averages only the gradients of what trained when it was built.
+    Validation runs on the plain model, on every rank over the whole split: the weights are
+    the same everywhere, so every rank takes the same early-stopping and best-epoch decisions
+    without communicating. Training loss and accuracy are averaged over the ranks.
     """
     weight = loss_weights.to(device) if loss_weights is not None else None
     criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
@@ -282,13 +290,20 @@ def fit(
     )
     # amp and compile are end-to-end options; heads on cached features have neither.
     amp, compile_ = getattr(cfg, "amp", False), getattr(cfg, "compile", False)
-    forward = torch.compile(model) if compile_ else model
+
+    def wrapped() -> Callable[[torch.Tensor], torch.Tensor]:
+        inner = replicate(model) if replicate is not None else model
+        return torch.compile(inner) if compile_ else inner
+
+    forward = wrapped()
     result = FitResult()
     best_loss, best_state, bad_epochs = math.inf, None, 0
     t_fit = time.perf_counter()
     for epoch in range(cfg.epochs):
         if on_epoch_start is not None and on_epoch_start(epoch, optimizer):
             scheduler.apply()  # groups that joined start their own warm-up and decay here
+            if replicate is not None:
+                forward = wrapped()
         lrs = _group_lrs(optimizer)  # the rates this epoch starts with
         t0 = time.perf_counter()
         tr_loss, tr_acc = train_one_epoch(
@@ -303,6 +318,10 @@ def fit(
             forward=forward,
         )
         sync(device)
+        if replicate is not None:  # equal shards (DistributedSampler): the mean of the means
+            means = torch.tensor([tr_loss, tr_acc], device=device)
+            torch.distributed.all_reduce(means)
+            tr_loss, tr_acc = (means / torch.distributed.get_world_size()).tolist()
         t_train = time.perf_counter() - t0
         va_loss, va_acc = evaluate(model, val_loader, eval_criterion, device, amp=amp)
         rec = EpochRecord(epoch, tr_loss, tr_acc, va_loss, va_acc, t_train, time.perf_counter() - t0, lrs)
