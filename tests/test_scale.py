@@ -267,3 +267,26 @@ def test_fill_decodes_up_front_in_order_until_the_budget_is_full(pictures):
     [ds[i] for i in range(len(ds))]
     assert (cache.hits, cache.misses) == (4, 6)  # the first four were held, the rest decode
     assert cache.fill(paths) == 4  # nothing more fits; nothing decoded twice into it
+
+
+def test_seeded_items_draw_the_same_for_an_item_whatever_the_order_and_leave_the_global_rng():
+    from transferlab.images import SeededItems
+
+    class Noise(torch.utils.data.Dataset):
+        def __len__(self):
+            return 6
+
+        def __getitem__(self, i):
+            return torch.rand(3)
+
+    items = SeededItems(Noise(), seed=7)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    forward = [items[(i, 1)] for i in range(6)]
+    backward = [items[(i, 1)] for i in reversed(range(6))][::-1]
+    assert all(torch.equal(a, b) for a, b in zip(forward, backward, strict=True))
+    assert torch.equal(torch.get_rng_state(), before)  # the caller's random stream is untouched
+    assert not torch.equal(items[(0, 1)], items[(0, 2)])  # another epoch, another draw
+    assert not torch.equal(items[(0, 1)], items[(1, 1)])
+    assert torch.equal(items[0], items[(0, 0)])  # a plain index is epoch 0
+    assert not torch.equal(SeededItems(Noise(), seed=8)[0], items[0])
