@@ -140,7 +140,8 @@ def test_interrupted_extraction_resumes_from_its_finished_shards(tmp_path, lite0
     assert not F.staging_path(out).exists()
 
 
-def test_a_different_extraction_does_not_resume_a_stale_one(tmp_path, lite0_32):
+@pytest.mark.parametrize("change", ["fingerprint", "code"])
+def test_a_different_extraction_does_not_resume_a_stale_one(tmp_path, lite0_32, monkeypatch, change):
     x, y = _data(8)
     out = tmp_path / "store"
     group = F.Group(np.arange(8), F.row_ranges(_Counted(x, y, fail_after=5), batch_size=2))
@@ -148,13 +149,17 @@ def test_a_different_extraction_does_not_resume_a_stale_one(tmp_path, lite0_32):
         extract_features(
             lite0_32, {"images": group}, out, Fingerprint.of(lite0_32, "a" * 64), CPU, shard_rows=4
         )
+    assert F.staging_path(out).exists()
+    if change == "code":  # the library was upgraded between the two runs
+        monkeypatch.setattr(F, "_code_sha256", lambda: "another version")
     fresh = _Counted(x, y)
     group = F.Group(np.arange(8), F.row_ranges(fresh, batch_size=2))
+    manifest = "b" * 64 if change == "fingerprint" else "a" * 64
     stats = extract_features(
-        lite0_32, {"images": group}, out, Fingerprint.of(lite0_32, "b" * 64), CPU, shard_rows=4
+        lite0_32, {"images": group}, out, Fingerprint.of(lite0_32, manifest), CPU, shard_rows=4
     )
     assert fresh.reads == 8 and stats.resumed == {"images": 0}
-    assert FeatureStore.open(out).fingerprint["manifest_sha256"] == "b" * 64
+    assert FeatureStore.open(out).fingerprint["manifest_sha256"] == manifest
 
 
 class _Alone(F.Ranks):

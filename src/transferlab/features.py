@@ -39,6 +39,7 @@ forward pass itself uses every core, and the same steps run in series (see
 
 from __future__ import annotations
 
+import hashlib
 import json
 import queue
 import threading
@@ -322,6 +323,15 @@ def _runs(indices: list[int]) -> list[tuple[int, int]]:
     return runs
 
 
+def _code_sha256() -> str:
+    """The library's source: a staging store left by other code (an interrupted run, then
+    an upgrade) is not resumed, even for the same fingerprint."""
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
 def _prepare_staging(staging: Path, expected: dict[str, Any], groups: Mapping[str, Group], dim: int) -> None:
     """Keep a staging store left by an interrupted run of the same extraction; otherwise
     start a new one, with every array created (empty) and the fingerprint set."""
@@ -365,8 +375,8 @@ def extract_features(
     process takes a contiguous block of every group's shards and writes only those, whole
     (zarr-python 3 has no locks; processes sharing a shard lose rows). A finished shard
     leaves a marker; a run that finds a staging store of the same extraction (fingerprint,
-    sizes, ``shard_rows``) skips the shards marked done, so an interrupted extraction, on
-    one process or many, resumes where it stopped. The store does not depend on the number
+    sizes, ``shard_rows``, library source) skips the shards marked done, so an interrupted
+    extraction, on one process or many, resumes where it stopped. The store does not depend on the number
     of processes: rows, geometry and (given deterministic batches) values are the same.
 
     ``overlap``: loaders without worker processes run in a prefetch thread (:func:`prefetch`)
@@ -388,6 +398,7 @@ def extract_features(
     staging = staging_path(out)
     expected = {
         "fingerprint": fingerprint.to_json(),
+        "code": _code_sha256(),
         "shard_rows": shard_rows,
         "dim": backbone.num_features,
         "rows": {name: len(g.rows) for name, g in groups.items()},
