@@ -28,3 +28,26 @@ def test_publish_file(tmp_path):
     with publish(out) as tmp:
         tmp.write_text("{}")
     assert out.read_text() == "{}"
+
+
+def test_code_version_is_dirty_for_code_not_for_what_a_run_writes(tmp_path, monkeypatch):
+    import subprocess
+
+    from transferlab._io import code_version
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "m.py").write_text("x = 1\n")
+    (tmp_path / "dvc.lock").write_text("a\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t.invalid", "commit", "-qm", "c")
+    monkeypatch.chdir(tmp_path)
+    clean = code_version()
+    assert clean and not clean.endswith("-dirty")
+    (tmp_path / "dvc.lock").write_text("b\n")  # dvc repro rewrites it while the run goes on
+    assert code_version() == clean
+    (tmp_path / "src" / "m.py").write_text("x = 2\n")
+    assert code_version() == clean + "-dirty"

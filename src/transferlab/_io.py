@@ -127,14 +127,19 @@ def parallel_map(fn: Callable[[T], R], items: Sequence[T], desc: str) -> list[R]
         return results
 
 
+# What "the code" is: a run's own outputs (dvc.lock, results/, reports/ — rewritten while
+# `dvc repro` runs) and params (recorded next to every result) do not make it dirty.
+CODE_PATHS = ("src", "stages", "dvc.yaml", "pyproject.toml", "requirements.lock")
+
+
 def code_version() -> str:
-    """The git commit, marked dirty when tracked files differ from it."""
+    """The git commit, marked dirty when the code (CODE_PATHS) differs from it."""
     try:
         rev = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS],
             capture_output=True,
             text=True,
             check=True,
