@@ -86,7 +86,7 @@ class TestPipeline:
             only_b = sum(z == y != x for x, z, y in zip(a, b, labels, strict=True))
             exact = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
             assert abs(pair["p"] - exact) < 1e-9 and pair["p_holm"] >= pair["p"]
-            assert {"a", "b", "n", "acc_a", "acc_b", "diff", "ci95", "p", "p_holm", "seeds"} <= set(pair)
+            assert {"a", "b", "n", "acc_a", "acc_b", "diff", "ci95", "ci_family", "p", "p_holm", "seeds"} <= set(pair)
         v = details["verdict"]
         assert v["best_on_val"] in v["tie_set"] and v["recommended"] in v["tie_set"]
         # lp-ft pays for the extraction and the probe it starts from

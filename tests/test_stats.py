@@ -127,3 +127,23 @@ def test_spread_separates_simulated_split_and_seed_noise():
     out = spread_components(scores, splitting)
     assert out["split_sd"] == pytest.approx(0.02, rel=0.15)
     assert out["seed_sd"] == pytest.approx(0.005, rel=0.1)
+
+
+def test_family_wise_interval_widens_with_the_family_and_governs_separability():
+    from transferlab.stats import separable
+
+    # 14 vs 4 discordant of 269: the pair's own 95% interval clears 0 and p = 0.03; among
+    # 28 comparisons (8 models) that is not evidence enough, and the report must not show an
+    # interval that excludes 0 next to the word "tie".
+    a, b = _pair(240, 14, 4, 11)
+    alone = paired_test(a, b)
+    among = paired_test(a, b, family=28)
+    assert alone["ci_family"] == pytest.approx(alone["ci95"], abs=2e-3)  # family of one
+    lo, hi = among["ci95"]
+    flo, fhi = among["ci_family"]
+    assert lo > 0 and flo < lo and fhi > hi and flo < 0  # wider, and straddles 0
+    among["p_holm"] = 0.03  # were Holm to pass it, the interval still holds it back
+    assert not separable(among)
+    clear = paired_test(*_pair(240, 25, 2, 2), family=28)
+    clear["p_holm"] = 1e-4
+    assert clear["ci_family"][0] > 0 and separable(clear)

@@ -223,10 +223,11 @@ def compare_all(correct: dict[str, np.ndarray], seeds: list[int]) -> dict[str, A
     """Every pair of models on the same test images: paired difference, interval, exact
     McNemar (one seed) or sign-flip (several) p-value, Holm-adjusted over all pairs."""
     names = list(correct)
+    family = len(names) * (len(names) - 1) // 2
     pairs: list[dict[str, Any]] = []
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
-            r = paired_test(correct[a], correct[b])
+            r = paired_test(correct[a], correct[b], family=family)
             pairs.append({"a": a, "b": b, **r, "seeds": list(seeds)})
     for pair, adj in zip(pairs, holm([p["p"] for p in pairs]), strict=True):
         pair["p_holm"] = adj
@@ -240,6 +241,9 @@ def compare_all(correct: dict[str, np.ndarray], seeds: list[int]) -> dict[str, A
             "two-sided sign-flip test on the per-image accuracy difference averaged over seeds "
             "(exact up to 20 informative images, else 20,000 Monte Carlo flips), which reduces "
             "to McNemar's with one seed. p_holm: Holm's step-down adjustment over all pairs. "
+            "ci_family: the same bootstrap at level 1 - alpha/family (Bonferroni over the "
+            "family of all pairs): the intervals hold together, and a pair is separable only "
+            "when p_holm < alpha and ci_family excludes 0. "
             "With base.splits > 1 each seed is scored on the test images of its own splitting "
             "(seed s: splitting s mod splits; every splitting holds as many test images of "
             "each class): a and b are always paired on the same run's images, and the "
@@ -269,6 +273,7 @@ def verdict(
                     "model": m,
                     "diff": pair["diff"],
                     "ci95": pair["ci95"],
+                    "ci_family": pair["ci_family"],
                     "p_holm": pair["p_holm"],
                     "images_to_separate": n_needed,
                 }
@@ -282,8 +287,8 @@ def verdict(
         "unresolved": unresolved,
         "rule": (
             "best: highest mean validation accuracy (ties: lower validation loss); tie set: every "
-            f"model whose paired comparison with the best has Holm-adjusted p >= {ALPHA} or an "
-            "interval containing 0; recommended: the cheapest of the tie set by total time "
+            f"model whose paired comparison with the best has Holm-adjusted p >= {ALPHA} or a "
+            "family-wise interval (ci_family) containing 0; recommended: the cheapest of the tie set by total time "
             "(its own training plus the extraction / probe it needs)"
         ),
     }

@@ -173,7 +173,7 @@ def answer_better(pair: dict[str, Any] | None, margin: float = GAP_THRESHOLD) ->
     the whole interval lies within +-margin (no gain worth the name); else cannot tell."""
     if pair is None:
         return "not measured"
-    lo, hi = pair["ci95"]
+    lo, hi = pair["ci_family"]
     if separable(pair):
         return "yes" if pair["diff"] > 0 else "no"
     if -margin < lo and hi < margin:
@@ -186,7 +186,7 @@ def answer_similar(pair: dict[str, Any] | None, margin: float = GAP_THRESHOLD) -
     +-margin; no when they are separable and the interval reaches beyond it; else cannot tell."""
     if pair is None:
         return "not measured"
-    lo, hi = pair["ci95"]
+    lo, hi = pair["ci_family"]
     if -margin < lo and hi < margin:
         return "yes"
     if separable(pair) and (lo >= margin or hi <= -margin or abs(pair["diff"]) >= margin):

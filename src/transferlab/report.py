@@ -289,10 +289,10 @@ def _d(x: float) -> str:
 
 
 def _pair_text(pair: dict[str, Any]) -> str:
-    lo, hi = pair["ci95"]
+    lo, hi = pair["ci_family"]
     return (
         f"{pair['a']} {pair['acc_a']:.4f} vs {pair['b']} {pair['acc_b']:.4f}, difference {_d(pair['diff'])} "
-        f"[{_d(lo)}, {_d(hi)}], Holm-adjusted p = {pair['p_holm']:.3g}"
+        f"[{_d(lo)}, {_d(hi)}] (family-wise 95%), Holm-adjusted p = {pair['p_holm']:.3g}"
     )
 
 
@@ -474,11 +474,11 @@ def build(
     if verdict["unresolved"]:
         items = []
         for u in verdict["unresolved"]:
-            lo, hi = u["ci95"]
+            lo, hi = u["ci_family"]
             need = u["images_to_separate"]
             items.append(
                 f"{verdict['best_on_val']} against {u['model']}: difference {_d(u['diff'])}, "
-                f"95% interval [{_d(lo)}, {_d(hi)}], Holm-adjusted p = {u['p_holm']:.3g}. "
+                f"family-wise 95% interval [{_d(lo)}, {_d(hi)}], Holm-adjusted p = {u['p_holm']:.3g}. "
                 + (
                     f"A difference this size would take about {need:,} test images to separate at "
                     f"the 5% level with power 0.8, before the correction for "
@@ -555,11 +555,13 @@ def build(
             continue
         pair = pair_of(comparisons, verdict["best_on_val"], r["model"])
         lo, hi = pair["ci95"]
+        flo, fhi = pair["ci_family"]
         paired_rows.append(
             [
                 r["model"],
                 _d(pair["diff"]),
                 f"[{_d(lo)}, {_d(hi)}]",
+                f"[{_d(flo)}, {_d(fhi)}]",
                 f"{pair['p']:.3g}",
                 f"{pair['p_holm']:.3g}",
                 "yes" if separable(pair) else "no: tie",
@@ -567,7 +569,15 @@ def build(
         )
     doc.add(
         "table",
-        ["against", f"{verdict['best_on_val']} minus it", "95% interval", "p", "p (Holm)", "separable"],
+        [
+            "against",
+            f"{verdict['best_on_val']} minus it",
+            "95% interval (this pair)",
+            f"95% family-wise ({len(comparisons['pairs'])} pairs)",
+            "p",
+            "p (Holm)",
+            "separable",
+        ],
         paired_rows,
     )
     doc.add(

@@ -16,7 +16,11 @@ they disagree carry information about which is better.
   differences are -1, 0 or +1 and the sign-flip test *is* McNemar's exact test, computed
   exactly; with several it is computed exactly for up to 20 informative images and by
   Monte Carlo (fixed seed) beyond.
-* :func:`holm` - Holm's step-down adjustment over all pairs of a report.
+* :func:`holm` - Holm's step-down adjustment over all pairs of a report. Its interval
+  counterpart is ``ci_family``: the same bootstrap at level 1 - 0.05/m for m pairs
+  (Bonferroni), so that all m intervals hold together with 95% probability. A pair is
+  *separable* only when its Holm p is below 0.05 *and* its family-wise interval excludes 0:
+  an interval shown next to the verdict never contradicts it.
 * :func:`spread_components` - how much of the seed-to-seed spread of a score comes from
   the splitting and how much from the training seed (one-way random-effects ANOVA).
 * :func:`images_to_separate` - roughly how many test images a paired test would need to
@@ -92,8 +96,13 @@ def paired_test(
     boot: int = 4000,
     draws: int = 20000,
     seed: int = 0,
+    family: int = 1,
 ) -> dict[str, float | list[float] | int]:
-    """Compare two models on the same images; arrays are (seeds, images) of 0/1."""
+    """Compare two models on the same images; arrays are (seeds, images) of 0/1.
+
+    ``family`` is the number of comparisons the report makes: ``ci_family`` is the interval
+    at level 1 - 0.05/family. Its tails lie at 0.025/family, so the bootstrap draws at least
+    800 x family samples (20 beyond each bound) for them to be more than a few draws."""
     a = np.atleast_2d(np.asarray(correct_a, dtype=float))
     b = np.atleast_2d(np.asarray(correct_b, dtype=float))
     if a.shape != b.shape:
@@ -102,7 +111,9 @@ def paired_test(
     rng = np.random.default_rng(seed)
     diff_si = a - b  # (seeds, images)
     diff = float(diff_si.mean())
-    lo, hi = np.percentile(_bootstrap_means(diff_si, boot, rng), [2.5, 97.5])
+    tail = 2.5 / family
+    means = _bootstrap_means(diff_si, max(boot, 800 * family), rng)
+    lo, hi, flo, fhi = np.percentile(means, [2.5, 97.5, tail, 100 - tail])
     if seeds == 1:
         only_a = int(np.sum((a[0] == 1) & (b[0] == 0)))
         only_b = int(np.sum((a[0] == 0) & (b[0] == 1)))
@@ -115,6 +126,8 @@ def paired_test(
         "acc_b": float(b.mean()),
         "diff": diff,
         "ci95": [float(lo), float(hi)],
+        "ci_family": [float(flo), float(fhi)],
+        "family": family,
         "p": float(p),
         "discordant": float(np.mean(diff_si != 0)),
     }
@@ -165,6 +178,7 @@ def pair_of(comparisons: dict, a: str, b: str) -> dict:
             return p
         if (p["a"], p["b"]) == (b, a):
             lo, hi = p["ci95"]
+            flo, fhi = p["ci_family"]
             return {
                 **p,
                 "a": a,
@@ -173,14 +187,15 @@ def pair_of(comparisons: dict, a: str, b: str) -> dict:
                 "acc_b": p["acc_a"],
                 "diff": -p["diff"],
                 "ci95": [-hi, -lo],
+                "ci_family": [-fhi, -flo],
             }
     raise KeyError(f"comparisons hold no pair of {a!r} and {b!r}")
 
 
 def separable(pair: dict, alpha: float = 0.05) -> bool:
     """Whether the test split tells two models apart: Holm-adjusted p below ``alpha`` and a
-    paired interval that excludes zero."""
-    lo, hi = pair["ci95"]
+    family-wise paired interval (all pairs at once) that excludes zero."""
+    lo, hi = pair["ci_family"]
     return pair["p_holm"] < alpha and (lo > 0 or hi < 0)
 
 
