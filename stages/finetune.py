@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run the 
 import torch
 from torch.utils.data import DataLoader
 
-from transferlab import layout, registry
+from transferlab import layout, lora, registry
 from transferlab.backbones import backbone_fingerprint, check_backbone_name, create_backbone
 from transferlab.cli import run_stage
 from transferlab.config import HeadConfig, ProgressiveConfig, load_params
@@ -230,8 +230,18 @@ def main(args: argparse.Namespace) -> None:
             **run_cost(model, device),
         },
     )
+    if cfg.bn == "train":  # re-estimated running statistics belong to the task too
+        summary["trained_bytes"] += sum(
+            b.numel() * b.element_size()
+            for m in model.backbone.modules()
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+            for b in m.buffers()
+        )
     if spec.from_probe:
         summary["probe_train_time_s"] = read_probe_cost(args.seed)
+    # LoRA: the checkpoint holds the adapters merged into the weights, an ordinary model
+    # for evaluate, export and predict (trained_bytes says what the adapters alone take).
+    lora.merge(model)
     finish_run(run, model.cpu(), meta, summary)
 
 

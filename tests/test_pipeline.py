@@ -17,6 +17,7 @@ from dvc_project import (
     END_TO_END,
     HEADS,
     LP_FT,
+    ONE_EPOCH,
     ROOT,
     _stages_run,
     command_env,
@@ -180,6 +181,40 @@ class TestPipeline:
         assert ran(res.stdout) == {"finetune-partial@0-0.002", "evaluate", "report"}
         run(project, "git", "add", "-A")
         run(project, "git", "commit", "-qm", "partial lr")
+
+    def test_parameter_efficient_arms_run_when_given_a_grid(self, project):
+        """bitfit, norm and lora are off by default; a grid turns each on as one more
+        finetune stage, compared in evaluate and the report like every other arm."""
+        peft = ("bitfit", "norm", "lora")
+        set_params(project, {"finetune": {s: ONE_EPOCH for s in peft}})
+        res = repro(project)
+        assert ran(res.stdout) == {f"finetune-{s}@0-0.001" for s in peft} | {"evaluate", "report"}
+        metrics = json.loads((project / "results/evaluate/metrics.json").read_text())
+        for s in peft:
+            m = metrics[s]
+            assert m["trainable_params"] < metrics["full"]["trainable_params"]
+            # what a task adds is a small part of the model it ships as
+            assert 0 < m["trained_mb"] < m["checkpoint_mb"] / 10, (s, m)
+        assert metrics["full"]["trained_mb"] > metrics["full"]["checkpoint_mb"] / 2
+        comparisons = json.loads((project / "results/evaluate/comparisons.json").read_text())
+        assert {"lora", "full"} in [{p["a"], p["b"]} for p in comparisons["pairs"]]
+        report = (project / "reports/report.md").read_text()
+        assert all(f"| {s} " in report or f"| **{s}** " in report for s in peft)
+        # the LoRA checkpoint holds the adapters merged: predict rebuilds it as an ordinary
+        # model and gives the classes the stage scored with the adapters in place
+        scored = json.loads((project / "results/lora-s0-lr0.001/predictions.json").read_text())
+        images = [str(project / "data/raw" / i) for i in scored["test"]["ids"]]
+        exe = Path(sys.executable).parent / "transferlab"
+        out = run(project, str(exe), "predict", "lora-s0-lr0.001", *images, "--top-k", "1").stdout
+        rows = [line.split(",") for line in out.splitlines()[1:]]
+        assert [r[1] for r in rows] == [scored["classes"][c] for c in scored["test"]["pred"]]
+        # back to the committed state (outputs of stages that no longer exist removed: README)
+        run(project, "git", "checkout", "-q", "--", ".")
+        for s in peft:
+            shutil.rmtree(project / f"data/models/{s}-s0-lr0.001")
+            shutil.rmtree(project / f"results/{s}-s0-lr0.001")
+        dvc(project, "checkout", "-q")
+        assert "changed" not in dvc(project, "status").stdout
 
     def test_same_params_same_metrics_whatever_the_image_cache(self, project):
         """Every stage re-run with no decoded-image cache at all (the data exceeds the budget,

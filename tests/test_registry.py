@@ -63,18 +63,25 @@ def test_every_head_model_is_a_train_head_choice(name):
 
 @pytest.mark.parametrize("name", END_TO_END)
 def test_apply_strategy_trains_what_the_registry_says(name):
-    """At the start of training: nothing of the backbone (none), its last blocks, or all."""
+    """At the start of training: nothing of the backbone (none), its last blocks, all, or a
+    part of every block (biases, norms, adapters)."""
     spec = registry.get(name)
     cfg = load_params(ROOT / "params.yaml").finetune.strategy(name)
     bb = tiny_backbone()
+    bb.body[0][0] = torch.nn.Conv2d(3, 8, 1)  # a pointwise convolution, for LoRA to adapt
+    bb.groups[0][0] = bb.body[0][0]
     model = TransferModel(bb, torch.nn.Linear(bb.num_features, 3))
     fit = {"unfreeze_blocks": 1, "unfreeze_epochs": [1]}  # the tiny backbone has 2 blocks
     cfg = cfg.model_copy(update={k: v for k, v in fit.items() if k in type(cfg).model_fields})
     apply_strategy(model, name, cfg)
-    per_group = [all(p.requires_grad for p in g.parameters()) for g in bb.groups]
     assert all(p.requires_grad for p in model.head.parameters())
-    expected = {"none": [False, False], "last-blocks": [False, True], "all": [True, True]}[spec.unfreeze]
-    assert per_group == expected
+    if spec.unfreeze in ("none", "last-blocks", "all"):
+        per_group = [all(p.requires_grad for p in g.parameters()) for g in bb.groups]
+        expected = {"none": [False, False], "last-blocks": [False, True], "all": [True, True]}[spec.unfreeze]
+        assert per_group == expected
+    else:  # parameter-efficient: a part of the first block trains, never all of it
+        first = [p.requires_grad for p in bb.groups[0].parameters()]
+        assert any(first) and not all(first)
 
 
 def test_duplicate_model_registration_fails():

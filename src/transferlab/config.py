@@ -356,6 +356,37 @@ class LpFtConfig(_Strict):
     lr: LrGrid = [1e-3, 3e-3]
 
 
+class _EfficientConfig(StrategyConfig):
+    """Parameter-efficient strategies: opt-in (an empty grid by default). The few backbone
+    tensors they train learn at the head's rate (``backbone_lr_mult`` 1), as in their papers:
+    they are new or tiny, not pretrained weights to be adjusted gently."""
+
+    lr: LrGrid = []
+    backbone_lr_mult: Annotated[float, Field(gt=0, le=1)] = 1.0
+
+
+@strategy_params("bitfit")
+class BitfitConfig(_EfficientConfig):
+    """BitFit (Zaken et al., 2022): every bias of the backbone trains, nothing else. In
+    convolutional networks without convolution biases those are the normalisation shifts."""
+
+
+@strategy_params("norm")
+class NormConfig(_EfficientConfig):
+    """Only the scales and shifts of every normalisation layer (BatchNorm, LayerNorm,
+    GroupNorm) of the backbone train."""
+
+
+@strategy_params("lora")
+class LoraConfig(_EfficientConfig):
+    """LoRA (Hu et al., 2021): low-rank updates on linear layers, 1x1 convolutions and
+    attention projections (transferlab.lora); the pretrained weights stay frozen, and the
+    checkpoint holds them merged."""
+
+    rank: Annotated[int, Field(ge=1)] = 8
+    alpha: Annotated[float, Field(gt=0)] = 16.0  # updates scaled by alpha / rank
+
+
 @strategy_params("scratch")
 class ScratchConfig(StrategyConfig):
     """The same architecture from random weights: what pretraining is worth."""

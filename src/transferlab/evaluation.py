@@ -149,6 +149,8 @@ def headline(
         "epochs": round(mean_train("epochs_run"), 1),
         "trainable_params": train[0].trainable_params,
         "total_params": train[0].total_params,
+        "trained_mb": round((train[0].trained_bytes or 0) / MB, 3),
+        "checkpoint_mb": round((train[0].checkpoint_bytes or 0) / MB, 3),
         "peak_rss_mb": round(max(t.peak_rss_bytes for t in train) / MB, 1),
         "peak_gpu_mb": round(max(t.peak_gpu_bytes or 0 for t in train) / MB, 1),
         "seeds": len(runs),

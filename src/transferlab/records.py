@@ -41,6 +41,11 @@ class RunSummary(BaseModel):
     lr_schedule: dict[str, dict[str, float]] | None = None
     trainable_params: int
     total_params: int
+    # What one task costs to keep: the tensors the run trained (with bn: train, the
+    # running statistics too), against the whole checkpoint file. For the parameter-efficient
+    # strategies the first is what ships on top of a shared backbone.
+    trained_bytes: int | None = None
+    checkpoint_bytes: int | None = None
     peak_rss_bytes: int
     peak_gpu_bytes: int | None
     device: str

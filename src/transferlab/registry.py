@@ -23,8 +23,10 @@ Kind = Literal["two-stage", "end-to-end"]
 # The decision matrix's families (transferlab.recommend): what a rule of thumb recommends.
 Family = Literal["feature-extraction", "fine-tuning", "baseline"]
 # What trains when training starts (end-to-end): nothing of the backbone, its last blocks
-# (``unfreeze_blocks``), or all of it; progressive adds blocks later, by epoch.
-Unfreeze = Literal["none", "last-blocks", "all"]
+# (``unfreeze_blocks``), or all of it; progressive adds blocks later, by epoch. The
+# parameter-efficient strategies train a small subset everywhere: every bias, every
+# normalisation scale and shift, or LoRA adapters added to the frozen weights.
+Unfreeze = Literal["none", "last-blocks", "all", "biases", "norms", "lora"]
 
 
 @dataclass(frozen=True)
@@ -174,6 +176,36 @@ register(
         unfreeze="all",
         recipe_of="full",
         scenarios=(2, 4),
+    )
+)
+# Parameter-efficient fine-tuning: opt-in (empty grids in params.yaml). Each adapts the whole
+# backbone through a small set of tensors, so a task costs kilobytes to megabytes on top of a
+# shared backbone instead of a copy of it.
+register(
+    ModelSpec(
+        "bitfit",
+        "end-to-end",
+        "end to end, only the backbone's biases (and the head) train (BitFit)",
+        "fine-tuning",
+        unfreeze="biases",
+    )
+)
+register(
+    ModelSpec(
+        "norm",
+        "end-to-end",
+        "end to end, only normalisation scales and shifts (and the head) train",
+        "fine-tuning",
+        unfreeze="norms",
+    )
+)
+register(
+    ModelSpec(
+        "lora",
+        "end-to-end",
+        "end to end, low-rank adapters on linear and 1x1 convolution weights (LoRA), backbone frozen",
+        "fine-tuning",
+        unfreeze="lora",
     )
 )
 register(

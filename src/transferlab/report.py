@@ -515,6 +515,7 @@ def build(
         "time / epoch",
         "train img/s",
         "trainable / total params",
+        "trained / checkpoint MB",
         "peak RSS",
     ]
     table = []
@@ -537,6 +538,7 @@ def build(
                 _fmt_s(r["time_per_epoch_s"]),
                 f"{r['images_per_s']:,.0f}",
                 f"{r['trainable_params']:,} / {r['total_params']:,}",
+                f"{r.get('trained_mb', 0.0):.2f} / {r.get('checkpoint_mb', 0.0):.1f}",
                 f"{r['peak_rss_mb']:.0f} MB"
                 + (f" (GPU {r['peak_gpu_mb']:.0f} MB)" if r.get("peak_gpu_mb") else ""),
             ]
@@ -546,7 +548,9 @@ def build(
         "p",
         "Bold: the recommended model. Rows are sorted by test accuracy for reading only; every "
         "choice (learning rates, L2 strengths, the best model) was made on validation. Test "
-        "intervals: " + ("Wilson's." if not multi else "hierarchical bootstrap over seeds and images."),
+        "intervals: " + ("Wilson's." if not multi else "hierarchical bootstrap over seeds and images.")
+        + " 'Trained MB' is what a task adds to the shared backbone (the tensors the run trained), "
+        "'checkpoint MB' the file the model ships as.",
     )
     doc.add("h2", f"Paired comparisons with {verdict['best_on_val']}")
     paired_rows = []

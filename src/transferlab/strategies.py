@@ -10,6 +10,10 @@
 * ``lp-ft``: as ``full``, but the head starts from train-head's linear probe, so the first
   gradients reaching the backbone come from a sensible head instead of a random one.
 * ``scratch``: as ``full`` from random weights: the baseline that prices pretraining.
+* ``bitfit``, ``norm``, ``lora``: parameter-efficient. The backbone is frozen but for every
+  bias (BitFit), every normalisation scale and shift, or low-rank adapters added to its
+  linear and 1x1-convolution weights (:mod:`transferlab.lora`); all at ``backbone_lr_mult``
+  times the head's rate.
 
 The optimizer only ever holds trainable parameters: no momentum buffers or weight decay are
 spent on frozen weights. A group unfrozen later is added to the optimizer when it joins,
@@ -23,10 +27,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from transferlab import registry
-from transferlab.config import PartialConfig, ProgressiveConfig, StrategyConfig
+from transferlab import lora, registry
+from transferlab.config import LoraConfig, PartialConfig, ProgressiveConfig, StrategyConfig
 from transferlab.errors import ConfigError
 from transferlab.models import TransferModel
+
+
+# The normalisation layers whose scale and shift the ``norm`` strategy trains.
+NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
 
 
 def set_trainable(module: nn.Module, trainable: bool) -> None:
@@ -70,8 +78,23 @@ def apply_strategy(model: TransferModel, strategy: str, cfg: StrategyConfig) -> 
                 f"{model.backbone.name} has {n_groups} blocks"
             )
         unfreeze_last_blocks(model, cfg.unfreeze_blocks)
+    elif unfreeze == "biases":
+        set_trainable(model.backbone, False)
+        for name, p in model.backbone.named_parameters():
+            if name.rsplit(".", 1)[-1] == "bias":
+                p.requires_grad_(True)
+    elif unfreeze == "norms":
+        set_trainable(model.backbone, False)
+        for m in model.backbone.modules():
+            if isinstance(m, NORMS):
+                set_trainable(m, True)
+    elif unfreeze == "lora":
+        assert isinstance(cfg, LoraConfig)
+        lora.add_lora(model.backbone, cfg.rank, cfg.alpha)
     else:
         set_trainable(model.backbone, True)
+    if unfreeze in ("biases", "norms") and not any(p.requires_grad for p in model.backbone.parameters()):
+        raise ConfigError(f"finetune.{strategy}: {model.backbone.name} has no {unfreeze} to train")
 
 
 def _group(name: str, params: list[nn.Parameter], lr: float, weight_decay: float) -> list[dict[str, Any]]:

@@ -80,6 +80,7 @@ def run_cost(model: torch.nn.Module, device: torch.device) -> dict[str, Any]:
     return {
         "trainable_params": trainable,
         "total_params": total,
+        "trained_bytes": sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad),
         "peak_rss_bytes": peak_rss_bytes(),
         "peak_gpu_bytes": peak_gpu_bytes(device),
         "device": str(device),
@@ -93,8 +94,9 @@ def finish_run(name: str, model: torch.nn.Module, meta: CheckpointMeta, summary:
     from transferlab import layout
     from transferlab.models import save_checkpoint
 
-    record = RunSummary.model_validate(summary)
+    RunSummary.model_validate(summary)  # refuse a bad summary before anything is written
     save_checkpoint(layout.checkpoint(name), model, meta)
+    record = RunSummary.model_validate({**summary, "checkpoint_bytes": layout.checkpoint(name).stat().st_size})
     write_summary(layout.train_summary(name), record)
     print(
         f"{name}: val acc {record.val_acc:.4f}, {record.time_per_epoch_s:.3f}s/epoch, "
