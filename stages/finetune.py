@@ -9,6 +9,7 @@ Run through `dvc repro`; by hand: ``python stages/finetune.py full --seed 0 --lr
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run the 
 import torch
 from torch.utils.data import DataLoader
 
-from transferlab import layout, lora, registry
+from transferlab import layout, lora, registry, wise
+from transferlab._io import write_json
 from transferlab.backbones import backbone_fingerprint, check_backbone_name, create_backbone
 from transferlab.cli import run_stage
 from transferlab.config import HeadConfig, ProgressiveConfig, load_params
@@ -35,7 +37,7 @@ from transferlab.runtime import (
     resolve_workers,
     seed_everything,
 )
-from transferlab.scoring import write_predictions
+from transferlab.scoring import split_record, write_predictions
 from transferlab.strategies import ProgressiveUnfreezer, apply_strategy, param_groups
 from transferlab.tracking import CurveLogger, finish_run, run_cost, training_summary
 from transferlab.training import class_weights, fit, predict
@@ -103,6 +105,8 @@ def main(args: argparse.Namespace) -> None:
         }
     model = TransferModel(backbone, head)
     apply_strategy(model, strategy, cfg)
+    alphas = ft.section(strategy).wise_alphas if spec.from_probe else []
+    start = {k: v.detach().clone() for k, v in model.state_dict().items()} if alphas else None
     bn_synced = cfg.bn == "train" and sync_batchnorm(model, ranks, device)
     place(model, device)
 
@@ -173,17 +177,22 @@ def main(args: argparse.Namespace) -> None:
     logger.close()
     # Score the best epoch's weights on val and test, image by image.
     paths = manifest["path"].to_list()
-    scored = {}
-    for name, view, loader in (
-        ("val", val, val_loader),
-        (
-            "test",
+    loaders = {
+        "val": (val, val_loader),
+        "test": (
             test,
             eval_loader(test.paths, test.labels, pre, cfg.batch_size * 2, num_workers=workers, cache=cache),
         ),
-    ):
-        logits, labels = predict(model, loader, device, amp=cfg.amp)
-        scored[name] = (logits, labels, [paths[r] for r in view.rows])
+    }
+
+    def score(m: torch.nn.Module) -> dict[str, Any]:
+        scored = {}
+        for name, (view, loader) in loaders.items():
+            logits, labels = predict(m, loader, device, amp=cfg.amp)
+            scored[name] = (logits, labels, [paths[r] for r in view.rows])
+        return scored
+
+    scored = score(model)
     write_predictions(
         run,
         manifest_sha256=fingerprint["manifest_sha256"],
@@ -242,7 +251,46 @@ def main(args: argparse.Namespace) -> None:
     # LoRA: the checkpoint holds the adapters merged into the weights, an ordinary model
     # for evaluate, export and predict (trained_bytes says what the adapters alone take).
     lora.merge(model)
+    if start is not None:
+        write_wise(run, model, start, alphas, score, cfg.bn == "train", train, pre, cfg, device)
     finish_run(run, model.cpu(), meta, summary)
+
+
+def write_wise(run, model, start, alphas, score, reestimate, train, pre, cfg, device) -> None:
+    """results/<run>/wise.json: val and test scores of the weights mixed between the run's
+    start (probe on the pretrained backbone) and its end, per alpha (transferlab.wise)."""
+    t0 = time.perf_counter()
+    end = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    loader = eval_loader(train.paths, train.labels, pre, cfg.batch_size * 2, num_workers=0)
+
+    def bn(m: torch.nn.Module) -> None:
+        wise.reestimate_bn(m, (x for x, _ in loader), device)
+
+    def point(m: torch.nn.Module) -> dict[str, Any]:
+        s = score(m)
+        val, test = split_record(*s["val"]), split_record(*s["test"])
+        return {
+            "val_acc": val["accuracy"],
+            "val_nll": val["nll"],
+            "test_acc": test["accuracy"],
+            "test_nll": test["nll"],
+            "test_pred": test["pred"],
+            "test_ids": test["ids"],
+        }
+
+    points = wise.curve(model, start, end, alphas, point, reestimate=bn if reestimate else None)
+    ids = points[0]["test_ids"]
+    write_json(
+        layout.results_dir(run) / "wise.json",
+        {
+            "run": run,
+            "alphas": list(alphas),
+            "bn_reestimated": reestimate,
+            "test_ids": ids,
+            "points": [{k: v for k, v in p.items() if k != "test_ids"} for p in points],
+            "time_s": round(time.perf_counter() - t0, 2),
+        },
+    )
 
 
 def read_probe_cost(seed: int) -> float:

@@ -40,7 +40,10 @@ def test_norm_trains_exactly_the_normalisation_layers():
     model = _model(create_backbone("resnet18", 64, None, pretrained=False, crop_pct=None))
     apply_strategy(model, "norm", PARAMS.strategy("norm"))
     want = {
-        f"{name}.{p}" for name, m in model.backbone.named_modules() if isinstance(m, NORMS) for p in ("weight", "bias")
+        f"{name}.{p}"
+        for name, m in model.backbone.named_modules()
+        if isinstance(m, NORMS)
+        for p in ("weight", "bias")
     }
     assert _trainable(model) == want
 

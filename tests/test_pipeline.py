@@ -87,7 +87,19 @@ class TestPipeline:
             only_b = sum(z == y != x for x, z, y in zip(a, b, labels, strict=True))
             exact = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
             assert abs(pair["p"] - exact) < 1e-9 and pair["p_holm"] >= pair["p"]
-            assert {"a", "b", "n", "acc_a", "acc_b", "diff", "ci95", "ci_family", "p", "p_holm", "seeds"} <= set(pair)
+            assert {
+                "a",
+                "b",
+                "n",
+                "acc_a",
+                "acc_b",
+                "diff",
+                "ci95",
+                "ci_family",
+                "p",
+                "p_holm",
+                "seeds",
+            } <= set(pair)
         v = details["verdict"]
         assert v["best_on_val"] in v["tie_set"] and v["recommended"] in v["tie_set"]
         # lp-ft pays for the extraction and the probe it starts from
@@ -96,6 +108,21 @@ class TestPipeline:
             "extract-features",
             "train-head@features",
         ]
+        # WiSE-FT: alpha 1 is lp-ft's own weights, alpha 0 the probe on the pretrained
+        # backbone: the two ends reproduce what the two runs stored, image by image
+        wise = json.loads((project / "results/lp-ft-s0-lr0.001/wise.json").read_text())
+        assert wise["alphas"] == [round(0.1 * i, 1) for i in range(11)]
+        lpft = json.loads((project / "results/lp-ft-s0-lr0.001/predictions.json").read_text())
+        probe = json.loads((project / "results/features-s0/predictions.json").read_text())
+        order = {image: i for i, image in enumerate(wise["test_ids"])}
+        for point, stored in ((wise["points"][-1], lpft), (wise["points"][0], probe)):
+            assert [point["test_pred"][order[i]] for i in stored["test"]["ids"]] == stored["test"]["pred"]
+            assert point["val_acc"] == stored["val"]["accuracy"]
+        curve = details["models"]["lp-ft"]["wise"]
+        assert curve["test_acc"][-1] == metrics["lp-ft"]["test_acc"]
+        assert curve["test_acc"][0] == metrics["features"]["test_acc"]
+        assert curve["picked_alpha"] in curve["alphas"] and "vs_end" in curve and "vs_start" in curve
+        assert "weight-space interpolation" in (project / "reports/report.md").read_text()
         # how every run started, and the exact environment, travel with it
         scratch = json.loads((project / "results/scratch-s0-lr0.001/train.json").read_text())
         assert scratch["init"]["backbone"].startswith("random")

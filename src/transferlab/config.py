@@ -354,6 +354,17 @@ class LpFtConfig(_Strict):
     learning-rate grid is its own, so the two differ in the head's start alone."""
 
     lr: LrGrid = [1e-3, 3e-3]
+    # WiSE-FT: the weights mixed between the start (the probe on the pretrained backbone) and
+    # the fine-tuned end at these alphas, each scored on val and test (evaluations only;
+    # transferlab.wise). Empty: none.
+    wise_alphas: list[Annotated[float, Field(ge=0, le=1)]] = [round(0.1 * i, 1) for i in range(11)]
+
+    @model_validator(mode="after")
+    def _alphas(self) -> LpFtConfig:
+        a = self.wise_alphas
+        if any(y <= x for x, y in zip(a, a[1:], strict=False)):
+            raise ValueError("wise_alphas must be strictly increasing")
+        return self
 
 
 class _EfficientConfig(StrategyConfig):

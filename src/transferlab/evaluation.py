@@ -433,6 +433,10 @@ def evaluate_all(
             ),
         }
     comparisons = compare_all(correct, seeds)
+    for name, (run_names, _) in chosen.items():
+        curve = wise_view(run_names, {s: tests[c] for s, c in columns.items()})
+        if curve is not None:
+            details["models"][name]["wise"] = curve
     details["verdict"] = verdict(val, comparisons, {m: metrics[m]["total_time_s"] for m in metrics})
     details["rank_flips"] = rank_flips(
         {
@@ -451,6 +455,54 @@ def evaluate_all(
     details["fingerprint"] = extract.get("fingerprint") or {}
     details["split_sizes"] = dict(manifest.group_by("split").len().sort("split").iter_rows())
     return metrics, details, comparisons
+
+
+def wise_view(run_names: dict[int, str], tests: dict[int, dict[str, list]]) -> dict[str, Any] | None:
+    """The WiSE-FT curve of a strategy's chosen runs (``results/<run>/wise.json``, one per
+    seed), or None when its runs wrote none: per alpha the mean val and test accuracy, the
+    alpha validation picks (ties: lower validation loss), and paired tests of that alpha
+    against the fine-tuned end (alpha 1) and the start (alpha 0), on the same test images."""
+    files = {s: layout.results_dir(r) / "wise.json" for s, r in run_names.items()}
+    if not all(f.is_file() for f in files.values()):
+        return None
+    data = {s: read_json(f) for s, f in files.items()}
+    seeds = sorted(data)
+    alphas = data[seeds[0]]["alphas"]
+    if any(d["alphas"] != alphas for d in data.values()):
+        raise FingerprintMismatch("wise.json files of one strategy hold different alphas; re-run it")
+    correct = []  # per alpha: (seeds, images) 0/1, images in each seed's test order
+    for i in range(len(alphas)):
+        rows = []
+        for s in seeds:
+            order = {image: j for j, image in enumerate(data[s]["test_ids"])}
+            pred = data[s]["points"][i]["test_pred"]
+            labels = tests[s]["test_labels"]
+            rows.append(
+                [pred[order[image]] == y for image, y in zip(tests[s]["test_ids"], labels, strict=True)]
+            )
+        correct.append(np.asarray(rows, dtype=float))
+    val = [
+        _Val(
+            str(a),
+            *(float(np.mean([data[s]["points"][i][k] for s in seeds])) for k in ("val_acc", "val_nll")),
+        )
+        for i, a in enumerate(alphas)
+    ]
+    pick = best_index(val)
+    out: dict[str, Any] = {
+        "alphas": alphas,
+        "val_acc": [round(v.val_acc, 4) for v in val],
+        "test_acc": [round(float(c.mean()), 4) for c in correct],
+        "picked_alpha": alphas[pick],
+        "bn_reestimated": data[seeds[0]]["bn_reestimated"],
+        "time_s": round(float(np.mean([d["time_s"] for d in data.values()])), 2),
+        "selection": "validation accuracy (mean over seeds), ties to lower validation loss",
+    }
+    for key, alpha in (("vs_end", 1.0), ("vs_start", 0.0)):
+        if alpha in alphas:
+            pair = paired_test(correct[pick], correct[alphas.index(alpha)], family=2)
+            out[key] = {"a": f"alpha {alphas[pick]:g}", "b": f"alpha {alpha:g}", **pair}
+    return out
 
 
 def recommendation(metrics: dict[str, Any], details: dict[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ module's ``weight`` attribute is computed on each access.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
@@ -87,8 +88,9 @@ def merge(model: nn.Module) -> int:
     for module in list(model.modules()):
         if not parametrize.is_parametrized(module):
             continue
-        for attr in list(module.parametrizations.keys()):
-            if any(isinstance(p, LoRADelta) for p in module.parametrizations[attr]):
+        lists = cast(nn.ModuleDict, module.parametrizations)
+        for attr in list(lists.keys()):
+            if any(isinstance(p, LoRADelta) for p in cast(nn.ModuleList, lists[attr])):
                 parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
                 merged += 1
     return merged

@@ -430,6 +430,41 @@ def claims(
     return out
 
 
+def wise_section(doc: Document, name: str, w: dict[str, Any]) -> None:
+    """The WiSE-FT curve of ``name``: weights mixed between its start and its end."""
+    doc.add("h2", f"Between the probe and {name}: weight-space interpolation")
+    picked = w["picked_alpha"]
+    doc.add(
+        "table",
+        ["alpha", "val acc", "test acc"],
+        [
+            [f"**{a:g}**" if a == picked else f"{a:g}", f"{v:.4f}", f"{t:.4f}"]
+            for a, v, t in zip(w["alphas"], w["val_acc"], w["test_acc"], strict=True)
+        ],
+    )
+    text = (
+        f"Each row scores the weights (1 - alpha) x start + alpha x end, where the start is the "
+        f"linear probe on the pretrained backbone (alpha 0) and the end the fine-tuned {name} "
+        f"run (alpha 1): evaluations only, {w['time_s']:.1f} s per run"
+        + (
+            "; BatchNorm statistics re-estimated on the training images at every interior alpha"
+            if w["bn_reestimated"]
+            else ""
+        )
+        + f". Validation picks alpha {picked:g} (bold)."
+    )
+    for key in ("vs_end", "vs_start"):
+        if key in w and w[key]["a"] != w[key]["b"]:
+            pair = w[key]
+            lo, hi = pair["ci_family"]
+            verdict = "separable" if pair["p"] * 2 < 0.05 and (lo > 0 or hi < 0) else "not separable"
+            text += (
+                f" Against {pair['b']}: {_d(pair['diff'])} test accuracy, 95% interval [{_d(lo)}, {_d(hi)}] "
+                f"(Bonferroni over these two comparisons), p = {pair['p']:.3g}: {verdict}."
+            )
+    doc.add("p", text)
+
+
 def build(
     metrics: dict[str, Any],
     details: dict[str, Any],
@@ -548,7 +583,8 @@ def build(
         "p",
         "Bold: the recommended model. Rows are sorted by test accuracy for reading only; every "
         "choice (learning rates, L2 strengths, the best model) was made on validation. Test "
-        "intervals: " + ("Wilson's." if not multi else "hierarchical bootstrap over seeds and images.")
+        "intervals: "
+        + ("Wilson's." if not multi else "hierarchical bootstrap over seeds and images.")
         + " 'Trained MB' is what a task adds to the shared backbone (the tensors the run trained), "
         "'checkpoint MB' the file the model ships as.",
     )
@@ -638,6 +674,10 @@ def build(
             ["model", "runs", "splittings", "sd of test acc", "due to seeds", "due to splits"],
             spread_rows(details),
         )
+
+    for name, model in details["models"].items():
+        if "wise" in model:
+            wise_section(doc, name, model["wise"])
 
     checked = claims(by, extract, comparisons, val)
     if checked:

@@ -32,7 +32,6 @@ from transferlab.config import LoraConfig, PartialConfig, ProgressiveConfig, Str
 from transferlab.errors import ConfigError
 from transferlab.models import TransferModel
 
-
 # The normalisation layers whose scale and shift the ``norm`` strategy trains.
 NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
 

@@ -96,7 +96,9 @@ def finish_run(name: str, model: torch.nn.Module, meta: CheckpointMeta, summary:
 
     RunSummary.model_validate(summary)  # refuse a bad summary before anything is written
     save_checkpoint(layout.checkpoint(name), model, meta)
-    record = RunSummary.model_validate({**summary, "checkpoint_bytes": layout.checkpoint(name).stat().st_size})
+    record = RunSummary.model_validate(
+        {**summary, "checkpoint_bytes": layout.checkpoint(name).stat().st_size}
+    )
     write_summary(layout.train_summary(name), record)
     print(
         f"{name}: val acc {record.val_acc:.4f}, {record.time_per_epoch_s:.3f}s/epoch, "

@@ -24,7 +24,9 @@ from torch import nn
 Scorer = Callable[[nn.Module], dict[str, Any]]
 
 
-def interpolate(start: dict[str, torch.Tensor], end: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+def interpolate(
+    start: dict[str, torch.Tensor], end: dict[str, torch.Tensor], alpha: float
+) -> dict[str, torch.Tensor]:
     """The state at ``alpha`` between two states of one architecture. Floating tensors are
     mixed; integer ones (BatchNorm's batch counters) are the end's."""
     if start.keys() != end.keys():
@@ -66,7 +68,10 @@ def curve(
     reestimate: Callable[[nn.Module], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Score ``model`` at every alpha; ``reestimate`` (BatchNorm statistics) runs at interior
-    alphas only. The model is left holding ``end``."""
+    alphas only. The model is left holding ``end``. Both states are copied first: a state
+    dict taken from ``model`` itself would otherwise change under the loads."""
+    start = {k: v.detach().clone() for k, v in start.items()}
+    end = {k: v.detach().clone() for k, v in end.items()}
     points = []
     try:
         for alpha in alphas:
