@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset
 
-from transferlab import layout
+from transferlab import layout, transferability
 from transferlab._io import write_json
 from transferlab.backbones import check_backbone_name, create_backbone
 from transferlab.cli import run_stage
@@ -154,6 +154,8 @@ def main(args: argparse.Namespace) -> None:
         "environment": environment(),
         "fingerprint": fingerprint.to_json(),
     }
+    # what the store promises before any head is trained (base splitting; transferability.py)
+    summary["transferability"] = transferability.score_store(store, manifest, p.base.seed)
     write_json(layout.results_dir("extract") / "extract.json", summary)
     print(
         f"extract-features: {stats.images} images in {stats.seconds:.1f}s "

@@ -20,6 +20,7 @@ from transferlab._io import code_version, publish, read_json
 from transferlab.cli import run_stage
 from transferlab.config import load_params
 from transferlab.report import build
+from transferlab.screening import read_screens
 
 
 def main(args: argparse.Namespace) -> None:
@@ -31,8 +32,15 @@ def main(args: argparse.Namespace) -> None:
     metrics, details = read_json(src / "metrics.json"), read_json(src / "details.json")
     comparisons = read_json(src / "comparisons.json")
     title = p.report.title
+    screens = read_screens([c.model_dump(mode="json") for c in p.backbone.candidates])
     doc = build(
-        metrics, details, comparisons, title=title, code_version=code_version(), params_text=params_text
+        metrics,
+        details,
+        comparisons,
+        title=title,
+        code_version=code_version(),
+        params_text=params_text,
+        screens=screens,
     )
     with publish(layout.REPORTS) as out:
         out.mkdir()

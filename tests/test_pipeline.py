@@ -243,6 +243,38 @@ class TestPipeline:
         dvc(project, "checkout", "-q")
         assert "changed" not in dvc(project, "status").stdout
 
+    def test_backbone_candidates_are_screened_without_touching_the_arms(self, project):
+        """backbone.candidates: one screening stage per entry (own store, probe, scores);
+        nothing the arms made re-runs, and editing one entry re-runs that entry alone."""
+        cands = [
+            {"name": "efficientnet_lite0", "image_size": 32, "weights": "pretrained"},
+            {"name": "efficientnet_lite0", "image_size": 48, "weights": "pretrained"},
+            {"name": "resnet18", "image_size": 32, "weights": "random"},
+        ]
+        set_params(project, {"backbone": {"candidates": cands}})
+        res = repro(project)
+        assert ran(res.stdout) == {f"screen-backbone@candidate{i}" for i in range(3)} | {"report"}
+        screens = [json.loads((project / f"results/screen/candidate{i}.json").read_text()) for i in range(3)]
+        assert [s["candidate"] for s in screens] == cands
+        assert (project / "data/screen/candidate1").is_dir()
+        # candidate 0 is the arms' own backbone: its probe is train-head's probe, on the same store
+        probe = json.loads((project / "results/features-s0/predictions.json").read_text())
+        assert screens[0]["probe"]["test_acc"] == probe["test"]["accuracy"]
+        extract = json.loads((project / "results/extract/extract.json").read_text())
+        assert screens[0]["scores"] == pytest.approx(extract["transferability"]["scores"])
+        assert screens[2]["weights_sha256"] is None and screens[2]["params"] > screens[0]["params"]
+        report = (project / "reports/report.md").read_text()
+        assert "Kendall's tau over 3 candidates" in report and "resnet18 @ 32 px (random)" in report
+        cands[1] = {**cands[1], "image_size": 40}
+        set_params(project, {"backbone": {"candidates": cands}})
+        assert ran(repro(project).stdout) == {"screen-backbone@candidate1", "report"}
+        run(project, "git", "checkout", "-q", "--", ".")
+        for d in ("data/screen", "results/screen"):
+            for f in (project / d).glob("candidate*"):
+                shutil.rmtree(f) if f.is_dir() else f.unlink()
+        dvc(project, "checkout", "-q")
+        assert "changed" not in dvc(project, "status").stdout
+
     def test_same_params_same_metrics_whatever_the_image_cache(self, project):
         """Every stage re-run with no decoded-image cache at all (the data exceeds the budget,
         as a data set larger than memory would): every image is decoded as it is read, and

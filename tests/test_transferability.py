@@ -84,3 +84,19 @@ def test_knn_tie_goes_to_the_nearest():
     # one vote each: the nearer (0 deg, 30 away against 50) decides
     assert knn_accuracy(train, train_labels, _on_circle([30]), np.array([0]), k=2) == 1.0
     assert knn_accuracy(train, train_labels, _on_circle([50]), np.array([1]), k=2) == 1.0
+
+
+def test_kendall_tau_by_hand_and_against_scipy():
+    from scipy.stats import kendalltau
+
+    from transferlab.transferability import kendall_tau
+
+    assert kendall_tau([1, 2, 3], [10, 20, 30]) == 1.0
+    assert kendall_tau([1, 2, 3], [3, 2, 1]) == -1.0
+    # 3 items, pairs (1,2) concordant, (1,3) concordant, (2,3) discordant: (2 - 1) / 3
+    assert kendall_tau([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        x, y = rng.integers(0, 4, 9).astype(float), rng.integers(0, 4, 9).astype(float)  # with ties
+        assert kendall_tau(list(x), list(y)) == pytest.approx(kendalltau(x, y).statistic)
+    assert kendall_tau([1, 1, 1], [1, 2, 3]) is None and kendall_tau([1.0], [2.0]) is None

@@ -107,6 +107,17 @@ class DownloadConfig(_Strict):
         return self
 
 
+class CandidateConfig(_Strict):
+    """One backbone to screen. Every key is spelled out: dvc.yaml passes them to the stage
+    command, so a candidate's stage re-runs when its own entry changes and no other's."""
+
+    name: str
+    image_size: Annotated[int, Field(ge=16, le=1024)]
+    # pretrained: the registered weights (offline for efficientnet_lite0; torchvision's
+    # download otherwise); random: no pretraining, the floor; or a local state-dict file
+    weights: str
+
+
 class BackboneConfig(_Strict):
     """The pretrained network, shared by extract-features and every end-to-end strategy."""
 
@@ -120,6 +131,17 @@ class BackboneConfig(_Strict):
     crop_pct: Annotated[float, Field(gt=0, le=1)] | None = 1.0
     # Optional local state-dict file that replaces the registered weights.
     weights: str | None = None
+    # Backbones to screen by linear probe and transferability scores, each on its own store
+    # (stage screen-backbone; transferlab.transferability): [] screens nothing. The arms
+    # run on ``name`` above; the report names the probe's pick among the candidates.
+    candidates: list[CandidateConfig] = []
+
+    @model_validator(mode="after")
+    def _distinct(self) -> BackboneConfig:
+        seen = [c.model_dump_json() for c in self.candidates]
+        if len(set(seen)) != len(seen):
+            raise ValueError("candidates lists a backbone twice")
+        return self
 
 
 class AugmentConfig(_Strict):

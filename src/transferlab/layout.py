@@ -12,6 +12,9 @@ DATA = Path("data")
 RAW = DATA / "raw"
 MANIFEST = DATA / "manifest.parquet"
 FEATURES = DATA / "features"
+# backbone.candidates, screened (stage screen-backbone): one store and one summary each
+SCREEN_DATA = DATA / "screen"
+SCREEN = Path("results") / "screen"
 MODELS = DATA / "models"
 RESULTS = Path("results")
 REPORTS = Path("reports")

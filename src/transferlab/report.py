@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +22,7 @@ matplotlib.use("Agg")  # headless: CI and servers have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from transferlab import registry  # noqa: E402
+from transferlab import registry, screening  # noqa: E402
 from transferlab.recommend import (  # noqa: E402
     FINE_TUNING,
     GAP_THRESHOLD,
@@ -465,6 +466,75 @@ def wise_section(doc: Document, name: str, w: dict[str, Any]) -> None:
     doc.add("p", text)
 
 
+def backbone_section(doc: Document, details: dict[str, Any], screens: list[dict[str, Any]]) -> None:
+    """Transferability scores of the arms' store and, with backbone.candidates, the screen."""
+    t = details.get("extract", {}).get("transferability")
+    if not t and not screens:
+        return
+    doc.add("h2", "Backbones: predicted before training, then measured")
+    if t:
+        sc, sec = t["scores"], t["seconds"]
+        doc.add(
+            "p",
+            f"Scores of the arms' store (`{details['fingerprint']['backbone']}`, training images of the "
+            f"base splitting): LogME {sc['logme']:.3f} ({sec['logme']:.2f} s), H-score "
+            f"{sc['h_score']:.3f} ({sec['h_score']:.2f} s), k-NN validation accuracy {sc['knn_val_acc']:.4f} "
+            f"({sec['knn_val_acc']:.2f} s). Higher is better for each; alone they say little, next to "
+            "another backbone's they are a guess at which will transfer better.",
+        )
+    if not screens:
+        doc.add(
+            "p",
+            "No candidates were screened: list some in `backbone.candidates` to compare backbones "
+            "by linear probe and score (README, Choosing the backbone).",
+        )
+        return
+    summary = screening.summarise(screens)
+    doc.add("table", screening.HEADER, screening.rows(screens))
+    best = summary["best"]
+    others = [n for n in summary["tie_set"] if n != best]
+    text = (
+        f"Every candidate: features of every image in its own store, then the linear probe of "
+        f"train-head (L2 strength chosen on validation), on the same splits. Best probe on validation: "
+        f"**{best}**."
+    )
+    if others:
+        text += f" The test split cannot separate it from {', '.join(others)} (paired, family-wise)."
+    elif summary["paired"]:
+        text += " Every other candidate's probe is separably worse on the test split."
+    for name, pair in summary["paired"].items():
+        lo, hi = pair["ci_family"]
+        text += f" Against {name}: {_d(pair['diff'])} [{_d(lo)}, {_d(hi)}], Holm p = {pair['p_holm']:.3g}."
+    text += (
+        " The arms ran on `backbone.name`; to run them on another candidate: "
+        "`dvc exp run -S backbone.name=<name> -S backbone.image_size=<size>`."
+    )
+    doc.add("p", text)
+    n = len(screens)
+    tau_rows = [
+        [
+            screening.SCORES[k],
+            *("n/a" if v[m] is None else f"{v[m]:+.2f}" for m in ("val_acc", "test_acc")),
+        ]
+        for k, v in summary["tau"].items()
+    ]
+    doc.add("table", ["score", "Kendall's tau with probe val acc", "with probe test acc"], tau_rows)
+    doc.add(
+        "p",
+        f"Kendall's tau over {n} candidates: +1 when a score ranks them exactly as the probes did, "
+        "-1 when exactly reversed. "
+        + (
+            "With fewer than 5 candidates a perfect ranking happens by chance often (1 in "
+            f"{math.factorial(n)}): read it as an illustration. "
+            if n < 5
+            else ""
+        )
+        + "Published studies find these scores unstable predictors of fine-tuned accuracy "
+        "(Agostinelli et al., ECCV 2022) and a plain k-NN competitive with the rest "
+        "(Sorkhei et al., 2025); the probe accuracies above are measured, not predicted.",
+    )
+
+
 def build(
     metrics: dict[str, Any],
     details: dict[str, Any],
@@ -473,6 +543,7 @@ def build(
     title: str,
     code_version: str,
     params_text: str,
+    screens: list[dict[str, Any]] | None = None,
 ) -> Document:
     rows = comparison_rows(metrics)
     by = {r["model"]: r for r in rows}
@@ -678,6 +749,8 @@ def build(
     for name, model in details["models"].items():
         if "wise" in model:
             wise_section(doc, name, model["wise"])
+
+    backbone_section(doc, details, screens or [])
 
     checked = claims(by, extract, comparisons, val)
     if checked:

@@ -20,7 +20,15 @@ not a substitute for measuring.
 
 from __future__ import annotations
 
+import time
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from transferlab.features import FeatureStore
 
 _EPS = 1e-5  # keeps the fixed point away from division by zero on degenerate features
 
@@ -109,3 +117,79 @@ def knn_accuracy(
         pick = next(v for v in votes if v in tied)  # the nearest of the tied classes
         correct += int(pick == truth)
     return correct / max(len(query_labels), 1)
+
+
+def kendall_tau(x: list[float], y: list[float]) -> float | None:
+    """Kendall's tau-b between two scorings of the same items (ties in either counted as
+    neither concordant nor discordant, and the denominator corrected for them); None when
+    either scoring is constant or there are fewer than two items."""
+    n = len(x)
+    if n != len(y):
+        raise ValueError(f"kendall_tau: {n} and {len(y)} values")
+    concordant = discordant = ties_x = ties_y = 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+            if dx == 0 and dy == 0:
+                continue
+            if dx == 0:
+                ties_x += 1
+            elif dy == 0:
+                ties_y += 1
+            elif dx == dy:
+                concordant += 1
+            else:
+                discordant += 1
+    denom = np.sqrt((concordant + discordant + ties_x) * (concordant + discordant + ties_y))
+    return None if denom == 0 else float((concordant - discordant) / denom)
+
+
+# The scores read at most this many training (and validation) images, a seeded sample: LogME
+# and H-score cost O(n d^2), k-NN O(n_train x n_val), and the ranking they give settles long
+# before a million images.
+MAX_ROWS = 10_000
+
+
+def sample_mask(mask: np.ndarray, cap: int = MAX_ROWS, seed: int = 0) -> np.ndarray:
+    """``mask`` with at most ``cap`` of its True entries kept, drawn with ``seed``."""
+    idx = np.flatnonzero(mask)
+    if len(idx) <= cap:
+        return mask
+    out = np.zeros_like(mask, dtype=bool)
+    out[np.random.default_rng(seed).choice(idx, cap, replace=False)] = True
+    return out
+
+
+def score_store(store: FeatureStore, manifest: pl.DataFrame, seed: int) -> dict[str, Any]:
+    """The three scores of a feature store's training images of the base splitting (k-NN
+    scored on its validation images), each with the seconds it took. At most ``MAX_ROWS``
+    images of each split, the same seeded sample for every store of one manifest (stores
+    list their images in the same seeded order)."""
+    from transferlab import layout
+    from transferlab.features import IMAGES
+    from transferlab.manifest import split_view
+
+    x: dict[str, np.ndarray] = {}
+    y: dict[str, np.ndarray] = {}
+    for split in ("train", "val"):
+        keep = sample_mask(store.select(IMAGES, split_view(manifest, layout.RAW, split).rows), seed=seed)
+        feats, labels, _ = store.load(IMAGES, keep)
+        x[split], y[split] = feats.numpy(), labels.numpy()
+    return score_features(x["train"], y["train"], x["val"], y["val"])
+
+
+def score_features(
+    train: np.ndarray, train_labels: np.ndarray, val: np.ndarray, val_labels: np.ndarray
+) -> dict[str, Any]:
+    """The three scores of training features (k-NN: scored on validation), each with the
+    seconds it took."""
+    out: dict[str, Any] = {"scores": {}, "seconds": {}, "images": {"train": len(train), "val": len(val)}}
+    for name, fn, inputs in (
+        ("logme", logme, (train, train_labels)),
+        ("h_score", h_score, (train, train_labels)),
+        ("knn_val_acc", knn_accuracy, (train, train_labels, val, val_labels)),
+    ):
+        t = time.perf_counter()
+        out["scores"][name] = fn(*inputs)
+        out["seconds"][name] = round(time.perf_counter() - t, 3)
+    return out

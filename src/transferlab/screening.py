@@ -1,0 +1,120 @@
+"""The backbone screen: candidates (backbone.candidates) compared at the cost of a linear
+probe, and how well the transferability scores predicted what the probes then measured.
+
+Read by the report from ``results/screen/<key>.json`` (stage screen-backbone). Every
+candidate's probe is scored on the same test images, so candidates are compared like the
+arms: paired, family-wise (:func:`transferlab.evaluation.compare_all`), best on validation,
+and the tie set of those the test split cannot separate from it.
+
+Kendall's tau between each score and the measured probe accuracy says whether the scores
+ranked the candidates as the probes did. With three candidates tau takes only the values
+-1, -1/3, 1/3 and 1, and even 1 happens by chance one time in six: it is printed with the
+number of candidates and read as an illustration until there are more.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from transferlab import layout
+from transferlab._io import read_json
+from transferlab.errors import FingerprintMismatch
+from transferlab.evaluation import compare_all
+from transferlab.selection import best_index
+from transferlab.stats import pair_of, separable
+from transferlab.transferability import kendall_tau
+
+SCORES = {"logme": "LogME", "h_score": "H-score", "knn_val_acc": "k-NN val acc"}
+
+
+def label(candidate: dict[str, Any]) -> str:
+    return f"{candidate['name']} @ {candidate['image_size']} px ({candidate['weights']})"
+
+
+def read_screens(candidates: list[dict[str, Any]], root: Path = layout.SCREEN) -> list[dict[str, Any]]:
+    """The screen of every current candidate, in params order; a missing or stale one (its
+    entry edited since it ran) is an error that says to re-run."""
+    screens = []
+    for i, cand in enumerate(candidates):
+        path = root / f"candidate{i}.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: backbone.candidates[{i}] was not screened; run dvc repro")
+        screen = read_json(path)
+        if screen["candidate"] != cand:
+            raise FingerprintMismatch(
+                f"{path}: screened {screen['candidate']}, but backbone.candidates[{i}] is {cand}; run dvc repro"
+            )
+        screens.append(screen)
+    return screens
+
+
+class _Val:
+    def __init__(self, val_acc: float, val_loss: float) -> None:
+        self.val_acc, self.val_loss = val_acc, val_loss
+
+
+def summarise(screens: list[dict[str, Any]]) -> dict[str, Any]:
+    """Best candidate on validation, paired comparisons with it, the tie set, and Kendall's
+    tau of every score against the probes' validation and test accuracy."""
+    names = [f"candidate{i}: {label(s['candidate'])}" for i, s in enumerate(screens)]
+    ids = screens[0]["test_ids"]
+    correct = {}
+    for name, s in zip(names, screens, strict=True):
+        order = {image: j for j, image in enumerate(s["test_ids"])}
+        if sorted(order) != sorted(ids):
+            raise FingerprintMismatch("screened candidates were scored on other test images; run dvc repro")
+        correct[name] = np.asarray([[s["test_correct"][order[image]] for image in ids]], dtype=float)
+    best = names[best_index([_Val(s["probe"]["val_acc"], s["probe"]["val_loss"]) for s in screens])]
+    comparisons = compare_all(correct, [0]) if len(screens) > 1 else {"pairs": []}
+    paired = {n: pair_of(comparisons, best, n) for n in names if n != best}
+    tau = {}
+    for key in SCORES:
+        scores = [s["scores"][key] for s in screens]
+        tau[key] = {
+            "val_acc": kendall_tau(scores, [s["probe"]["val_acc"] for s in screens]),
+            "test_acc": kendall_tau(scores, [s["probe"]["test_acc"] for s in screens]),
+        }
+    return {
+        "names": names,
+        "best": best,
+        "paired": paired,
+        "tie_set": [best] + [n for n, p in paired.items() if not separable(p)],
+        "tau": tau,
+    }
+
+
+def rows(screens: list[dict[str, Any]]) -> list[list[str]]:
+    out = []
+    for i, s in enumerate(screens):
+        probe = s["probe"]
+        lo, hi = probe["test_ci95"]
+        out.append(
+            [
+                f"candidate{i}",
+                label(s["candidate"]),
+                f"{s['params']:,}",
+                f"{probe['val_acc']:.4f}",
+                f"{probe['test_acc']:.4f} [{lo:.3f}, {hi:.3f}]",
+                f"{s['extract_time_s']:.1f} s",
+                f"{s['images_per_s']:,.0f}",
+                f"{s['store_bytes'] / 2**20:.1f} MB",
+                *(f"{s['scores'][k]:.3f}" for k in SCORES),
+            ]
+        )
+    return out
+
+
+HEADER = [
+    "key",
+    "backbone",
+    "parameters",
+    "probe val acc",
+    "probe test acc [95% CI]",
+    "extraction",
+    "images/s",
+    "store",
+    *SCORES.values(),
+]

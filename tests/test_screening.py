@@ -1,0 +1,83 @@
+"""The backbone screen: candidates compared by probe, scores checked by Kendall's tau."""
+
+import json
+
+import numpy as np
+import pytest
+
+from transferlab import screening
+from transferlab.errors import FingerprintMismatch
+
+
+def _screen(name, size, acc, val, scores, n=400, seed=0):
+    rng = np.random.default_rng(seed)
+    correct = (rng.random(n) < acc).astype(int)
+    ids = [f"img{i}.png" for i in range(n)]
+    order = rng.permutation(n)  # each screen lists the test images in its own order
+    return {
+        "candidate": {"name": name, "image_size": size, "weights": "pretrained"},
+        "params": 1000,
+        "extract_time_s": 1.0,
+        "images_per_s": 100.0,
+        "store_bytes": 2**20,
+        "probe": {"val_acc": val, "val_loss": 1 - val, "test_acc": correct.mean(), "test_ci95": [0.0, 1.0]},
+        "scores": scores,
+        "test_ids": [ids[i] for i in order],
+        "test_correct": correct[order].tolist(),
+    }
+
+
+def test_best_on_validation_paired_ties_and_tau():
+    screens = [
+        _screen("a", 32, 0.95, 0.96, {"logme": 3.0, "h_score": 1.0, "knn_val_acc": 0.9}, seed=1),
+        _screen("b", 32, 0.70, 0.71, {"logme": 1.0, "h_score": 2.0, "knn_val_acc": 0.5}, seed=2),
+        _screen("c", 64, 0.94, 0.95, {"logme": 2.0, "h_score": 3.0, "knn_val_acc": 0.8}, seed=3),
+    ]
+    s = screening.summarise(screens)
+    assert s["best"].startswith("candidate0: a @ 32 px")
+    b, c = s["names"][1], s["names"][2]
+    assert b not in s["tie_set"]  # 0.95 vs 0.70 on 400 images: separable
+    assert c in s["tie_set"]  # 0.95 vs 0.94: the test split cannot tell
+    # LogME and k-NN rank a > c > b as the probes' validation accuracy does; H-score reverses it
+    assert s["tau"]["logme"]["val_acc"] == pytest.approx(1.0)
+    assert s["tau"]["knn_val_acc"]["val_acc"] == pytest.approx(1.0)
+    assert s["tau"]["h_score"]["val_acc"] == pytest.approx(-1 / 3)
+
+
+def test_read_screens_refuses_missing_and_stale_candidates(tmp_path):
+    cands = [{"name": "a", "image_size": 32, "weights": "pretrained"}]
+    with pytest.raises(FileNotFoundError, match=r"candidates\[0\] was not screened"):
+        screening.read_screens(cands, tmp_path)
+    (tmp_path / "candidate0.json").write_text(
+        json.dumps({"candidate": {"name": "a", "image_size": 64, "weights": "pretrained"}})
+    )
+    with pytest.raises(FingerprintMismatch, match="run dvc repro"):
+        screening.read_screens(cands, tmp_path)
+    assert screening.read_screens([], tmp_path) == []
+
+
+def test_report_shows_the_screen(tmp_path):
+    from test_report import MODELS, _inputs  # the report tests' synthetic evaluation
+
+    from transferlab.report import build
+
+    metrics, details, comparisons = _inputs(MODELS)
+    details["extract"] = {}
+    bare = build(metrics, details, comparisons, title="t", code_version="v", params_text="").markdown()
+    assert "Backbones:" not in bare  # nothing to say: no scores, no candidates
+    details["extract"]["transferability"] = {
+        "scores": {"logme": 0.5, "h_score": 8.9, "knn_val_acc": 0.9},
+        "seconds": {"logme": 0.3, "h_score": 0.4, "knn_val_acc": 0.04},
+    }
+    screens = [
+        _screen("a", 32, 0.95, 0.96, {"logme": 3.0, "h_score": 1.0, "knn_val_acc": 0.9}, seed=1),
+        _screen("b", 32, 0.70, 0.71, {"logme": 1.0, "h_score": 2.0, "knn_val_acc": 0.5}, seed=2),
+    ]
+    md = build(
+        metrics, details, comparisons, title="t", code_version="v", params_text="", screens=screens
+    ).markdown()
+    assert "## Backbones: predicted before training, then measured" in md
+    assert "LogME 0.500" in md and "| candidate1 | b @ 32 px (pretrained)" in md
+    assert "Kendall's tau over 2 candidates" in md and "1 in 2" in md
+    alone = build(metrics, details, comparisons, title="t", code_version="v", params_text="").markdown()
+    assert "LogME 0.500" in alone and "No candidates were screened" in alone
