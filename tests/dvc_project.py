@@ -109,6 +109,9 @@ def make_project(dst: Path, params: dict | None = None) -> Path:
     for generated in ("dvc.lock", "results", "reports"):
         path = dst / generated
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    # placeholders a clone always has (results/screen: the report's dependency on screens)
+    (dst / "results/screen").mkdir(parents=True)
+    (dst / "results/screen/.gitkeep").touch()
     set_params(dst, TINY if params is None else params)
     run(dst, "git", "init", "-q")
     run(dst, "git", "add", "-A")
