@@ -27,7 +27,9 @@ def main(args: argparse.Namespace) -> None:
     heads = list(p.train_head.models)
     strategies = {s: list(ft.section(s).lr) for s in ft.runs}
     seeds = p.base.seeds
-    metrics, details, comparisons = evaluate_all(heads, strategies, seeds, manifest, p.base.splits)
+    metrics, details, comparisons = evaluate_all(
+        heads, strategies, seeds, manifest, p.base.splits, list(p.shift.kinds)
+    )
     out = layout.results_dir("evaluate")
     write_json(out / "details.json", details)
     write_json(out / "comparisons.json", comparisons)

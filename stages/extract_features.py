@@ -30,12 +30,14 @@ from transferlab.features import (
     extract_features,
     owned_rows,
     row_ranges,
+    shifted_group,
 )
 from transferlab.images import (
     BatchTransform,
     DecodedCache,
     ImageDataset,
     SeededItems,
+    Shift,
     eval_transform,
     train_transform,
 )
@@ -110,8 +112,28 @@ def main(args: argparse.Namespace) -> None:
                 SeededItems(ConcatDataset([augmented] * cfg.augment_views), p.base.seed), **loader_kwargs
             ),
         )
+    # The robustness view (params: shift): every image that is tested in some splitting, once
+    # per shift, in its own group; the heads score them like the clean test images.
+    tests = np.zeros(manifest.height, dtype=bool)
+    for column in split_columns(manifest):
+        tests |= (manifest[column] == "test").to_numpy()
+    tested = np.flatnonzero(tests[images.rows])
+    for kind in p.shift.kinds:
+        shift = Shift(kind, p.shift.severity, pre.image_size, p.base.seed)
+        groups[shifted_group(kind)] = Group(
+            images.rows[tested],
+            row_ranges(
+                torch.utils.data.Subset(decoded, tested.tolist()),
+                collate_fn=BatchTransform(eval_transform(pre, shift)),
+                **loader_kwargs,
+            ),
+        )
     fingerprint = Fingerprint.of(
-        backbone, manifest_fingerprint(manifest), cfg.augment_views, aug.model_dump(mode="json")
+        backbone,
+        manifest_fingerprint(manifest),
+        cfg.augment_views,
+        aug.model_dump(mode="json"),
+        shift=p.shift.model_dump(mode="json") if p.shift.kinds else None,
     )
     stats = extract_features(
         backbone,

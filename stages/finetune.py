@@ -25,7 +25,7 @@ from transferlab.cli import run_stage
 from transferlab.config import HeadConfig, ProgressiveConfig, load_params
 from transferlab.distributed import EpochSampler, per_rank_batch, replicate, sync_batchnorm
 from transferlab.errors import ConfigError, FingerprintMismatch
-from transferlab.images import DecodedCache, ImageDataset, SeededItems, eval_loader, train_transform
+from transferlab.images import DecodedCache, ImageDataset, SeededItems, Shift, eval_loader, train_transform
 from transferlab.manifest import class_names, manifest_fingerprint, read_manifest, split_column, split_view
 from transferlab.models import CheckpointMeta, TransferModel, load_checkpoint, make_head
 from transferlab.runtime import (
@@ -184,6 +184,19 @@ def main(args: argparse.Namespace) -> None:
             eval_loader(test.paths, test.labels, pre, cfg.batch_size * 2, num_workers=workers, cache=cache),
         ),
     }
+    # the robustness view (params: shift): the test images under each fixed shift
+    shifted = {
+        kind: eval_loader(
+            test.paths,
+            test.labels,
+            pre,
+            cfg.batch_size * 2,
+            num_workers=workers,
+            cache=cache,
+            shift=Shift(kind, p.shift.severity, pre.image_size, base.seed),
+        )
+        for kind in p.shift.kinds
+    }
 
     def score(m: torch.nn.Module) -> dict[str, Any]:
         scored = {}
@@ -193,6 +206,9 @@ def main(args: argparse.Namespace) -> None:
         return scored
 
     scored = score(model)
+    for kind, loader in shifted.items():
+        logits, labels = predict(model, loader, device, amp=cfg.amp)
+        scored[kind] = (logits, labels, [paths[r] for r in test.rows])
     write_predictions(
         run,
         manifest_sha256=fingerprint["manifest_sha256"],
@@ -200,6 +216,7 @@ def main(args: argparse.Namespace) -> None:
         val=scored["val"],
         test=scored["test"],
         split=column,
+        shifted={k: scored[k] for k in shifted},
     )
     meta = CheckpointMeta(
         kind="end-to-end",

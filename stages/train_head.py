@@ -22,7 +22,7 @@ from transferlab.backbones import backbone_fingerprint, check_backbone_name, cre
 from transferlab.cli import run_stage
 from transferlab.config import TrainHeadConfig, load_params
 from transferlab.errors import ConfigError
-from transferlab.features import AUGMENTED, IMAGES, FeatureStore, StreamedBatches
+from transferlab.features import AUGMENTED, IMAGES, FeatureStore, StreamedBatches, shifted_group
 from transferlab.manifest import class_names, manifest_fingerprint, read_manifest, split_column, split_view
 from transferlab.models import CheckpointMeta, make_head
 from transferlab.probe import fit_linear_probe
@@ -230,8 +230,9 @@ def main(args: argparse.Namespace) -> None:
     # Score the chosen head on val and test, image by image: the verdict's raw material.
     paths = manifest["path"].to_list()
     scored = {}
-    for split in ("val", "test"):
-        x, y, rows = store.load(IMAGES, store.select(IMAGES, split_rows[split]))
+    for split, group in (("val", IMAGES), ("test", IMAGES), *((k, shifted_group(k)) for k in store.shifts())):
+        rows_of = split_rows["test" if group != IMAGES else split]
+        x, y, rows = store.load(group, store.select(group, rows_of))
         logits, labels = predict(head.to(device), TensorBatches(x, y, 4096), device)
         scored[split] = (logits, labels, [paths[r] for r in rows])
     write_predictions(
@@ -241,6 +242,7 @@ def main(args: argparse.Namespace) -> None:
         val=scored["val"],
         test=scored["test"],
         split=column,
+        shifted={k: scored[k] for k in store.shifts()},
     )
     meta = CheckpointMeta(
         kind="head",

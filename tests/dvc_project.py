@@ -25,6 +25,7 @@ TINY = {
         "lp-ft": {"lr": [1e-3]},
         "progressive": {**ONE_EPOCH, "epochs": 2, "unfreeze_epochs": [1]},
     },
+    "shift": {"kinds": ["blur", "noise"]},  # the robustness view, on every test project
 }
 HEADS = {"train-head@features-0", "train-head@features-augmented-0"}
 END_TO_END = {f"finetune-{s}@0-0.001" for s in ("frozen", "partial", "full", "progressive", "scratch")} | {

@@ -123,6 +123,18 @@ class TestPipeline:
         assert curve["test_acc"][0] == metrics["features"]["test_acc"]
         assert curve["picked_alpha"] in curve["alphas"] and "vs_end" in curve and "vs_start" in curve
         assert "weight-space interpolation" in (project / "reports/report.md").read_text()
+        # the robustness view: every model scored on the shifted test images, paired
+        rob = details["robustness"]
+        assert rob["kinds"] == ["blur", "noise"] and set(rob["accuracy"]) == ALL_MODELS
+        assert len(rob["comparisons"]["pairs"]) == len(comparisons["pairs"])
+        assert all(0 <= metrics[m]["shifted_acc"] <= 1 for m in ALL_MODELS)
+        assert any(metrics[m]["shifted_acc"] != metrics[m]["test_acc"] for m in ALL_MODELS)
+        for m in ("features", "full"):  # a head scores the store's shifted group, a strategy its own loader
+            run_name = details["models"][m]["runs"]["0"]["run"]
+            stored = json.loads((project / f"results/{run_name}/predictions.json").read_text())
+            assert set(stored["shifted"]) == {"blur", "noise"}
+            assert sorted(stored["shifted"]["blur"]["ids"]) == sorted(ids)
+        assert "## Robustness: the test split, shifted" in (project / "reports/report.md").read_text()
         # how every run started, and the exact environment, travel with it
         scratch = json.loads((project / "results/scratch-s0-lr0.001/train.json").read_text())
         assert scratch["init"]["backbone"].startswith("random")
@@ -259,7 +271,7 @@ class TestPipeline:
         assert (project / "data/screen/candidate1").is_dir()
         # candidate 0 is the arms' own backbone: its probe is train-head's probe, on the same store
         probe = json.loads((project / "results/features-s0/predictions.json").read_text())
-        assert screens[0]["probe"]["test_acc"] == probe["test"]["accuracy"]
+        assert screens[0]["probe"]["test_acc"] == pytest.approx(probe["test"]["accuracy"])
         extract = json.loads((project / "results/extract/extract.json").read_text())
         assert screens[0]["scores"] == pytest.approx(extract["transferability"]["scores"])
         assert screens[2]["weights_sha256"] is None and screens[2]["params"] > screens[0]["params"]

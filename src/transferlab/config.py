@@ -482,6 +482,20 @@ class _FinetuneBase(_Strict):
 FinetuneConfig = create_model("FinetuneConfig", __base__=_FinetuneBase, **_finetune_fields())
 
 
+class ShiftConfig(_Strict):
+    """The robustness view: a shifted copy of the test split, made by the pipeline and scored
+    by every model (transferlab.images.Shift). Empty ``kinds``: none."""
+
+    kinds: list[Literal["blur", "noise", "contrast", "rotation"]] = []
+    severity: Annotated[int, Field(ge=1, le=5)] = 3  # ImageNet-C's scale: 1 mild .. 5 strong
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ShiftConfig:
+        if len(set(self.kinds)) != len(self.kinds):
+            raise ValueError("kinds lists a shift twice")
+        return self
+
+
 class ReportConfig(_Strict):
     title: str = "Transfer strategies compared"
 
@@ -494,6 +508,7 @@ SECTIONS: dict[str, type[_Strict]] = {
     "train_head": TrainHeadConfig,
     "augment": AugmentConfig,
     "finetune": FinetuneConfig,
+    "shift": ShiftConfig,
     "report": ReportConfig,
 }
 
@@ -547,6 +562,7 @@ class Params:
     train_head: TrainHeadConfig
     augment: AugmentConfig
     finetune: _FinetuneBase
+    shift: ShiftConfig
     report: ReportConfig
 
     def sections(self) -> dict[str, _Strict]:

@@ -183,6 +183,8 @@ class RunRecord:
     predictions: list[int]  # predicted class per test image, in test_ids order
     train: RunSummary
     curves: dict[str, list[float]] = field(default_factory=dict)
+    # the robustness view: per shift kind, predicted class per test image in test_ids order
+    shifted: dict[str, list[int]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "train": self.train.model_dump(mode="json")}
@@ -204,11 +206,18 @@ def _run_record(
             f"{column!r}; re-run it (dvc repro)"
         )
     test = pred["test"]
-    if sorted(test["ids"]) != sorted(test_index):
-        raise FingerprintMismatch(f"{source}: scored other test images than the manifest lists; re-run it")
-    aligned = [0] * len(test_index)
-    for image, p in zip(test["ids"], test["pred"], strict=True):
-        aligned[test_index[image]] = p
+
+    def align(record: dict[str, Any]) -> list[int]:
+        if sorted(record["ids"]) != sorted(test_index):
+            raise FingerprintMismatch(
+                f"{source}: scored other test images than the manifest lists; re-run it"
+            )
+        out = [0] * len(test_index)
+        for image, p in zip(record["ids"], record["pred"], strict=True):
+            out[test_index[image]] = p
+        return out
+
+    aligned = align(test)
     record = RunRecord(
         run=run,
         split=column,
@@ -217,6 +226,7 @@ def _run_record(
         predictions=aligned,
         train=read_summary(layout.train_summary(run)),
         curves=read_curves(layout.results_dir(run)),
+        shifted={kind: align(r) for kind, r in pred.get("shifted", {}).items()},
     )
     return record, pred["classes"]
 
@@ -309,6 +319,7 @@ def evaluate_all(
     seeds: list[int],
     manifest: pl.DataFrame,
     splits: int = 1,
+    shifts: list[str] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Every model, aggregated from its runs' predictions. Returns (metrics for DVC,
     details, comparisons).
@@ -433,6 +444,8 @@ def evaluate_all(
             ),
         }
     comparisons = compare_all(correct, seeds)
+    if shifts:
+        details["robustness"] = robustness(details["models"], tests, columns, seeds, shifts, metrics)
     for name, (run_names, _) in chosen.items():
         curve = wise_view(run_names, {s: tests[c] for s, c in columns.items()})
         if curve is not None:
@@ -455,6 +468,44 @@ def evaluate_all(
     details["fingerprint"] = extract.get("fingerprint") or {}
     details["split_sizes"] = dict(manifest.group_by("split").len().sort("split").iter_rows())
     return metrics, details, comparisons
+
+
+def robustness(
+    models: dict[str, Any],
+    tests: dict[str, dict[str, list]],
+    columns: dict[int, str],
+    seeds: list[int],
+    kinds: list[str],
+    metrics: dict[str, Any],
+) -> dict[str, Any]:
+    """The robustness view: every model's accuracy on the shifted test images, per shift and
+    pooled, and every pair compared on them. Pooled, the shifts stand in the place of seeds
+    in the paired test (each image's outcome averaged over shifts and seeds; intervals
+    resample both), so the test still pairs models on the same images."""
+    correct: dict[str, np.ndarray] = {}
+    per_kind: dict[str, dict[str, float]] = {}
+    for name, model in models.items():
+        rows, accs = [], {}
+        for kind in kinds:
+            kind_rows = []
+            for s in seeds:
+                shifted = model["runs"][str(s)]["shifted"]
+                if kind not in shifted:
+                    raise FingerprintMismatch(
+                        f"{name} (seed {s}) was not scored under shift {kind!r}; run dvc repro"
+                    )
+                labels = np.asarray(tests[columns[s]]["test_labels"])
+                kind_rows.append(np.asarray(shifted[kind]) == labels)
+            accs[kind] = round(float(np.mean(kind_rows)), 4)
+            rows.extend(kind_rows)
+        correct[name] = np.asarray(rows, dtype=float)
+        per_kind[name] = accs
+        metrics[name]["shifted_acc"] = round(float(correct[name].mean()), 4)
+    return {
+        "kinds": kinds,
+        "accuracy": per_kind,
+        "comparisons": compare_all(correct, seeds),
+    }
 
 
 def wise_view(run_names: dict[int, str], tests: dict[int, dict[str, list]]) -> dict[str, Any] | None:

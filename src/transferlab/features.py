@@ -62,6 +62,13 @@ from transferlab.runtime import Ranks, memory_format, place, sync
 
 STORE_FORMAT = 3  # 3: one group of all images (and one of views), splits selected by readers
 IMAGES, AUGMENTED = "images", "augmented"
+SHIFTED = "shifted-"  # + a shift kind: the test images under that shift (params: shift)
+
+
+def shifted_group(kind: str) -> str:
+    return SHIFTED + kind
+
+
 CHUNK_ROWS = 1024
 SHARD_ROWS = 16384
 PIPELINE_DEPTH = 4  # batches in flight ahead of the forward pass, and behind it to the writer
@@ -80,6 +87,8 @@ class Fingerprint:
     # Augmented views of each training image in the "augmented" group, and how they were made.
     augment_views: int = 0
     augment: dict[str, Any] | None = None
+    # The robustness view's shifted test images (params: shift), one group per kind.
+    shift: dict[str, Any] | None = None
     format: int = STORE_FORMAT
 
     def to_json(self) -> dict[str, Any]:
@@ -94,6 +103,7 @@ class Fingerprint:
         manifest_sha256: str,
         augment_views: int = 0,
         augment: dict[str, Any] | None = None,
+        shift: dict[str, Any] | None = None,
     ) -> Fingerprint:
         fp = backbone_fingerprint(backbone)
         fp["mean"], fp["std"] = tuple(fp["mean"]), tuple(fp["std"])
@@ -102,6 +112,7 @@ class Fingerprint:
             manifest_sha256=manifest_sha256,
             augment_views=augment_views,
             augment=augment if augment_views else None,
+            shift=shift,
         )
 
 
@@ -552,6 +563,10 @@ class FeatureStore:
 
     def groups(self) -> list[str]:
         return sorted(name for name, _ in self.group.groups())
+
+    def shifts(self) -> list[str]:
+        """The shift kinds whose shifted test images the store holds."""
+        return [g[len(SHIFTED) :] for g in self.groups() if g.startswith(SHIFTED)]
 
     def select(self, group: str, manifest_rows: np.ndarray) -> np.ndarray:
         """Which rows of ``group`` show one of ``manifest_rows``: a boolean mask in store

@@ -7,6 +7,8 @@ transform re-runs only the stages that transform images. Compare torchvision's
 
 from __future__ import annotations
 
+import hashlib
+import math
 from pathlib import Path
 
 import numpy as np
@@ -53,14 +55,64 @@ def load_rgb(path: Path) -> Image.Image:
         raise DataError(f"{path}: cannot decode image: {err}") from None
 
 
-def eval_transform(pre: Preprocess) -> v2.Transform:
-    """Deterministic: resize, centre-crop to the backbone's input size, scale, normalize."""
+# The robustness view's shifts (params: shift), at ImageNet-C's strengths (Hendrycks and
+# Dietterich, ICLR 2019) for severities 1..5: Gaussian blur sigma in pixels at 224 px (scaled
+# with the input size), Gaussian noise std on [0, 1] pixels, contrast kept, rotation degrees.
+SHIFT_STRENGTHS: dict[str, tuple[float, ...]] = {
+    "blur": (1.0, 2.0, 3.0, 4.0, 6.0),
+    "noise": (0.08, 0.12, 0.18, 0.26, 0.38),
+    "contrast": (0.4, 0.3, 0.2, 0.1, 0.05),
+    "rotation": (5.0, 10.0, 15.0, 20.0, 30.0),
+}
+
+
+class Shift(torch.nn.Module):
+    """One fixed distribution shift of preprocessed [0, 1] images, (C, H, W) or (N, C, H, W).
+
+    Deterministic, so a shifted test split is the same for every model, batch size and
+    process: blur, contrast and rotation have no randomness, and the noise of each image is
+    drawn from a generator seeded with ``seed`` and a hash of the image itself.
+    """
+
+    def __init__(self, kind: str, severity: int, image_size: int, seed: int = 0) -> None:
+        super().__init__()
+        if kind not in SHIFT_STRENGTHS:
+            raise ValueError(f"unknown shift {kind!r}; known: {', '.join(SHIFT_STRENGTHS)}")
+        self.kind, self.seed = kind, seed
+        self.strength = SHIFT_STRENGTHS[kind][severity - 1]
+        self.image_size = image_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms.v2 import functional as F
+
+        if self.kind == "blur":
+            sigma = self.strength * self.image_size / 224
+            k = 2 * math.ceil(3 * sigma) + 1
+            return F.gaussian_blur(x, [k, k], [sigma, sigma])
+        if self.kind == "contrast":
+            return F.adjust_contrast(x, self.strength)
+        if self.kind == "rotation":
+            return F.rotate(x, self.strength, interpolation=v2.InterpolationMode.BILINEAR)
+        batch = x if x.ndim == 4 else x[None]
+        noisy = torch.stack([im + self.strength * self._noise(im) for im in batch]).clamp(0, 1)
+        return noisy if x.ndim == 4 else noisy[0]
+
+    def _noise(self, image: torch.Tensor) -> torch.Tensor:
+        pixels = (image * 255).round().to(torch.uint8).numpy().tobytes()
+        key = int.from_bytes(hashlib.blake2b(pixels, digest_size=8).digest(), "little")
+        g = torch.Generator().manual_seed((key ^ self.seed) & (2**63 - 1))
+        return torch.randn(image.shape, generator=g)
+
+
+def eval_transform(pre: Preprocess, shift: Shift | None = None) -> v2.Transform:
+    """Deterministic: resize, centre-crop to the backbone's input size, scale, (shift,) normalize."""
     resize = round(pre.image_size / pre.crop_pct)
     return v2.Compose(
         [
             v2.Resize(resize, interpolation=pre.interpolation, antialias=True),
             v2.CenterCrop(pre.image_size),
             v2.ToDtype(torch.float32, scale=True),
+            *([shift] if shift is not None else []),
             v2.Normalize(pre.mean, pre.std),
         ]
     )
@@ -114,8 +166,10 @@ def eval_loader(
     pin_memory: bool = False,
     dataset: ImageDataset | None = None,
     cache: DecodedCache | None = None,
+    shift: Shift | None = None,
 ) -> DataLoader:
-    """Deterministic batches of ``paths`` in order, preprocessed as the backbone wants."""
+    """Deterministic batches of ``paths`` in order, preprocessed as the backbone wants
+    (and shifted by ``shift``, for the robustness view)."""
     ds = (
         dataset.with_transform(None)
         if dataset is not None
@@ -127,7 +181,7 @@ def eval_loader(
         shuffle=False,
         num_workers=num_workers,
         pin_memory=pin_memory,
-        collate_fn=BatchTransform(eval_transform(pre)),
+        collate_fn=BatchTransform(eval_transform(pre, shift)),
     )
 
 

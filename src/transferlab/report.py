@@ -466,6 +466,47 @@ def wise_section(doc: Document, name: str, w: dict[str, Any]) -> None:
     doc.add("p", text)
 
 
+def robustness_section(
+    doc: Document, r: dict[str, Any], by: dict[str, dict[str, Any]], val: dict[str, float]
+) -> None:
+    """Accuracy on the shifted test split, and what the paired tests on it say."""
+    kinds = r["kinds"]
+    doc.add("h2", "Robustness: the test split, shifted")
+    names = sorted(r["accuracy"], key=lambda m: -by[m]["shifted_acc"])
+    doc.add(
+        "table",
+        ["model", "test acc", *kinds, "all shifts", "drop"],
+        [
+            [
+                m,
+                f"{by[m]['test_acc']:.4f}",
+                *(f"{r['accuracy'][m][k]:.4f}" for k in kinds),
+                f"{by[m]['shifted_acc']:.4f}",
+                _d(by[m]["shifted_acc"] - by[m]["test_acc"]),
+            ]
+            for m in names
+        ],
+    )
+    comps = r["comparisons"]
+    text = (
+        "The same test images under fixed shifts (params `shift`: ImageNet-C's strengths at the "
+        "given severity, noise seeded per image), scored by every model: nothing trained on them. "
+        "Paired tests pool the shifts like seeds (each image's outcome averaged over them); "
+        "intervals are family-wise over all pairs."
+    )
+    best = max(r["accuracy"], key=lambda m: val.get(m, 0.0))
+    for a, b, why in (
+        ("lp-ft", "full", "Kumar et al. (ICLR 2022) report LP-FT ahead of fine-tuning out of distribution"),
+        (best, "features", "the best model on validation against the probe"),
+    ):
+        if a in r["accuracy"] and b in r["accuracy"] and a != b:
+            pair = pair_of(comps, a, b)
+            text += f" {why}: {_pair_text(pair)}: " + (
+                "separable." if separable(pair) else "the shifted split cannot tell them apart."
+            )
+    doc.add("p", text)
+
+
 def backbone_section(doc: Document, details: dict[str, Any], screens: list[dict[str, Any]]) -> None:
     """Transferability scores of the arms' store and, with backbone.candidates, the screen."""
     t = details.get("extract", {}).get("transferability")
@@ -750,6 +791,8 @@ def build(
         if "wise" in model:
             wise_section(doc, name, model["wise"])
 
+    if "robustness" in details:
+        robustness_section(doc, details["robustness"], by, val)
     backbone_section(doc, details, screens or [])
 
     checked = claims(by, extract, comparisons, val)

@@ -37,10 +37,18 @@ def split_record(logits: torch.Tensor, labels: torch.Tensor, ids: list[str]) -> 
 
 
 def write_predictions(
-    run: str, *, manifest_sha256: str, classes: list[str], val: Scored, test: Scored, split: str = "split"
+    run: str,
+    *,
+    manifest_sha256: str,
+    classes: list[str],
+    val: Scored,
+    test: Scored,
+    split: str = "split",
+    shifted: dict[str, Scored] | None = None,
 ) -> dict[str, Any]:
     """Write ``results/<run>/predictions.json`` and return its test metrics. ``split`` names
-    the manifest column (the splitting) that ``val`` and ``test`` come from."""
+    the manifest column (the splitting) that ``val`` and ``test`` come from; ``shifted`` holds
+    the test images under each shift of the robustness view (params: shift), if any."""
     test_metrics = classification_metrics(test[0], test[1], len(classes))
     write_json(
         layout.predictions(run),
@@ -52,6 +60,7 @@ def write_predictions(
             "val": split_record(*val),
             "test": split_record(*test),
             "test_metrics": test_metrics,
+            "shifted": {kind: split_record(*scored) for kind, scored in (shifted or {}).items()},
         },
     )
     return test_metrics
