@@ -18,7 +18,8 @@ from torch.utils.data import ConcatDataset
 
 from transferlab import layout, transferability
 from transferlab._io import write_json
-from transferlab.backbones import check_backbone_name, create_backbone
+from transferlab.backbones import create_backbone
+from transferlab.choice import arms_backbone
 from transferlab.cli import run_stage
 from transferlab.config import load_params
 from transferlab.features import (
@@ -55,15 +56,17 @@ from transferlab.runtime import (
 
 def main(args: argparse.Namespace) -> None:
     p = load_params(args.params)
-    bcfg, cfg, aug = p.backbone, p.extract_features, p.augment
-    check_backbone_name(bcfg.name)
+    cfg, aug = p.extract_features, p.augment
+    arms = arms_backbone(p.backbone)  # backbone.name, or the screen's pick (choose-backbone)
     device = resolve_device(p.base.device)
     workers = resolve_workers(cfg.num_workers, device)
     configure_runtime(p.base.num_threads, device, channels_last=p.base.channels_last, workers=workers)
     # under torchrun: one rank per process, each extracting its own shards of the store
     ranks, device = init_ranks(device, p.base.num_threads)
     manifest = read_manifest(layout.MANIFEST)
-    backbone = create_backbone(bcfg.name, bcfg.image_size, bcfg.weights, crop_pct=bcfg.crop_pct)
+    backbone = create_backbone(
+        arms["name"], arms["image_size"], arms["weights"], crop_pct=p.backbone.crop_pct
+    )
     pre = backbone.preprocess
     # Every image once, in a seeded random order: any split's rows, read in store order,
     # then come in mixed-class blocks for streamed heads.

@@ -10,6 +10,7 @@ Run through `dvc repro`; by hand: ``python stages/finetune.py full --seed 0 --lr
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,21 @@ from torch.utils.data import DataLoader
 
 from transferlab import layout, lora, registry, wise
 from transferlab._io import write_json
-from transferlab.backbones import backbone_fingerprint, check_backbone_name, create_backbone
+from transferlab.backbones import Preprocess, backbone_fingerprint, create_backbone
+from transferlab.choice import arms_backbone
 from transferlab.cli import run_stage
-from transferlab.config import HeadConfig, ProgressiveConfig, load_params
+from transferlab.config import HeadConfig, ProgressiveConfig, StrategyConfig, load_params
 from transferlab.distributed import EpochSampler, per_rank_batch, replicate, sync_batchnorm
 from transferlab.errors import ConfigError, FingerprintMismatch
 from transferlab.images import DecodedCache, ImageDataset, SeededItems, Shift, eval_loader, train_transform
-from transferlab.manifest import class_names, manifest_fingerprint, read_manifest, split_column, split_view
+from transferlab.manifest import (
+    SplitView,
+    class_names,
+    manifest_fingerprint,
+    read_manifest,
+    split_column,
+    split_view,
+)
 from transferlab.models import CheckpointMeta, TransferModel, load_checkpoint, make_head
 from transferlab.runtime import (
     close_ranks,
@@ -63,14 +72,14 @@ def probe_head(expected: dict, classes: list[str], seed: int) -> tuple[torch.nn.
 
 def main(args: argparse.Namespace) -> None:
     p = load_params(args.params)
-    base, bcfg, aug, ft = p.base, p.backbone, p.augment, p.finetune
+    base, aug, ft = p.base, p.augment, p.finetune
+    arms = arms_backbone(p.backbone)  # backbone.name, or the screen's pick (choose-backbone)
     strategy = args.strategy
     spec = registry.get(strategy)
     cfg = ft.strategy(strategy)
     lr = float(args.lr)
     if lr not in cfg.lr:
         raise ConfigError(f"finetune.{strategy}.lr: {args.lr} is not in the grid {cfg.lr}")
-    check_backbone_name(bcfg.name)
     device = resolve_device(base.device)
     workers = resolve_workers(cfg.num_workers, device)
     configure_runtime(base.num_threads, device, channels_last=base.channels_last, workers=workers)
@@ -84,7 +93,7 @@ def main(args: argparse.Namespace) -> None:
 
     pretrained = spec.pretrained
     backbone = create_backbone(
-        bcfg.name, bcfg.image_size, bcfg.weights, pretrained=pretrained, crop_pct=bcfg.crop_pct
+        arms["name"], arms["image_size"], arms["weights"], pretrained=pretrained, crop_pct=p.backbone.crop_pct
     )
     fingerprint = {**backbone_fingerprint(backbone), "manifest_sha256": manifest_fingerprint(manifest)}
     if spec.from_probe:
@@ -273,7 +282,18 @@ def main(args: argparse.Namespace) -> None:
     finish_run(run, model.cpu(), meta, summary)
 
 
-def write_wise(run, model, start, alphas, score, reestimate, train, pre, cfg, device) -> None:
+def write_wise(
+    run: str,
+    model: torch.nn.Module,
+    start: dict[str, torch.Tensor],
+    alphas: list[float],
+    score: Callable[[torch.nn.Module], dict[str, Any]],
+    reestimate: bool,
+    train: SplitView,
+    pre: Preprocess,
+    cfg: StrategyConfig,
+    device: torch.device,
+) -> None:
     """results/<run>/wise.json: val and test scores of the weights mixed between the run's
     start (probe on the pretrained backbone) and its end, per alpha (transferlab.wise)."""
     t0 = time.perf_counter()

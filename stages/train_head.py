@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from transferlab import layout, registry
-from transferlab.backbones import backbone_fingerprint, check_backbone_name, create_backbone
+from transferlab.backbones import backbone_fingerprint, create_backbone
+from transferlab.choice import arms_backbone
 from transferlab.cli import run_stage
 from transferlab.config import TrainHeadConfig, load_params
 from transferlab.errors import ConfigError
@@ -163,8 +164,8 @@ def fit_mlp(
 
 def main(args: argparse.Namespace) -> None:
     p = load_params(args.params)
-    base, bcfg, cfg = p.base, p.backbone, p.train_head
-    check_backbone_name(bcfg.name)
+    base, cfg = p.base, p.train_head
+    arms = arms_backbone(p.backbone)  # backbone.name, or the screen's pick (choose-backbone)
     device = resolve_device(base.device)
     configure_runtime(base.num_threads, device)
     run = layout.run_name(args.model, args.seed)
@@ -172,7 +173,9 @@ def main(args: argparse.Namespace) -> None:
     manifest = read_manifest(layout.MANIFEST)
     # The store must come from exactly this backbone (weights, size, crop, normalization)
     # and this manifest: compare the whole fingerprint, not a few fields.
-    backbone = create_backbone(bcfg.name, bcfg.image_size, bcfg.weights, crop_pct=bcfg.crop_pct)
+    backbone = create_backbone(
+        arms["name"], arms["image_size"], arms["weights"], crop_pct=p.backbone.crop_pct
+    )
     expect = {**backbone_fingerprint(backbone), "manifest_sha256": manifest_fingerprint(manifest)}
     del backbone
     store = FeatureStore.open(layout.FEATURES, expect=expect)

@@ -43,6 +43,7 @@ class TestPipeline:
         res = repro(project)
         assert ran(res.stdout) == {
             "download",
+            "choose-backbone",
             "extract-features",
             *HEADS,
             *END_TO_END,
@@ -265,7 +266,11 @@ class TestPipeline:
         ]
         set_params(project, {"backbone": {"candidates": cands}})
         res = repro(project)
-        assert ran(res.stdout) == {f"screen-backbone@candidate{i}" for i in range(3)} | {"report"}
+        # choose-backbone reads the screens, keeps backbone.name: the same file, nothing re-runs
+        assert ran(res.stdout) == {f"screen-backbone@candidate{i}" for i in range(3)} | {
+            "choose-backbone",
+            "report",
+        }
         screens = [json.loads((project / f"results/screen/candidate{i}.json").read_text()) for i in range(3)]
         assert [s["candidate"] for s in screens] == cands
         assert (project / "data/screen/candidate1").is_dir()
@@ -279,11 +284,24 @@ class TestPipeline:
         assert "Kendall's tau over 3 candidates" in report and "resnet18 @ 32 px (random)" in report
         cands[1] = {**cands[1], "image_size": 40}
         set_params(project, {"backbone": {"candidates": cands}})
-        assert ran(repro(project).stdout) == {"screen-backbone@candidate1", "report"}
+        assert ran(repro(project).stdout) == {"screen-backbone@candidate1", "choose-backbone", "report"}
+        # backbone.name: best-probe hands the arms to the best probe with weights
+        set_params(project, {"backbone": {"name": "best-probe"}})
+        repro(project, "choose-backbone")
+        chosen = json.loads((project / "results/backbone.json").read_text())
+        screens = [json.loads((project / f"results/screen/candidate{i}.json").read_text()) for i in range(3)]
+        best = max(screens[:2], key=lambda s: (s["probe"]["val_acc"], -s["probe"]["val_loss"]))
+        assert (chosen["name"], chosen["image_size"]) == (
+            best["candidate"]["name"],
+            best["candidate"]["image_size"],
+        )
+        status = dvc(project, "status").stdout
+        assert "extract-features" in status and "finetune-full" in status  # the arms follow
         run(project, "git", "checkout", "-q", "--", ".")
         for d in ("data/screen", "results/screen"):
             for f in (project / d).glob("candidate*"):
                 shutil.rmtree(f) if f.is_dir() else f.unlink()
+        (project / "results/screen/.gitignore").unlink()  # DVC's, listing the screens
         dvc(project, "checkout", "-q")
         assert "changed" not in dvc(project, "status").stdout
 

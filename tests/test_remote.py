@@ -24,8 +24,9 @@ FEW_ARMS = _merge(
         }
     },
 )
-EXPENSIVE = {
+EXPENSIVE = {  # every DVC-cached stage (choose-backbone is cheap, but cached like the others)
     "download",
+    "choose-backbone",
     "extract-features",
     "train-head@features-0",
     "train-head@features-augmented-0",

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from transferlab import screening
+from transferlab import choice, screening
 from transferlab.errors import FingerprintMismatch
 
 
@@ -47,13 +47,13 @@ def test_best_on_validation_paired_ties_and_tau():
 def test_read_screens_refuses_missing_and_stale_candidates(tmp_path):
     cands = [{"name": "a", "image_size": 32, "weights": "pretrained"}]
     with pytest.raises(FileNotFoundError, match=r"candidates\[0\] was not screened"):
-        screening.read_screens(cands, tmp_path)
+        choice.read_screens(cands, tmp_path)
     (tmp_path / "candidate0.json").write_text(
         json.dumps({"candidate": {"name": "a", "image_size": 64, "weights": "pretrained"}})
     )
     with pytest.raises(FingerprintMismatch, match="run dvc repro"):
-        screening.read_screens(cands, tmp_path)
-    assert screening.read_screens([], tmp_path) == []
+        choice.read_screens(cands, tmp_path)
+    assert choice.read_screens([], tmp_path) == []
 
 
 def test_report_shows_the_screen(tmp_path):
@@ -81,3 +81,38 @@ def test_report_shows_the_screen(tmp_path):
     assert "Kendall's tau over 2 candidates" in md and "1 in 2" in md
     alone = build(metrics, details, comparisons, title="t", code_version="v", params_text="").markdown()
     assert "LogME 0.500" in alone and "No candidates were screened" in alone
+
+
+def test_best_probe_picks_the_best_candidate_with_weights(tmp_path):
+    from transferlab.config import BackboneConfig
+
+    screens = [
+        _screen("a", 32, 0.90, 0.90, {"logme": 1, "h_score": 1, "knn_val_acc": 0.9}),
+        _screen("b", 64, 0.93, 0.93, {"logme": 1, "h_score": 1, "knn_val_acc": 0.9}),
+        _screen("r", 32, 0.99, 0.99, {"logme": 1, "h_score": 1, "knn_val_acc": 0.9}),
+    ]
+    screens[2]["candidate"]["weights"] = "random"  # the best probe, but no weights to keep
+    for i, s in enumerate(screens):
+        (tmp_path / f"candidate{i}.json").write_text(json.dumps(s))
+    cfg = BackboneConfig(name="best-probe", candidates=[s["candidate"] for s in screens])
+    picked = choice.choose(cfg, tmp_path)
+    assert (picked["name"], picked["image_size"], picked["weights"]) == ("b", 64, None)
+    assert picked["chosen_by"] == "best probe on validation: candidate1"
+    explicit = choice.choose(BackboneConfig(name="resnet18", image_size=96), tmp_path)
+    assert explicit == {"name": "resnet18", "image_size": 96, "weights": None, "chosen_by": "backbone.name"}
+    written = tmp_path / "backbone.json"
+    written.write_text(json.dumps(explicit))
+    assert choice.arms_backbone(BackboneConfig(name="resnet18", image_size=96), written) == explicit
+    with pytest.raises(FingerprintMismatch, match="run dvc repro"):  # params edited since
+        choice.arms_backbone(BackboneConfig(name="resnet18", image_size=64), written)
+
+
+def test_best_probe_needs_a_candidate_with_weights():
+    from pydantic import ValidationError
+
+    from transferlab.config import BackboneConfig
+
+    with pytest.raises(ValidationError, match="none has weights other than random"):
+        BackboneConfig(
+            name="best-probe", candidates=[{"name": "resnet18", "image_size": 32, "weights": "random"}]
+        )

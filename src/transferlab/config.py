@@ -107,6 +107,11 @@ class DownloadConfig(_Strict):
         return self
 
 
+# backbone.name's special value: the arms run on the screened candidate with the best probe
+# on validation (stage choose-backbone), among those with weights (random ones are floors).
+BEST_PROBE = "best-probe"
+
+
 class CandidateConfig(_Strict):
     """One backbone to screen. Every key is spelled out: dvc.yaml passes them to the stage
     command, so a candidate's stage re-runs when its own entry changes and no other's."""
@@ -141,6 +146,10 @@ class BackboneConfig(_Strict):
         seen = [c.model_dump_json() for c in self.candidates]
         if len(set(seen)) != len(seen):
             raise ValueError("candidates lists a backbone twice")
+        if self.name == BEST_PROBE and not any(c.weights != "random" for c in self.candidates):
+            raise ValueError(
+                f"name: {BEST_PROBE} picks among the candidates, but none has weights other than random"
+            )
         return self
 
 

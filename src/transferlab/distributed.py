@@ -158,13 +158,9 @@ def sync_batchnorm(model: nn.Module, ranks: Ranks, device: torch.device) -> bool
     running statistics and communicate nothing."""
     if ranks.size == 1:
         return False
-    for name, child in model.named_children():
-        synced = (
-            CrossRankBatchNorm.convert(child)
-            if device.type == "cpu"
-            else nn.SyncBatchNorm.convert_sync_batchnorm(child)
-        )
-        setattr(model, name, synced)
+    convert = CrossRankBatchNorm.convert if device.type == "cpu" else nn.SyncBatchNorm.convert_sync_batchnorm
+    # both recurse and replace in place below the root, which is no BatchNorm itself
+    convert(model)
     return True
 
 

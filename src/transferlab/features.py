@@ -39,6 +39,7 @@ forward pass itself uses every core, and the same steps run in series (see
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import queue
@@ -315,11 +316,17 @@ def staging_path(out: Path) -> Path:
     return out.with_name(f".{out.name}.partial")
 
 
+def n_shards(n: int, shard_rows: int) -> int:
+    """How many shards a group of ``n`` rows has (the last may be short)."""
+    _, shard = geometry(n, shard_rows)
+    return -(-n // shard)
+
+
 def owned_rows(n: int, shard_rows: int, ranks: Ranks) -> range:
     """The rows of a group of ``n`` that ``ranks`` writes: a contiguous block of whole shards."""
     _, shard = geometry(n, shard_rows)
-    n_shards = -(-n // shard)
-    first, last = n_shards * ranks.rank // ranks.size, n_shards * (ranks.rank + 1) // ranks.size
+    count = n_shards(n, shard_rows)
+    first, last = count * ranks.rank // ranks.size, count * (ranks.rank + 1) // ranks.size
     return range(first * shard, min(n, last * shard))
 
 
@@ -334,6 +341,7 @@ def _runs(indices: list[int]) -> list[tuple[int, int]]:
     return runs
 
 
+@functools.cache
 def _code_sha256() -> str:
     """The library's source: a staging store left by other code (an interrupted run, then
     an upgrade) is not resumed, even for the same fingerprint."""
@@ -367,6 +375,66 @@ DONE = ".done"  # in the staging store: one empty file per finished shard, "<gro
 
 
 @torch.inference_mode()
+def _extract_run(
+    backbone: Backbone,
+    g: Group,
+    start: int,
+    end: int,
+    writer: _ShardWriter,
+    background: _BackgroundWriter,
+    device: torch.device,
+    *,
+    amp: bool,
+    overlap: bool,
+    probe: bool,
+) -> tuple[int, float, bool]:
+    """Rows [start, end) of group ``g`` (whole shards) through the backbone into ``writer``.
+    Returns (rows written, forward seconds, whether input ran in the prefetch thread).
+    With ``probe`` the first batches are timed in series, and input moves to the prefetch
+    thread when waiting for it took more than ``OVERLAP_WHEN`` of the forward time."""
+    loader = g.batches(start, end)
+    in_workers = getattr(loader, "num_workers", 0) > 0
+    source: Iterator[tuple[torch.Tensor, torch.Tensor]] = iter(loader)
+    prefetching = overlap and not in_workers
+    if prefetching:
+        source = prefetch(source)
+    background.depth = PIPELINE_DEPTH if overlap else 0
+    probing = probe and not in_workers
+    waited = computed = fwd = 0.0
+    pos, batches = start, 0
+    while True:
+        t = time.perf_counter()
+        try:
+            images, labels = next(source)
+        except StopIteration:
+            break
+        t_wait = time.perf_counter() - t
+        batches += 1
+        images = images.to(device, non_blocking=True, memory_format=memory_format(device))
+        t = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            feats = backbone(images).float()
+        sync(device)
+        dt = time.perf_counter() - t
+        fwd += dt
+        if batches > 1:  # the first batch pays for warm-up
+            waited, computed = waited + t_wait, computed + dt
+        k = len(labels)
+        background.submit(
+            writer.append, feats.cpu().numpy(), labels.numpy().astype(np.int64), g.rows[pos : pos + k]
+        )
+        pos += k
+        if probing and batches == PROBE_BATCHES:
+            probing = False
+            if waited > OVERLAP_WHEN * computed:  # input-bound: hide it
+                source = prefetch(source)  # the rest of the same iterator
+                prefetching = True
+                background.depth = PIPELINE_DEPTH
+    background.submit(writer.close)
+    background.drain()
+    return pos - start, fwd, prefetching
+
+
 def extract_features(
     backbone: Backbone,
     groups: Mapping[str, Group],
@@ -445,51 +513,12 @@ def extract_features(
 
             for first, last in _runs(pending):
                 start, end = first * shard, min(n, last * shard)
-                loader = g.batches(start, end)
                 writer = _ShardWriter(store, name, shard, start, end, mark)
-                in_workers = getattr(loader, "num_workers", 0) > 0
-                source: Iterator[tuple[torch.Tensor, torch.Tensor]] = iter(loader)
-                prefetching = overlap and not in_workers
-                if prefetching:
-                    source = prefetch(source)
-                background.depth = PIPELINE_DEPTH if overlap else 0
-                probing = probe and not in_workers
-                waited = computed = 0.0
-                pos, batches = start, 0
-                while True:
-                    t = time.perf_counter()
-                    try:
-                        images, labels = next(source)
-                    except StopIteration:
-                        break
-                    t_wait = time.perf_counter() - t
-                    batches += 1
-                    images = images.to(device, non_blocking=True, memory_format=memory_format(device))
-                    t = time.perf_counter()
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                        feats = backbone(images).float()
-                    sync(device)
-                    dt = time.perf_counter() - t
-                    fwd += dt
-                    if batches > 1:  # the first batch pays for warm-up
-                        waited, computed = waited + t_wait, computed + dt
-                    k = len(labels)
-                    background.submit(
-                        writer.append,
-                        feats.cpu().numpy(),
-                        labels.numpy().astype(np.int64),
-                        g.rows[pos : pos + k],
-                    )
-                    pos += k
-                    if probing and batches == PROBE_BATCHES:
-                        probing = False
-                        if waited > OVERLAP_WHEN * computed:  # input-bound: hide it
-                            source = prefetch(source)  # the rest of the same iterator
-                            prefetching = True
-                            background.depth = PIPELINE_DEPTH
-                background.submit(writer.close)
-                background.drain()
-                split_images[name] += pos - start
+                written, seconds, prefetching = _extract_run(
+                    backbone, g, start, end, writer, background, device, amp=amp, overlap=overlap, probe=probe
+                )
+                fwd += seconds
+                split_images[name] += written
                 prefetched[name] = prefetched[name] or prefetching
             split_seconds[name] = time.perf_counter() - t_split
     finally:
@@ -499,7 +528,7 @@ def extract_features(
         missing = [
             f"{name}-{s}"
             for name, g in groups.items()
-            for s in range(-(-len(g.rows) // geometry(len(g.rows), shard_rows)[1]))
+            for s in range(n_shards(len(g.rows), shard_rows))
             if not (done_dir / f"{name}-{s}").exists()
         ]
         if missing:

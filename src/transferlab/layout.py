@@ -15,6 +15,9 @@ FEATURES = DATA / "features"
 # backbone.candidates, screened (stage screen-backbone): one store and one summary each
 SCREEN_DATA = DATA / "screen"
 SCREEN = Path("results") / "screen"
+# The backbone the arms run on (stage choose-backbone): backbone.name, or with
+# backbone.name: best-probe the screened candidate whose probe validation prefers.
+ARMS_BACKBONE = Path("results") / "backbone.json"
 MODELS = DATA / "models"
 RESULTS = Path("results")
 REPORTS = Path("reports")

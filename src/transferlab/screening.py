@@ -14,13 +14,11 @@ number of candidates and read as an illustration until there are more.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from transferlab import layout
-from transferlab._io import read_json
+from transferlab.choice import Val
 from transferlab.errors import FingerprintMismatch
 from transferlab.evaluation import compare_all
 from transferlab.selection import best_index
@@ -34,28 +32,6 @@ def label(candidate: dict[str, Any]) -> str:
     return f"{candidate['name']} @ {candidate['image_size']} px ({candidate['weights']})"
 
 
-def read_screens(candidates: list[dict[str, Any]], root: Path = layout.SCREEN) -> list[dict[str, Any]]:
-    """The screen of every current candidate, in params order; a missing or stale one (its
-    entry edited since it ran) is an error that says to re-run."""
-    screens = []
-    for i, cand in enumerate(candidates):
-        path = root / f"candidate{i}.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: backbone.candidates[{i}] was not screened; run dvc repro")
-        screen = read_json(path)
-        if screen["candidate"] != cand:
-            raise FingerprintMismatch(
-                f"{path}: screened {screen['candidate']}, but backbone.candidates[{i}] is {cand}; run dvc repro"
-            )
-        screens.append(screen)
-    return screens
-
-
-class _Val:
-    def __init__(self, val_acc: float, val_loss: float) -> None:
-        self.val_acc, self.val_loss = val_acc, val_loss
-
-
 def summarise(screens: list[dict[str, Any]]) -> dict[str, Any]:
     """Best candidate on validation, paired comparisons with it, the tie set, and Kendall's
     tau of every score against the probes' validation and test accuracy."""
@@ -67,7 +43,7 @@ def summarise(screens: list[dict[str, Any]]) -> dict[str, Any]:
         if sorted(order) != sorted(ids):
             raise FingerprintMismatch("screened candidates were scored on other test images; run dvc repro")
         correct[name] = np.asarray([[s["test_correct"][order[image]] for image in ids]], dtype=float)
-    best = names[best_index([_Val(s["probe"]["val_acc"], s["probe"]["val_loss"]) for s in screens])]
+    best = names[best_index([Val(s["probe"]["val_acc"], s["probe"]["val_loss"]) for s in screens])]
     comparisons = compare_all(correct, [0]) if len(screens) > 1 else {"pairs": []}
     paired = {n: pair_of(comparisons, best, n) for n in names if n != best}
     tau = {}
