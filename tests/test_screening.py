@@ -101,6 +101,10 @@ def test_best_probe_picks_the_best_candidate_with_weights(tmp_path):
     explicit = choice.choose(BackboneConfig(name="resnet18", image_size=96), tmp_path)
     assert explicit == {"name": "resnet18", "image_size": 96, "weights": None, "chosen_by": "backbone.name"}
     written = tmp_path / "backbone.json"
+    # by hand, before choose-backbone ever ran: an explicit name needs no file, best-probe does
+    assert choice.arms_backbone(BackboneConfig(name="resnet18", image_size=96), written) == explicit
+    with pytest.raises(FileNotFoundError, match="not chosen yet"):
+        choice.arms_backbone(cfg, written)
     written.write_text(json.dumps(explicit))
     assert choice.arms_backbone(BackboneConfig(name="resnet18", image_size=96), written) == explicit
     with pytest.raises(FingerprintMismatch, match="run dvc repro"):  # params edited since

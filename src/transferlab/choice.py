@@ -70,8 +70,11 @@ def choose(backbone: BackboneConfig, root: Path = layout.SCREEN) -> dict[str, An
 
 def arms_backbone(backbone: BackboneConfig, path: Path = layout.ARMS_BACKBONE) -> dict[str, Any]:
     """What choose-backbone wrote, checked against params when the name is explicit (a stage
-    run by hand after an edit, before choose-backbone ran again)."""
+    run by hand after an edit, before choose-backbone ran again). A stage run by hand before
+    choose-backbone ever ran takes an explicit name from params; best-probe needs the file."""
     if not path.is_file():
+        if backbone.name != BEST_PROBE:
+            return choose(backbone)
         raise FileNotFoundError(f"{path}: the arms' backbone is not chosen yet; run dvc repro")
     chosen = read_json(path)
     if backbone.name != BEST_PROBE:
