@@ -445,7 +445,9 @@ def evaluate_all(
         }
     comparisons = compare_all(correct, seeds)
     if shifts:
-        details["robustness"] = robustness(details["models"], tests, columns, seeds, shifts, metrics)
+        details["robustness"] = robustness(details["models"], tests, columns, seeds, shifts)
+        for name, acc in details["robustness"]["pooled"].items():
+            metrics[name]["shifted_acc"] = acc
     for name, (run_names, _) in chosen.items():
         curve = wise_view(run_names, {s: tests[c] for s, c in columns.items()})
         if curve is not None:
@@ -476,7 +478,6 @@ def robustness(
     columns: dict[int, str],
     seeds: list[int],
     kinds: list[str],
-    metrics: dict[str, Any],
 ) -> dict[str, Any]:
     """The robustness view: every model's accuracy on the shifted test images, per shift and
     pooled, and every pair compared on them. Pooled, the shifts stand in the place of seeds
@@ -500,10 +501,10 @@ def robustness(
             rows.extend(kind_rows)
         correct[name] = np.asarray(rows, dtype=float)
         per_kind[name] = accs
-        metrics[name]["shifted_acc"] = round(float(correct[name].mean()), 4)
     return {
         "kinds": kinds,
         "accuracy": per_kind,
+        "pooled": {name: round(float(c.mean()), 4) for name, c in correct.items()},
         "comparisons": compare_all(correct, seeds),
     }
 
