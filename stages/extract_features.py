@@ -85,7 +85,7 @@ def main(args: argparse.Namespace) -> None:
     # what fits, decoded up front (see DecodedCache.fill); under torchrun, of this rank's shards
     mine = owned_rows(len(images.paths), cfg.shard_rows, ranks)
     decoded.cache.fill(images.paths[mine.start : mine.stop])
-    decode_s = time.perf_counter() - t
+    decode_s = max(ranks.gather(time.perf_counter() - t))  # the slowest process's, under torchrun
     loader_kwargs = {"batch_size": cfg.batch_size, "num_workers": workers, "pin_memory": pin}
     groups = {
         IMAGES: Group(
@@ -163,13 +163,14 @@ def main(args: argparse.Namespace) -> None:
         "total_time_s": stats.seconds,
         "forward_time_s": stats.forward_seconds,
         "images_per_s": stats.images_per_s,
-        "forward_images_per_s": stats.images / stats.forward_seconds,
+        "forward_images_per_s": stats.forward_images_per_s,
         "feature_dim": backbone.num_features,
         "store_bytes": store.nbytes_on_disk(),
         "store_files": sum(1 for f in layout.FEATURES.rglob("*") if f.is_file()),
         "peak_rss_bytes": peak_rss_bytes(),
         "num_workers": workers,
-        # torchrun processes (timings are rank 0's) and rows an interrupted run had written
+        # torchrun processes (images summed over them, times the slowest one's) and rows an
+        # interrupted run had written
         "ranks": ranks.size,
         "resumed_rows": stats.resumed,
         "prefetched": stats.prefetched,

@@ -33,7 +33,7 @@ from transferlab.runtime import (
     seed_everything,
 )
 from transferlab.scoring import write_predictions
-from transferlab.selection import best_index
+from transferlab.selection import AllDiverged, Scored, best_index
 from transferlab.strategies import head_param_groups
 from transferlab.tracking import CurveLogger, finish_run, run_cost, training_summary
 from transferlab.training import TensorBatches, class_weights, fit, predict
@@ -86,6 +86,9 @@ def fit_linear(cfg: TrainHeadConfig, chunks, x_val, y_val, n_classes, weight, de
             "selection": "validation accuracy, ties to lower validation loss",
             "grid": {"l2": [p.l2 for p in res.grid]},
             "picked": {"l2": best.l2},
+            # L-BFGS stopped by its iteration or evaluation cap, not by its tolerances: the
+            # picked probe is not the optimum the protocol promises (the report flags it)
+            "converged": best.converged,
             "points": [p.to_json() for p in res.grid],
             "budget": {
                 "solver": "full-batch L-BFGS to convergence",
@@ -130,7 +133,13 @@ def fit_mlp(
             desc=f"train-head lr={lr:g}",
         )
         runs.append((lr, head, result))
-    picked = best_index([r[2].best for r in runs])
+    try:
+        picked = best_index([Scored(r[2].best.val_acc, r[2].best.val_loss, r[2].diverged) for r in runs])
+    except AllDiverged:
+        raise ConfigError(
+            f"train_head.mlp.lr: every rate of the grid {list(mcfg.lr)} diverged (the training loss "
+            "became non-finite); lower the rates"
+        ) from None
     lr, head, result = runs[picked]
     logger = CurveLogger(layout.results_dir(run))
     for rec in result.history:
@@ -152,6 +161,7 @@ def fit_mlp(
                         "val_acc": r[2].best.val_acc,
                         "val_loss": r[2].best.val_loss,
                         "seconds": r[2].seconds,
+                        "diverged": r[2].diverged,
                     }
                     for r in runs
                 ],

@@ -33,3 +33,19 @@ def tiny_backbone():
     b2 = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
     body = nn.Sequential(b1, b2, nn.AdaptiveAvgPool2d(1), nn.Flatten())
     return Backbone("tiny", body, [b1, b2], 16, Preprocess(8, (0.5,) * 3, (0.5,) * 3), None)
+
+
+def write_huge_png(path: Path, width: int = 30_000, height: int = 30_000) -> Path:
+    """A valid PNG of a few dozen bytes whose header declares ``width`` x ``height`` pixels
+    (900 megapixels by default): what a decompression bomb looks like before decoding."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
+    return path

@@ -50,10 +50,17 @@ def _arrays(path: Path) -> dict[str, np.ndarray]:
     }
 
 
-def test_two_processes_extract_the_same_store_as_one(project):
+@pytest.fixture(scope="module")
+def one_process_store(project) -> Path:
+    """The store one process extracts, kept aside: what any number of processes must give."""
     run(project, sys.executable, "stages/extract_features.py")
     one = project / "one-process"
     shutil.move(project / "data/features", one)
+    return one
+
+
+def test_two_processes_extract_the_same_store_as_one(project, one_process_store):
+    one = one_process_store
     torchrun(project, "stages/extract_features.py")
     two = project / "data/features"
     assert dict(zarr.open_group(two, mode="r").attrs) == dict(zarr.open_group(one, mode="r").attrs)
@@ -64,6 +71,31 @@ def test_two_processes_extract_the_same_store_as_one(project):
     summary = (project / "results/extract/extract.json").read_text()
     assert '"ranks": 2' in summary
     assert not list(project.glob("data/.features*"))  # no staging left behind
+
+
+@pytest.mark.parametrize(
+    ("processes", "shard_rows", "image_shards"),
+    [(2, 64, 1), (3, 40, 2)],  # fewer shards of the images than processes: the last own none
+)
+def test_more_processes_than_shards(project, one_process_store, processes, shard_rows, image_shards):
+    """Every shard is written by exactly one process, rank 0 always among the writers, and
+    the summary counts every process's images (it once divided by rank 0's empty work)."""
+    set_params(project, {"extract_features": {"shard_rows": shard_rows}})
+    try:
+        torchrun(project, "stages/extract_features.py", n=processes)
+    finally:
+        set_params(project, {"extract_features": {"shard_rows": 16}})
+    store = project / "data/features"
+    shard = zarr.open_array(store / "images/features", mode="r").shards[0]
+    assert -(-60 // shard) == image_shards
+    a, b = _arrays(one_process_store), _arrays(store)
+    for key in a:
+        assert np.array_equal(a[key], b[key]), key
+    summary = json.loads((project / "results/extract/extract.json").read_text())
+    assert summary["ranks"] == processes and summary["images"] == 60
+    assert summary["forward_images_per_s"] > 0 and summary["extract_time_s"] > 0
+    assert summary["resumed_rows"]["images"] == 0
+    shutil.rmtree(store)
 
 
 def _weights(project: Path) -> dict[str, torch.Tensor]:

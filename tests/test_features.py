@@ -168,6 +168,25 @@ class _Alone(F.Ranks):
     def barrier(self) -> None:
         pass
 
+    def gather(self, value):
+        return [value]
+
+
+@pytest.mark.parametrize("count", range(6))
+@pytest.mark.parametrize("size", [1, 2, 3, 4])
+def test_shards_are_shared_evenly_and_rank_0_never_idles_while_there_is_work(count, size):
+    owned = [F.owned_shards(count, F.Ranks(rank=r, size=size)) for r in range(size)]
+    assert [s for block in owned for s in block] == list(range(count))  # each once, in rank order
+    assert max(map(len, owned)) - min(map(len, owned)) <= 1
+    assert count == 0 or len(owned[0]) >= 1
+    # rows follow the shards: 2 shards of 16 rows over 3 processes on a group of 20 rows
+    if (count, size) == (2, 3):
+        assert [F.owned_rows(20, 16, F.Ranks(rank=r, size=3)) for r in range(3)] == [
+            range(0, 16),
+            range(16, 20),
+            range(20, 20),
+        ]
+
 
 def test_ranks_write_disjoint_whole_shards_that_make_the_same_store(tmp_path, lite0_32):
     """What torchrun's ranks do, one after another here: each writes its block of whole

@@ -23,7 +23,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from transferlab._io import publish
-from transferlab.cli import EXPECTED_ERRORS
+from transferlab.cli import EXPECTED_ERRORS, one_line
 from transferlab.inference import classify, expand_inputs, load_classifier, resolve_checkpoint
 from transferlab.runtime import resolve_device
 
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         raise SystemExit(predict(args))
     except EXPECTED_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         raise SystemExit(1) from None
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +83,8 @@ class Backbone(nn.Module):
         clf = self._imagenet_classifier[0]
         if clf is None:
             raise BackboneError(f"{self.name}: no ImageNet classifier kept")
-        return clf(self(x))
+        clf.eval()  # never trained: its dropout (VGG's, MobileNet's) stays off
+        return clf(x) if getattr(clf, "takes_images", False) else clf(self(x))
 
 
 BackboneBuilder = Callable[[int, Path | None, bool, float | None], Backbone]
@@ -165,6 +167,35 @@ def backbone_fingerprint(backbone: Backbone) -> dict[str, Any]:
     }
 
 
+class TensorFileError(ValueError):
+    """Why a file could not be read as tensors (see :func:`load_tensors`); callers name the
+    file and what it was meant to be."""
+
+
+def load_tensors(path: Path) -> Any:
+    """``torch.load`` of ``path`` that never unpickles anything but tensors and containers.
+
+    torch explains a refusal in a dozen lines ending in a link; this says in one which of
+    the two it is: the file holds other objects (refused before any of them is built, so no
+    payload runs), or it is not a file ``torch.save`` wrote (random bytes, truncated).
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # a blocked global (a class or function to call) is torch's refusal of objects
+        if "GLOBAL" in str(err) or zipfile.is_zipfile(path):
+            raise TensorFileError(
+                "it contains objects that are not tensors: refused without loading them "
+                "(unpickling them could run code; save tensors or a state dict instead)"
+            ) from None
+        raise TensorFileError("not a file torch.save wrote") from None
+    except Exception as err:  # a damaged archive, a truncated file, ...
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+        first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+        reason = first if len(first) <= 120 else first[:117] + "..."
+        raise TensorFileError(f"corrupt or truncated ({type(err).__name__}: {reason})") from None
+
+
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Read a state dict without unpickling arbitrary objects.
 
@@ -174,17 +205,9 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise BackboneError(f"{path}: weights file not found")
     try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise BackboneError(
-            f"{path}: not a loadable state dict: it holds objects other than tensors, and "
-            "unpickling those could run code (save model.state_dict() instead)"
-        ) from None
-    except Exception as err:  # not a torch file at all, truncated, ...
-        text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
-        first = next((line.strip() for line in text.splitlines() if line.strip()), "")
-        reason = first if len(first) <= 120 else first[:117] + "..."
-        raise BackboneError(f"{path}: not a loadable state dict ({type(err).__name__}: {reason})") from None
+        sd = load_tensors(path)
+    except TensorFileError as err:
+        raise BackboneError(f"{path}: not a loadable state dict: {err}") from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
@@ -408,6 +431,34 @@ def _convnext(m: Any) -> tuple:
     return _Pooled(f, norm), groups, m.classifier[2].in_features, m.classifier[2]
 
 
+class _VGGImageNet(nn.Module):
+    """VGG's ImageNet classifier reads the 7x7 average-pooled map, not the pooled vector the
+    backbone emits, so its logits are computed from the images (``takes_images``)."""
+
+    takes_images = True
+
+    def __init__(self, features: nn.Module, avgpool: nn.Module, classifier: nn.Module) -> None:
+        super().__init__()
+        self.features, self.avgpool, self.classifier = features, avgpool, classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+def _vgg(m: Any) -> tuple:
+    """The five convolution blocks (each ends in its max-pool) as the groups that partial
+    and progressive count; features globally average-pooled (512-d) as for the others.
+    The classic walkthrough of this question (Chollet, Deep Learning with Python, 5.3)
+    flattens the last map instead, which ties the head to one input size."""
+    layers = list(m.features)
+    blocks, start = [], 0
+    for i, layer in enumerate(layers):
+        if isinstance(layer, nn.MaxPool2d):
+            blocks.append(nn.Sequential(*layers[start : i + 1]))
+            start = i + 1
+    return _Pooled(nn.Sequential(*blocks)), blocks, 512, _VGGImageNet(m.features, m.avgpool, m.classifier)
+
+
 def _vit(m: Any) -> tuple:
     embed = nn.Module()
     embed.conv_proj = m.conv_proj
@@ -427,6 +478,7 @@ for _name, _build, _enum, _split in (
     ("efficientnet_b0", "efficientnet_b0", "EfficientNet_B0_Weights", _efficientnet),
     ("convnext_tiny", "convnext_tiny", "ConvNeXt_Tiny_Weights", _convnext),
     ("vit_b_16", "vit_b_16", "ViT_B_16_Weights", _vit),
+    ("vgg16", "vgg16", "VGG16_Weights", _vgg),
 ):
     _torchvision(_name, _build, _enum, _split)
 

@@ -13,7 +13,7 @@ from transferlab import layout
 from transferlab._io import read_json
 from transferlab.config import BEST_PROBE, BackboneConfig
 from transferlab.errors import FingerprintMismatch
-from transferlab.selection import best_index
+from transferlab.selection import Scored, best_index
 
 
 def read_screens(candidates: list[dict[str, Any]], root: Path = layout.SCREEN) -> list[dict[str, Any]]:
@@ -33,13 +33,6 @@ def read_screens(candidates: list[dict[str, Any]], root: Path = layout.SCREEN) -
     return screens
 
 
-class Val:
-    """A candidate as the validation rule (selection.best_index) sees it."""
-
-    def __init__(self, val_acc: float, val_loss: float) -> None:
-        self.val_acc, self.val_loss = val_acc, val_loss
-
-
 def choose(backbone: BackboneConfig, root: Path = layout.SCREEN) -> dict[str, Any]:
     """The backbone the arms run on: ``backbone.name`` as set, or with ``best-probe`` the
     screened candidate whose probe validation prefers (ties: lower validation loss), among
@@ -56,7 +49,7 @@ def choose(backbone: BackboneConfig, root: Path = layout.SCREEN) -> dict[str, An
     screens = read_screens(cands, root)
     usable = [i for i, c in enumerate(cands) if c["weights"] != "random"]
     pick = usable[
-        best_index([Val(screens[i]["probe"]["val_acc"], screens[i]["probe"]["val_loss"]) for i in usable])
+        best_index([Scored(screens[i]["probe"]["val_acc"], screens[i]["probe"]["val_loss"]) for i in usable])
     ]
     cand = cands[pick]
     return {

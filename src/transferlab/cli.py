@@ -23,5 +23,13 @@ def run_stage(main: Callable[[argparse.Namespace], None], parser: argparse.Argum
     try:
         main(args)
     except EXPECTED_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+def one_line(err: Exception) -> str:
+    """The message of an expected error; a bare missing file (open() of an input an earlier
+    stage writes) says which, and what makes it."""
+    if isinstance(err, FileNotFoundError) and err.filename and str(err).startswith("[Errno"):
+        return f"{err.filename}: not found; run dvc repro"
+    return str(err).replace("\n", " ")

@@ -326,6 +326,11 @@ class StrategyConfig(OptimConfig):
             raise ValueError(f"{unused[0]} has no effect on this strategy; remove it")
         if "bn_momentum" in self.model_fields_set and self.bn == "frozen":
             raise ValueError("bn_momentum has no effect with bn: frozen; remove it or set bn: train")
+        if self.bn == "train" and self.batch_size < 2:
+            raise ValueError(
+                f"batch_size: {self.batch_size} with bn: train: BatchNorm cannot estimate statistics "
+                "from one image; use a batch of at least 2, or bn: frozen"
+            )
         return self
 
 

@@ -19,3 +19,11 @@ class BackboneError(ValueError):
 
 class FingerprintMismatch(ValueError):
     """The feature store was made from other data, backbone or preprocessing."""
+
+
+def image_too_large(err: Exception) -> str:
+    """What is wrong with an image whose declared size is over PIL's decompression-bomb
+    limit (``PIL.Image.MAX_IMAGE_PIXELS``): the same words wherever an image is decoded
+    (download's checks, extraction, training, scoring, predict). Decoding it could take
+    gigabytes; the header alone says so, so nothing is decoded."""
+    return f"image too large to decode ({err}); downscale it, or raise PIL.Image.MAX_IMAGE_PIXELS"

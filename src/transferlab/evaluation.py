@@ -16,11 +16,11 @@ import polars as pl
 
 from transferlab import layout, registry
 from transferlab._io import read_json, sha256_file
-from transferlab.errors import FingerprintMismatch
+from transferlab.errors import ConfigError, FingerprintMismatch
 from transferlab.manifest import manifest_fingerprint, split_column, split_columns
 from transferlab.metrics import per_class_f1
 from transferlab.records import RunSummary, read_summary
-from transferlab.selection import best_index
+from transferlab.selection import AllDiverged, Scored, best_index
 from transferlab.stats import (
     accuracy_interval,
     holm,
@@ -54,6 +54,7 @@ class GridPoint:
     val_acc: float  # mean over seeds of each run's best-epoch validation accuracy
     val_loss: float
     seconds: float  # mean over seeds
+    diverged: bool = False  # a seed's loss became non-finite: never picked (selection.usable)
 
 
 def grid_runs(strategy: str, grid: list[float], seeds: list[int]) -> list[GridPoint]:
@@ -83,6 +84,7 @@ def grid_runs(strategy: str, grid: list[float], seeds: list[int]) -> list[GridPo
                 val_acc=float(np.mean([t.val_acc for t in summaries])),
                 val_loss=float(np.mean([t.val_loss for t in summaries])),
                 seconds=float(np.mean([t.train_time_s for t in summaries])),
+                diverged=any(t.diverged for t in summaries),
             )
         )
     return points
@@ -270,7 +272,7 @@ def verdict(
 ) -> dict[str, Any]:
     """Best on validation; the models the test split cannot separate from it; the cheapest
     of those, which is what the report recommends."""
-    best = best_index([_Val(m, *v) for m, v in val.items()])
+    best = best_index([Scored(*v, name=m) for m, v in val.items()])
     best_name = list(val)[best]
     ties, unresolved = [best_name], []
     for m in val:
@@ -304,13 +306,6 @@ def verdict(
             "(its own training plus the extraction / probe it needs)"
         ),
     }
-
-
-@dataclass
-class _Val:
-    model: str
-    val_acc: float
-    val_loss: float
 
 
 def evaluate_all(
@@ -373,6 +368,8 @@ def evaluate_all(
                 "grid": first.protocol["grid"],
                 "picked": {str(s): t.protocol["picked"] for s, t in summaries.items()},
                 "points": {str(s): t.protocol["points"] for s, t in summaries.items()},
+                # seeds whose picked L-BFGS fit hit its iteration cap (the report flags them)
+                "not_converged": [s for s, t in summaries.items() if not t.protocol.get("converged", True)],
                 "budget": first.protocol["budget"],
                 "depends_on": ["extract-features"]
                 + (["augmented views"] if registry.get(name).augmented_views else []),
@@ -380,7 +377,13 @@ def evaluate_all(
         )
     for name, grid in strategies.items():
         points = grid_runs(name, grid, seeds)
-        pick = points[best_index(points)]
+        try:
+            pick = points[best_index(points)]
+        except AllDiverged:
+            raise ConfigError(
+                f"finetune.{name}.lr: every rate of the grid {grid} diverged (the training loss "
+                "became non-finite); lower the rates"
+            ) from None
         first = read_summary(layout.train_summary(pick.runs[seeds[0]]))
         chosen[name] = (
             pick.runs,
@@ -390,6 +393,7 @@ def evaluate_all(
                 "grid": {"lr": [p.lr for p in points]},
                 "picked": {"lr": pick.lr},
                 "points": [asdict(p) for p in points],
+                "diverged": [p.lr for p in points if p.diverged],
                 "budget": first.protocol["budget"],
                 "search_time_s": round(sum(p.seconds for p in points), 2),
                 "depends_on": ["extract-features", "train-head@features"]
@@ -534,9 +538,10 @@ def wise_view(run_names: dict[int, str], tests: dict[int, dict[str, list]]) -> d
             )
         correct.append(np.asarray(rows, dtype=float))
     val = [
-        _Val(
-            str(a),
-            *(float(np.mean([data[s]["points"][i][k] for s in seeds])) for k in ("val_acc", "val_nll")),
+        Scored(
+            val_acc=float(np.mean([data[s]["points"][i]["val_acc"] for s in seeds])),
+            val_loss=float(np.mean([data[s]["points"][i]["val_nll"] for s in seeds])),
+            name=str(a),
         )
         for i, a in enumerate(alphas)
     ]

@@ -194,6 +194,28 @@ class ExtractionStats:
     def images_per_s(self) -> float:
         return self.images / self.seconds if self.seconds else 0.0
 
+    @property
+    def forward_images_per_s(self) -> float:
+        return self.images / self.forward_seconds if self.forward_seconds else 0.0
+
+    @classmethod
+    def of_job(cls, per_rank: list[ExtractionStats]) -> ExtractionStats:
+        """One process's stats, or the job's from every process's (torchrun): images summed,
+        times the slowest process's (what the job waited for), so a process that owned no
+        shard neither divides by zero nor hides the others' work."""
+        if len(per_rank) == 1:
+            return per_rank[0]
+        names = list(per_rank[0].split_images)
+        return cls(
+            images=sum(s.images for s in per_rank),
+            seconds=max(s.seconds for s in per_rank),
+            forward_seconds=max(s.forward_seconds for s in per_rank),
+            split_seconds={k: max(s.split_seconds[k] for s in per_rank) for k in names},
+            split_images={k: sum(s.split_images[k] for s in per_rank) for k in names},
+            prefetched={k: any(s.prefetched[k] for s in per_rank) for k in names},
+            resumed={k: sum(s.resumed[k] for s in per_rank) for k in names},
+        )
+
 
 _END = object()
 
@@ -322,12 +344,21 @@ def n_shards(n: int, shard_rows: int) -> int:
     return -(-n // shard)
 
 
+def owned_shards(count: int, ranks: Ranks) -> range:
+    """The shards (of ``count``) that ``ranks`` writes: a contiguous block, as even as can be,
+    the lower ranks taking one more where they do not divide. With fewer shards than
+    processes the highest ranks own none, never rank 0, which writes the summary."""
+    base, extra = divmod(count, ranks.size)
+    first = ranks.rank * base + min(ranks.rank, extra)
+    return range(first, first + base + (ranks.rank < extra))
+
+
 def owned_rows(n: int, shard_rows: int, ranks: Ranks) -> range:
-    """The rows of a group of ``n`` that ``ranks`` writes: a contiguous block of whole shards."""
+    """The rows of a group of ``n`` that ``ranks`` writes: a contiguous block of whole shards
+    (empty where this process owns none)."""
     _, shard = geometry(n, shard_rows)
-    count = n_shards(n, shard_rows)
-    first, last = count * ranks.rank // ranks.size, count * (ranks.rank + 1) // ranks.size
-    return range(first * shard, min(n, last * shard))
+    mine = owned_shards(n_shards(n, shard_rows), ranks)
+    return range(min(n, mine.start * shard), min(n, mine.stop * shard))
 
 
 def _runs(indices: list[int]) -> list[tuple[int, int]]:
@@ -501,8 +532,7 @@ def extract_features(
             t_split = time.perf_counter()
             n = len(g.rows)
             _, shard = geometry(n, shard_rows)
-            rows = owned_rows(n, shard_rows, ranks)
-            mine = range(rows.start // shard, -(-rows.stop // shard))
+            mine = owned_shards(n_shards(n, shard_rows), ranks)
             pending = [s for s in mine if not (done_dir / f"{name}-{s}").exists()]
             resumed[name] = sum(min(shard, n - s * shard) for s in mine if s not in pending)
             split_images[name] = 0
@@ -539,7 +569,7 @@ def extract_features(
         remove(done_dir)
         move_into_place(staging, out)
     ranks.barrier()
-    return ExtractionStats(
+    mine_stats = ExtractionStats(
         images=sum(split_images.values()),
         seconds=time.perf_counter() - t0,
         forward_seconds=fwd,
@@ -548,6 +578,7 @@ def extract_features(
         prefetched=prefetched,
         resumed=resumed,
     )
+    return ExtractionStats.of_job(ranks.gather(mine_stats))
 
 
 class FeatureStore:

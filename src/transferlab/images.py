@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from torchvision.transforms import v2
 
 from transferlab.backbones import Preprocess
-from transferlab.errors import DataError
+from transferlab.errors import DataError, image_too_large
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -51,6 +51,8 @@ def load_rgb(path: Path) -> Image.Image:
         with Image.open(path) as im:
             im.load()
             return to_rgb(im)
+    except Image.DecompressionBombError as err:  # not an OSError: PIL's own class
+        raise DataError(f"{path}: {image_too_large(err)}") from None
     except (OSError, UnidentifiedImageError, ValueError) as err:
         raise DataError(f"{path}: cannot decode image: {err}") from None
 

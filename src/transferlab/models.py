@@ -16,9 +16,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
 from transferlab._io import publish
-from transferlab.backbones import Backbone
+from transferlab.backbones import Backbone, TensorFileError, load_tensors
 from transferlab.config import HeadConfig
-from transferlab.errors import FingerprintMismatch
+from transferlab.errors import DataError, FingerprintMismatch
 
 
 def make_head(cfg: HeadConfig, in_features: int, num_classes: int) -> nn.Module:
@@ -102,7 +102,12 @@ def save_checkpoint(path: Path, model: nn.Module, meta: CheckpointMeta) -> None:
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], CheckpointMeta]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        ckpt = load_tensors(path)
+    except TensorFileError as err:
+        raise DataError(f"{path}: not a transferlab checkpoint: {err}") from None
+    if not isinstance(ckpt, dict) or not {"meta", "state_dict"} <= set(ckpt):
+        raise DataError(f"{path}: not a transferlab checkpoint (no 'meta' and 'state_dict' in it)")
     try:
         meta = CheckpointMeta.model_validate(ckpt["meta"])
     except (KeyError, TypeError, ValidationError) as err:

@@ -46,6 +46,8 @@ class ProbePoint:
     iterations: int
     function_evals: int  # full passes over the training features
     seconds: float
+    # stopped by L-BFGS's tolerances (the optimum, to them), not by max_iter or max_eval
+    converged: bool = True
 
     def to_json(self) -> dict[str, float]:
         return asdict(self)
@@ -153,10 +155,12 @@ def fit_linear_probe(
     for l2 in sorted(l2_grid, reverse=True):  # strongest first: each fit warm-starts the next
         t0 = time.perf_counter()
         evals0 = objective.evals
+        max_eval = max_iter * 5 // 4  # torch's default cap on function evaluations
         opt = torch.optim.LBFGS(
             [w, b],
             lr=1.0,
             max_iter=max_iter,
+            max_eval=max_eval,
             history_size=20,
             tolerance_grad=1e-6,
             tolerance_change=1e-10,
@@ -180,6 +184,7 @@ def fit_linear_probe(
                 iterations=iterations,
                 function_evals=objective.evals - evals0,
                 seconds=seconds,
+                converged=iterations < max_iter and objective.evals - evals0 < max_eval,
             )
         )
         states.append((w.detach().clone(), b.detach().clone()))

@@ -31,6 +31,8 @@ class RunSummary(BaseModel):
     epochs_run: int  # full-batch solver: function evaluations (passes over the features)
     best_epoch: int | None  # None for the full-batch solver
     stopped_early: bool
+    # the training or validation loss became non-finite: recorded, never picked
+    diverged: bool = False
     train_time_s: float  # the kept run
     # heads: their whole grid search, run inside the stage (an end-to-end grid is one run
     # per rate, each with its own summary)

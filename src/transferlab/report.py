@@ -79,6 +79,13 @@ def protocol_rows(details: dict[str, Any], metrics: dict[str, Any]) -> list[list
     for name, d in details["models"].items():
         prot = d["protocol"]
         grid, picked = _grid_text(prot)
+        if prot.get("not_converged"):
+            picked += (
+                f" (not converged for seed(s) {', '.join(map(str, prot['not_converged']))}: "
+                "raise train_head.linear.max_iter)"
+            )
+        if prot.get("diverged"):
+            picked += f" (diverged, never picked: lr {', '.join(f'{v:g}' for v in prot['diverged'])})"
         m = metrics[name]
         rows.append(
             [

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.distributed
 
+from transferlab.errors import ConfigError
+
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch; return a generator for DataLoader shuffling.
@@ -58,9 +60,19 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when present, else CPU. Asking for ``cuda`` without one is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("base.device: 'cuda' requested but no CUDA device is available")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"base.device: {name!r} is not a device; use auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"base.device: {name!r} requested but this machine has no CUDA device; use auto or cpu"
+        )
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(
+            f"base.device: {name!r}, but this machine has {torch.cuda.device_count()} CUDA device(s)"
+        )
+    return device
 
 
 def resolve_workers(setting: int | str, device: torch.device) -> int:
@@ -95,6 +107,7 @@ def memory_format(device: torch.device) -> torch.memory_format:
 
 
 M = TypeVar("M", bound=torch.nn.Module)
+T = TypeVar("T")
 
 
 def place(module: M, device: torch.device) -> M:
@@ -183,6 +196,14 @@ class Ranks:
     def barrier(self) -> None:
         if self.size > 1:
             torch.distributed.barrier()
+
+    def gather(self, value: T) -> list[T]:
+        """Every process's ``value`` (picklable), in rank order, on every process."""
+        if self.size <= 1:
+            return [value]
+        out: list[Any] = [None] * self.size
+        torch.distributed.all_gather_object(out, value)
+        return out
 
 
 def init_ranks(device: torch.device, num_threads: int = 0) -> tuple[Ranks, torch.device]:

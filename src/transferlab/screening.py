@@ -18,10 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from transferlab.choice import Val
 from transferlab.errors import FingerprintMismatch
 from transferlab.evaluation import compare_all
-from transferlab.selection import best_index
+from transferlab.selection import Scored, best_index
 from transferlab.stats import pair_of, separable
 from transferlab.transferability import kendall_tau
 
@@ -43,7 +42,7 @@ def summarise(screens: list[dict[str, Any]]) -> dict[str, Any]:
         if sorted(order) != sorted(ids):
             raise FingerprintMismatch("screened candidates were scored on other test images; run dvc repro")
         correct[name] = np.asarray([[s["test_correct"][order[image]] for image in ids]], dtype=float)
-    best = names[best_index([Val(s["probe"]["val_acc"], s["probe"]["val_loss"]) for s in screens])]
+    best = names[best_index([Scored(s["probe"]["val_acc"], s["probe"]["val_loss"]) for s in screens])]
     comparisons = compare_all(correct, [0]) if len(screens) > 1 else {"pairs": []}
     paired = {n: pair_of(comparisons, best, n) for n in names if n != best}
     tau = {}

@@ -26,7 +26,7 @@ import polars as pl
 from PIL import Image
 
 from transferlab._io import parallel_map, sha256_file
-from transferlab.errors import DataError
+from transferlab.errors import DataError, image_too_large
 from transferlab.manifest import IMAGE_SUFFIXES, SPLITS, split_columns
 
 Item = tuple[str, str, str | None]  # (path relative to the raw root, class name, split or None)
@@ -44,7 +44,7 @@ def check_image(path: Path) -> str | None:
         with Image.open(path) as im:
             im.load()  # decodes all pixels: a truncated file fails here, not at verify()
     except Image.DecompressionBombError as err:
-        return f"image too large ({err})"
+        return image_too_large(err)
     except Exception as err:  # PIL raises many types for broken files
         return f"not a readable image ({type(err).__name__}: {err})"
     return None

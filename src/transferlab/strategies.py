@@ -89,7 +89,10 @@ def apply_strategy(model: TransferModel, strategy: str, cfg: StrategyConfig) -> 
                 set_trainable(m, True)
     elif unfreeze == "lora":
         assert isinstance(cfg, LoraConfig)
-        lora.add_lora(model.backbone, cfg.rank, cfg.alpha)
+        try:
+            lora.add_lora(model.backbone, cfg.rank, cfg.alpha)
+        except ValueError as err:  # an architecture without linear layers or 1x1 convolutions
+            raise ConfigError(f"finetune.{strategy}: {model.backbone.name}: {err}") from None
     else:
         set_trainable(model.backbone, True)
     if unfreeze in ("biases", "norms") and not any(p.requires_grad for p in model.backbone.parameters()):

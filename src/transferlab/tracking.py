@@ -63,6 +63,7 @@ def training_summary(
         "epochs_run": len(fit.history),
         "best_epoch": fit.best_epoch + 1,
         "stopped_early": fit.stopped_early,
+        "diverged": fit.diverged,
         "val_acc": fit.best.val_acc,
         "val_loss": fit.best.val_loss,
         "train_time_s": fit.seconds,

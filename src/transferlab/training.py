@@ -229,6 +229,9 @@ class FitResult:
     best_epoch: int = 0
     seconds: float = 0.0
     stopped_early: bool = False
+    # The loss became non-finite (NaN or inf): training stopped there, and the run is never
+    # picked on validation (transferlab.selection.usable), whatever weights it kept.
+    diverged: bool = False
     # Per parameter group: nominal rate against the rates it trained at (WarmupCosine.rates).
     lr_schedule: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -323,11 +326,19 @@ def fit(
             torch.distributed.all_reduce(means)
             tr_loss, tr_acc = (means / torch.distributed.get_world_size()).tolist()
         t_train = time.perf_counter() - t0
-        va_loss, va_acc = evaluate(model, val_loader, eval_criterion, device, amp=amp)
+        # A non-finite loss is checked once per epoch, after the ranks' means are combined,
+        # so that every rank stops together (a rank stopping alone would hang the others).
+        if math.isfinite(tr_loss):
+            va_loss, va_acc = evaluate(model, val_loader, eval_criterion, device, amp=amp)
+        else:
+            va_loss, va_acc = math.nan, 0.0
         rec = EpochRecord(epoch, tr_loss, tr_acc, va_loss, va_acc, t_train, time.perf_counter() - t0, lrs)
         result.history.append(rec)
         if on_epoch is not None:
             on_epoch(rec)
+        if not (math.isfinite(tr_loss) and math.isfinite(va_loss)):
+            result.diverged = True
+            break
         if va_loss < best_loss:
             best_loss, bad_epochs, result.best_epoch = va_loss, 0, epoch
             best_state = copy.deepcopy(model.state_dict())

@@ -52,7 +52,8 @@ def reestimate_bn(model: nn.Module, batches: Iterable[torch.Tensor], device: tor
         m.momentum = None  # cumulative moving average: the plain mean over the batches
         m.train()
     for x in batches:
-        model(x.to(device))
+        if len(x) > 1:  # one image has no variance: BatchNorm refuses to train on it
+            model(x.to(device))
     for m, (momentum, training) in zip(norms, saved, strict=True):
         m.momentum = momentum
         m.train(training)
