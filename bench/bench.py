@@ -49,17 +49,17 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from transferlab.backbones import create_backbone  # noqa: E402
 from transferlab.config import FullConfig, HeadConfig  # noqa: E402
-from transferlab.features import FeatureStore, Fingerprint, Group, StreamedBatches, extract_features  # noqa: E402
-from transferlab.images import DecodedCache, ImageDataset, eval_loader, train_transform  # noqa: E402
-from transferlab.manifest import split_view  # noqa: E402
-from transferlab.models import TransferModel, make_head  # noqa: E402
+from transferlab.data.images import DecodedCache, ImageDataset, eval_loader, train_transform  # noqa: E402
+from transferlab.data.manifest import split_view  # noqa: E402
+from transferlab.data.sources import copy_items, scan_folder, write_digits  # noqa: E402
+from transferlab.data.splitting import build_manifest  # noqa: E402
+from transferlab.features.backbones import create_backbone  # noqa: E402
+from transferlab.features.store import FeatureStore, Fingerprint, Group, StreamedBatches, extract_features  # noqa: E402
 from transferlab.runtime import environment, memory_format, place, resolve_device, sync  # noqa: E402
-from transferlab.sources import copy_items, scan_folder, write_digits  # noqa: E402
-from transferlab.splitting import build_manifest  # noqa: E402
-from transferlab.strategies import apply_strategy, head_param_groups, param_groups  # noqa: E402
-from transferlab.training import TensorBatches, predict, train_one_epoch  # noqa: E402
+from transferlab.training.loop import TensorBatches, predict, train_one_epoch  # noqa: E402
+from transferlab.training.models import TransferModel, make_head  # noqa: E402
+from transferlab.training.strategies import apply_strategy, head_param_groups, param_groups  # noqa: E402
 
 MB = 2**20
 

@@ -15,10 +15,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run the 
 
 from transferlab import layout
 from transferlab._io import write_json
-from transferlab.backbones import check_backbone_name
-from transferlab.choice import choose
 from transferlab.cli import run_stage
 from transferlab.config import load_params
+from transferlab.features.backbone_choice import choose
+from transferlab.features.backbones import check_backbone_name
 
 
 def main(args: argparse.Namespace) -> None:

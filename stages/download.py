@@ -22,7 +22,7 @@ from transferlab import layout
 from transferlab._io import publish, write_json
 from transferlab.cli import run_stage
 from transferlab.config import load_params
-from transferlab.sources import (
+from transferlab.data.sources import (
     Collected,
     archive_root,
     check_splits,
@@ -36,7 +36,7 @@ from transferlab.sources import (
     write_digits,
     write_torchvision,
 )
-from transferlab.splitting import build_manifest
+from transferlab.data.splitting import build_manifest
 
 DOWNLOADS = layout.DATA / "downloads"  # kept between runs: a broken download resumes
 

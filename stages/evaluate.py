@@ -16,8 +16,8 @@ from transferlab import layout
 from transferlab._io import write_json
 from transferlab.cli import run_stage
 from transferlab.config import load_params
-from transferlab.evaluation import evaluate_all, recommendation
-from transferlab.manifest import read_manifest
+from transferlab.data.manifest import read_manifest
+from transferlab.verdict.evaluation import evaluate_all, recommendation
 
 
 def main(args: argparse.Namespace) -> None:

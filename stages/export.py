@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run the 
 from transferlab import layout
 from transferlab._io import code_version, read_json
 from transferlab.cli import run_stage
-from transferlab.export import export_recommended
+from transferlab.serve.export import export_recommended
 
 
 def main(args: argparse.Namespace) -> None:

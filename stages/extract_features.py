@@ -16,13 +16,24 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset
 
-from transferlab import layout, transferability
+from transferlab import layout
 from transferlab._io import write_json
-from transferlab.backbones import create_backbone
-from transferlab.choice import arms_backbone
 from transferlab.cli import run_stage
 from transferlab.config import load_params
-from transferlab.features import (
+from transferlab.data.images import (
+    BatchTransform,
+    DecodedCache,
+    ImageDataset,
+    SeededItems,
+    Shift,
+    eval_transform,
+    train_transform,
+)
+from transferlab.data.manifest import SplitView, manifest_fingerprint, read_manifest, split_columns
+from transferlab.features import transferability
+from transferlab.features.backbone_choice import arms_backbone
+from transferlab.features.backbones import create_backbone
+from transferlab.features.store import (
     AUGMENTED,
     IMAGES,
     FeatureStore,
@@ -33,16 +44,6 @@ from transferlab.features import (
     row_ranges,
     shifted_group,
 )
-from transferlab.images import (
-    BatchTransform,
-    DecodedCache,
-    ImageDataset,
-    SeededItems,
-    Shift,
-    eval_transform,
-    train_transform,
-)
-from transferlab.manifest import SplitView, manifest_fingerprint, read_manifest, split_columns
 from transferlab.runtime import (
     close_ranks,
     configure_runtime,

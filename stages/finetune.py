@@ -19,16 +19,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run the 
 import torch
 from torch.utils.data import DataLoader
 
-from transferlab import layout, lora, registry, wise
+from transferlab import layout, registry
 from transferlab._io import write_json
-from transferlab.backbones import Preprocess, backbone_fingerprint, create_backbone
-from transferlab.choice import arms_backbone
 from transferlab.cli import run_stage
 from transferlab.config import HeadConfig, ProgressiveConfig, StrategyConfig, load_params
-from transferlab.distributed import EpochSampler, per_rank_batch, replicate, sync_batchnorm
-from transferlab.errors import ConfigError, FingerprintMismatch
-from transferlab.images import DecodedCache, ImageDataset, SeededItems, Shift, eval_loader, train_transform
-from transferlab.manifest import (
+from transferlab.data.images import (
+    DecodedCache,
+    ImageDataset,
+    Preprocess,
+    SeededItems,
+    Shift,
+    eval_loader,
+    train_transform,
+)
+from transferlab.data.manifest import (
     SplitView,
     class_names,
     manifest_fingerprint,
@@ -36,7 +40,9 @@ from transferlab.manifest import (
     split_column,
     split_view,
 )
-from transferlab.models import CheckpointMeta, TransferModel, load_checkpoint, make_head
+from transferlab.errors import ConfigError, FingerprintMismatch
+from transferlab.features.backbone_choice import arms_backbone
+from transferlab.features.backbones import backbone_fingerprint, create_backbone
 from transferlab.runtime import (
     close_ranks,
     configure_runtime,
@@ -46,10 +52,13 @@ from transferlab.runtime import (
     resolve_workers,
     seed_everything,
 )
-from transferlab.scoring import split_record, write_predictions
-from transferlab.strategies import ProgressiveUnfreezer, apply_strategy, param_groups
-from transferlab.tracking import CurveLogger, finish_run, run_cost, training_summary
-from transferlab.training import class_weights, fit, predict
+from transferlab.training import lora, wise
+from transferlab.training.distributed import EpochSampler, per_rank_batch, replicate, sync_batchnorm
+from transferlab.training.loop import class_weights, fit, predict
+from transferlab.training.models import CheckpointMeta, TransferModel, load_checkpoint, make_head
+from transferlab.training.strategies import ProgressiveUnfreezer, apply_strategy, param_groups
+from transferlab.training.tracking import CurveLogger, finish_run, run_cost, training_summary
+from transferlab.verdict.scoring import split_record, write_predictions
 
 
 def probe_head(expected: dict, classes: list[str], seed: int) -> tuple[torch.nn.Module, HeadConfig]:
@@ -295,7 +304,7 @@ def write_wise(
     device: torch.device,
 ) -> None:
     """results/<run>/wise.json: val and test scores of the weights mixed between the run's
-    start (probe on the pretrained backbone) and its end, per alpha (transferlab.wise)."""
+    start (probe on the pretrained backbone) and its end, per alpha (transferlab.training.wise)."""
     t0 = time.perf_counter()
     end = {k: v.detach().clone() for k, v in model.state_dict().items()}
     loader = eval_loader(train.paths, train.labels, pre, cfg.batch_size * 2, num_workers=0)
@@ -332,7 +341,7 @@ def write_wise(
 
 def read_probe_cost(seed: int) -> float:
     """Seconds the probe lp-ft starts from cost (its whole grid search): lp-ft pays for it."""
-    from transferlab.records import read_summary
+    from transferlab.training.records import read_summary
 
     return read_summary(layout.train_summary(layout.run_name(layout.FEATURES_MODEL, seed))).search_s
 

@@ -17,10 +17,10 @@ import yaml
 
 from transferlab import layout
 from transferlab._io import code_version, publish, read_json
-from transferlab.choice import read_screens
 from transferlab.cli import run_stage
 from transferlab.config import load_params
-from transferlab.report import build
+from transferlab.features.backbone_choice import read_screens
+from transferlab.report.document import build
 
 
 def main(args: argparse.Namespace) -> None:

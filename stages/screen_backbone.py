@@ -23,18 +23,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run the 
 import numpy as np
 import torch
 
-from transferlab import layout, transferability
+from transferlab import layout
 from transferlab._io import write_json
-from transferlab.backbones import create_backbone
 from transferlab.cli import run_stage
 from transferlab.config import CandidateConfig, load_params
+from transferlab.data.images import BatchTransform, DecodedCache, ImageDataset, eval_transform
+from transferlab.data.manifest import SplitView, class_names, manifest_fingerprint, read_manifest, split_view
 from transferlab.errors import ConfigError
-from transferlab.features import IMAGES, FeatureStore, Fingerprint, Group, extract_features, row_ranges
-from transferlab.images import BatchTransform, DecodedCache, ImageDataset, eval_transform
-from transferlab.manifest import SplitView, class_names, manifest_fingerprint, read_manifest, split_view
-from transferlab.probe import fit_linear_probe
+from transferlab.features import transferability
+from transferlab.features.backbones import create_backbone
+from transferlab.features.store import IMAGES, FeatureStore, Fingerprint, Group, extract_features, row_ranges
 from transferlab.runtime import configure_runtime, resolve_device, resolve_workers, seed_everything
-from transferlab.stats import wilson
+from transferlab.training.probe import fit_linear_probe
+from transferlab.verdict.stats import wilson
 
 
 def main(args: argparse.Namespace) -> None:

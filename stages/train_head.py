@@ -18,25 +18,31 @@ import numpy as np
 import torch
 
 from transferlab import layout, registry
-from transferlab.backbones import backbone_fingerprint, create_backbone
-from transferlab.choice import arms_backbone
 from transferlab.cli import run_stage
 from transferlab.config import TrainHeadConfig, load_params
+from transferlab.data.manifest import (
+    class_names,
+    manifest_fingerprint,
+    read_manifest,
+    split_column,
+    split_view,
+)
 from transferlab.errors import ConfigError
-from transferlab.features import AUGMENTED, IMAGES, FeatureStore, StreamedBatches, shifted_group
-from transferlab.manifest import class_names, manifest_fingerprint, read_manifest, split_column, split_view
-from transferlab.models import CheckpointMeta, make_head
-from transferlab.probe import fit_linear_probe
+from transferlab.features.backbone_choice import arms_backbone
+from transferlab.features.backbones import backbone_fingerprint, create_backbone
+from transferlab.features.store import AUGMENTED, IMAGES, FeatureStore, StreamedBatches, shifted_group
 from transferlab.runtime import (
     configure_runtime,
     resolve_device,
     seed_everything,
 )
-from transferlab.scoring import write_predictions
 from transferlab.selection import AllDiverged, Scored, best_index
-from transferlab.strategies import head_param_groups
-from transferlab.tracking import CurveLogger, finish_run, run_cost, training_summary
-from transferlab.training import TensorBatches, class_weights, fit, predict
+from transferlab.training.loop import TensorBatches, class_weights, fit, predict
+from transferlab.training.models import CheckpointMeta, make_head
+from transferlab.training.probe import fit_linear_probe
+from transferlab.training.strategies import head_param_groups
+from transferlab.training.tracking import CurveLogger, finish_run, run_cost, training_summary
+from transferlab.verdict.scoring import write_predictions
 
 # Rows per chunk when the in-memory features are standardized for the probe: bounds the
 # temporary copy, not the data.

@@ -19,17 +19,30 @@ def _direct(path: Path) -> set[str]:
                 mods.add(node.module)
         elif isinstance(node, ast.Import):
             mods.update(a.name for a in node.names if a.name.startswith("transferlab"))
-    return {m for m in mods if (PKG / f"{m.split('.', 1)[1]}.py").exists()}
+    return {m for m in mods if _file(m).exists()}
+
+
+def _file(module: str) -> Path:
+    """The file of ``transferlab.<...>``: a module, or a subpackage's ``__init__.py``."""
+    rel = Path(*module.split(".")[1:])
+    return PKG / rel / "__init__.py" if (PKG / rel).is_dir() else PKG / f"{rel}.py"
+
+
+def _with_packages(module: str) -> set[str]:
+    """``module`` and the subpackages Python runs first to import it (transferlab.a.b runs
+    transferlab/a/__init__.py), each a dependency of whatever imports it."""
+    parts = module.split(".")
+    return {".".join(parts[:i]) for i in range(2, len(parts) + 1)}
 
 
 def module_closure(script: Path) -> set[str]:
     """Paths (relative to the project root) of every transferlab module ``script`` needs."""
     seen: set[str] = set()
-    todo = list(_direct(script))
+    todo = [p for m in _direct(script) for p in _with_packages(m)]
     while todo:
         mod = todo.pop()
         if mod in seen:
             continue
         seen.add(mod)
-        todo.extend(_direct(PKG / f"{mod.split('.', 1)[1]}.py"))
-    return {f"src/transferlab/{m.split('.', 1)[1]}.py" for m in seen}
+        todo.extend(p for m in _direct(_file(mod)) for p in _with_packages(m))
+    return {_file(m).relative_to(ROOT).as_posix() for m in seen}

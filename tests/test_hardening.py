@@ -12,17 +12,17 @@ import torch
 from helpers import make_image_folder, tiny_backbone, write_huge_png
 from torch import nn
 
-from transferlab import app
 from transferlab.config import ConfigError, parse_section
+from transferlab.data.images import load_rgb
+from transferlab.data.sources import check_image
 from transferlab.errors import DataError
-from transferlab.images import load_rgb
-from transferlab.models import load_checkpoint
-from transferlab.probe import fit_linear_probe
 from transferlab.runtime import resolve_device
 from transferlab.selection import AllDiverged, Scored, best_index
-from transferlab.sources import check_image
-from transferlab.training import TensorBatches, fit
-from transferlab.wise import reestimate_bn
+from transferlab.serve import app
+from transferlab.training.loop import TensorBatches, fit
+from transferlab.training.models import load_checkpoint
+from transferlab.training.probe import fit_linear_probe
+from transferlab.training.wise import reestimate_bn
 
 CPU = torch.device("cpu")
 
@@ -42,9 +42,9 @@ def test_an_image_declaring_900_megapixels_is_one_error_naming_it_everywhere(tmp
 
 
 def _head_checkpoint(tmp_path):
-    from transferlab.backbones import backbone_fingerprint, create_backbone
     from transferlab.config import HeadConfig
-    from transferlab.models import CheckpointMeta, make_head, save_checkpoint
+    from transferlab.features.backbones import backbone_fingerprint, create_backbone
+    from transferlab.training.models import CheckpointMeta, make_head, save_checkpoint
 
     bb = create_backbone("efficientnet_lite0", 32, crop_pct=1.0)
     head = make_head(HeadConfig(kind="linear"), bb.num_features, 3)
@@ -206,7 +206,7 @@ def test_a_probe_stopped_by_max_iter_is_recorded_as_not_converged():
 
 
 def test_the_protocol_table_flags_a_pick_that_did_not_converge():
-    from transferlab.report import protocol_rows
+    from transferlab.report.document import protocol_rows
 
     prot = {
         "grid": {"l2": [0.01, 1.0]},
@@ -269,7 +269,7 @@ def test_a_diverged_candidate_is_never_picked():
 
 
 def test_vgg16_has_its_five_convolution_blocks_as_groups():
-    from transferlab.backbones import create_backbone
+    from transferlab.features.backbones import create_backbone
 
     bb = create_backbone("vgg16", 64, pretrained=False)
     assert len(bb.groups) == 5 and bb.num_features == 512

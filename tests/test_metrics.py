@@ -3,7 +3,7 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
-from transferlab.metrics import (
+from transferlab.verdict.metrics import (
     bootstrap_ci,
     classification_metrics,
     confusion_matrix,

@@ -1,4 +1,4 @@
-"""The parameter-efficient strategies: bitfit, norm and lora (transferlab.lora)."""
+"""The parameter-efficient strategies: bitfit, norm and lora (transferlab.training.lora)."""
 
 import io
 
@@ -7,11 +7,11 @@ import torch
 from helpers import tiny_backbone
 from torch import nn
 
-from transferlab import lora
-from transferlab.backbones import create_backbone
 from transferlab.config import load_params
-from transferlab.models import TransferModel, make_head
-from transferlab.strategies import NORMS, apply_strategy, param_groups
+from transferlab.features.backbones import create_backbone
+from transferlab.training import lora
+from transferlab.training.models import TransferModel, make_head
+from transferlab.training.strategies import NORMS, apply_strategy, param_groups
 
 PARAMS = load_params("params.yaml").finetune
 

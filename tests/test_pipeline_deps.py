@@ -23,8 +23,12 @@ def test_stage_depends_on_the_modules_it_imports(name, stage):
     script = stage["cmd"].split()[1]
     deps = set(stage["deps"])
     assert script in deps
-    missing = module_closure(ROOT / script) - deps
+    closure = module_closure(ROOT / script)
+    missing = closure - deps
     assert not missing, f"{name}: dvc.yaml lacks deps {sorted(missing)}"
+    # and no more: a module the stage does not run would re-run it for nothing
+    extra = {d for d in deps if d.startswith("src/")} - closure
+    assert not extra, f"{name}: dvc.yaml lists deps the stage does not import {sorted(extra)}"
 
 
 @pytest.mark.parametrize(("name", "stage"), list(_stages()), ids=[n for n, _ in _stages()])

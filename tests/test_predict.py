@@ -9,14 +9,14 @@ import pytest
 import torch
 from helpers import make_image_folder
 
-from transferlab import app
-from transferlab.backbones import backbone_fingerprint, create_backbone
 from transferlab.config import HeadConfig
+from transferlab.data.images import eval_loader
 from transferlab.errors import FingerprintMismatch
-from transferlab.export import export_recommended
-from transferlab.images import eval_loader
-from transferlab.inference import classify, expand_inputs, load_classifier
-from transferlab.models import CheckpointMeta, TransferModel, make_head, save_checkpoint
+from transferlab.features.backbones import backbone_fingerprint, create_backbone
+from transferlab.serve import app
+from transferlab.serve.export import export_recommended
+from transferlab.serve.inference import classify, expand_inputs, load_classifier
+from transferlab.training.models import CheckpointMeta, TransferModel, make_head, save_checkpoint
 
 CLASSES = ["c0", "c1", "c2"]
 

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from transferlab.evaluation import compare_all, verdict
-from transferlab.recommend import answer_better, answer_similar, domain_of, recommend
-from transferlab.report import claims
-from transferlab.stats import pair_of, paired_test
+from transferlab.report.document import claims
+from transferlab.verdict.evaluation import compare_all, verdict
+from transferlab.verdict.recommend import answer_better, answer_similar, domain_of, recommend
+from transferlab.verdict.stats import pair_of, paired_test
 
 
 def _correct(acc: dict[str, float], n: int, seed: int = 0, shared: float = 0.8) -> dict[str, np.ndarray]:

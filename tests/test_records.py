@@ -5,8 +5,8 @@ import torch
 
 from transferlab.config import HeadConfig
 from transferlab.errors import FingerprintMismatch
-from transferlab.models import CheckpointMeta, load_checkpoint, save_checkpoint
-from transferlab.records import RunSummary, read_summary, write_summary
+from transferlab.training.models import CheckpointMeta, load_checkpoint, save_checkpoint
+from transferlab.training.records import RunSummary, read_summary, write_summary
 
 META = CheckpointMeta(
     kind="head",
@@ -83,8 +83,8 @@ def test_run_summary_rejects_wrong_and_unknown_fields(tmp_path, change, field):
 
 def test_a_mini_batch_runs_summary_is_a_valid_record():
     """What training_summary and run_cost give, plus the seed the stages add, is complete."""
-    from transferlab.tracking import run_cost, training_summary
-    from transferlab.training import EpochRecord, FitResult
+    from transferlab.training.loop import EpochRecord, FitResult
+    from transferlab.training.tracking import run_cost, training_summary
 
     rec = EpochRecord(0, 1.0, 0.5, 0.9, 0.6, 2.0, 2.5, {"head": 1e-3})
     fit = FitResult(history=[rec], seconds=2.5, lr_schedule={"head": {"nominal": 1e-3}})

@@ -12,10 +12,10 @@ import yaml
 from helpers import tiny_backbone
 
 from transferlab import registry
-from transferlab.backbones import available_backbones, register_backbone
 from transferlab.config import load_params
-from transferlab.models import TransferModel
-from transferlab.strategies import apply_strategy
+from transferlab.features.backbones import available_backbones, register_backbone
+from transferlab.training.models import TransferModel
+from transferlab.training.strategies import apply_strategy
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]

@@ -3,8 +3,8 @@ import re
 import numpy as np
 import pytest
 
-from transferlab.evaluation import compare_all, verdict
-from transferlab.report import build, comparison_rows, pareto_front
+from transferlab.report.document import build, comparison_rows, pareto_front
+from transferlab.verdict.evaluation import compare_all, verdict
 
 MODELS = ["features", "features-augmented", "frozen", "partial", "full", "progressive", "lp-ft", "scratch"]
 
@@ -118,7 +118,7 @@ def test_seeds_show_mean_and_spread_and_flips():
 
 
 def test_spread_table_says_what_the_layout_can_separate():
-    from transferlab.stats import spread_components
+    from transferlab.verdict.stats import spread_components
 
     metrics, details, comparisons = _inputs(["features", "frozen"], seeds=(0, 1, 2, 3))
     acc = {0: 0.91, 1: 0.81, 2: 0.89, 3: 0.79}

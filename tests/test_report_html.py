@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from test_report import MODELS, _inputs
 
-from transferlab.report import build
+from transferlab.report.document import build
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 

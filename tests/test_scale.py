@@ -15,11 +15,10 @@ import torch
 from helpers import make_image_folder
 from torch.utils.data import DataLoader
 
-from transferlab import features as F
 from transferlab._io import parallel_map
-from transferlab.backbones import Preprocess
-from transferlab.features import FeatureStore, Fingerprint, extract_features, prefetch
-from transferlab.images import DecodedCache, ImageDataset, eval_loader
+from transferlab.data.images import DecodedCache, ImageDataset, Preprocess, eval_loader
+from transferlab.features import store as F
+from transferlab.features.store import FeatureStore, Fingerprint, extract_features, prefetch
 from transferlab.runtime import resolve_workers
 
 CPU = torch.device("cpu")
@@ -270,7 +269,7 @@ def test_fill_decodes_up_front_in_order_until_the_budget_is_full(pictures):
 
 
 def test_seeded_items_draw_the_same_for_an_item_whatever_the_order_and_leave_the_global_rng():
-    from transferlab.images import SeededItems
+    from transferlab.data.images import SeededItems
 
     class Noise(torch.utils.data.Dataset):
         def __len__(self):

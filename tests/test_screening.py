@@ -5,8 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from transferlab import choice, screening
 from transferlab.errors import FingerprintMismatch
+from transferlab.features import backbone_choice as choice
+from transferlab.report import screen as screening
 
 
 def _screen(name, size, acc, val, scores, n=400, seed=0):
@@ -59,7 +60,7 @@ def test_read_screens_refuses_missing_and_stale_candidates(tmp_path):
 def test_report_shows_the_screen(tmp_path):
     from test_report import MODELS, _inputs  # the report tests' synthetic evaluation
 
-    from transferlab.report import build
+    from transferlab.report.document import build
 
     metrics, details, comparisons = _inputs(MODELS)
     details["extract"] = {}

@@ -1,9 +1,9 @@
-"""The robustness view's shifts (transferlab.images.Shift): fixed, seeded, per image."""
+"""The robustness view's shifts (transferlab.data.images.Shift): fixed, seeded, per image."""
 
 import pytest
 import torch
 
-from transferlab.images import SHIFT_STRENGTHS, Shift
+from transferlab.data.images import SHIFT_STRENGTHS, Shift
 
 
 def _images(n=4, size=32):

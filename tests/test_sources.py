@@ -20,9 +20,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from transferlab.errors import DataError
-from transferlab.images import load_rgb
-from transferlab.sources import (
+from transferlab.data.images import load_rgb
+from transferlab.data.sources import (
     archive_root,
     check_splits,
     cross_split_duplicates,
@@ -33,7 +32,8 @@ from transferlab.sources import (
     scan_folder,
     write_torchvision,
 )
-from transferlab.splitting import build_manifest
+from transferlab.data.splitting import build_manifest
+from transferlab.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 

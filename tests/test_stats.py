@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from transferlab.stats import holm, images_to_separate, mcnemar_exact, paired_test, wilson
+from transferlab.verdict.stats import holm, images_to_separate, mcnemar_exact, paired_test, wilson
 
 
 def test_wilson_by_hand_and_never_reaching_one_with_errors():
@@ -85,7 +85,7 @@ def test_images_to_separate_grows_as_the_difference_shrinks():
 
 
 def test_spread_components_by_hand():
-    from transferlab.stats import spread_components
+    from transferlab.verdict.stats import spread_components
 
     # two splittings, two seeds each: within-splitting deviations +-0.01, splitting means
     # 0.90 and 0.80.
@@ -100,7 +100,7 @@ def test_spread_components_by_hand():
 
 
 def test_spread_components_say_what_the_layout_cannot_tell():
-    from transferlab.stats import spread_components
+    from transferlab.verdict.stats import spread_components
 
     one_splitting = spread_components({0: 0.9, 1: 0.8, 2: 0.85}, {0: 0, 1: 0, 2: 0})
     assert one_splitting["split_sd"] is None
@@ -115,7 +115,7 @@ def test_spread_components_say_what_the_layout_cannot_tell():
 
 def test_spread_separates_simulated_split_and_seed_noise():
     """Many splittings, several seeds each, known variances: the estimates find them."""
-    from transferlab.stats import spread_components
+    from transferlab.verdict.stats import spread_components
 
     rng = np.random.default_rng(0)
     k, per = 200, 4
@@ -130,7 +130,7 @@ def test_spread_separates_simulated_split_and_seed_noise():
 
 
 def test_family_wise_interval_widens_with_the_family_and_governs_separability():
-    from transferlab.stats import separable
+    from transferlab.verdict.stats import separable
 
     # 14 vs 4 discordant of 269: the pair's own 95% interval clears 0 and p = 0.03; among
     # 28 comparisons (8 models) that is not evidence enough, and the report must not show an

@@ -2,7 +2,6 @@ import pytest
 import torch
 from helpers import tiny_backbone
 
-from transferlab.backbones import create_backbone
 from transferlab.config import (
     FrozenConfig,
     FullConfig,
@@ -12,9 +11,10 @@ from transferlab.config import (
     StrategyConfig,
 )
 from transferlab.errors import ConfigError
-from transferlab.models import TransferModel, count_parameters, make_head
-from transferlab.strategies import ProgressiveUnfreezer, apply_strategy, param_groups
-from transferlab.training import TensorBatches, fit
+from transferlab.features.backbones import create_backbone
+from transferlab.training.loop import TensorBatches, fit
+from transferlab.training.models import TransferModel, count_parameters, make_head
+from transferlab.training.strategies import ProgressiveUnfreezer, apply_strategy, param_groups
 
 CPU = torch.device("cpu")
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from transferlab.distributed import CrossRankBatchNorm, sync_batchnorm
 from transferlab.runtime import Ranks
+from transferlab.training.distributed import CrossRankBatchNorm, sync_batchnorm
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from transferlab.config import OptimConfig, StrategyConfig
-from transferlab.training import TensorBatches, WarmupCosine, class_weights, fit
+from transferlab.training.loop import TensorBatches, WarmupCosine, class_weights, fit
 
 CPU = torch.device("cpu")
 

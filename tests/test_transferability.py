@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from transferlab.transferability import h_score, knn_accuracy, logme
+from transferlab.features.transferability import h_score, knn_accuracy, logme
 
 
 def _log_evidence(f, y, alpha, beta):
@@ -89,7 +89,7 @@ def test_knn_tie_goes_to_the_nearest():
 def test_kendall_tau_by_hand_and_against_scipy():
     from scipy.stats import kendalltau
 
-    from transferlab.transferability import kendall_tau
+    from transferlab.features.transferability import kendall_tau
 
     assert kendall_tau([1, 2, 3], [10, 20, 30]) == 1.0
     assert kendall_tau([1, 2, 3], [3, 2, 1]) == -1.0

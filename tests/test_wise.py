@@ -1,10 +1,10 @@
-"""Weight-space interpolation (transferlab.wise)."""
+"""Weight-space interpolation (transferlab.training.wise)."""
 
 import pytest
 import torch
 from torch import nn
 
-from transferlab import wise
+from transferlab.training import wise
 
 
 def _states():

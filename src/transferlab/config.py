@@ -137,7 +137,7 @@ class BackboneConfig(_Strict):
     # Optional local state-dict file that replaces the registered weights.
     weights: str | None = None
     # Backbones to screen by linear probe and transferability scores, each on its own store
-    # (stage screen-backbone; transferlab.transferability): [] screens nothing. The arms
+    # (stage screen-backbone; transferlab.features.transferability): [] screens nothing. The arms
     # run on ``name`` above; the report names the probe's pick among the candidates.
     candidates: list[CandidateConfig] = []
 
@@ -392,7 +392,7 @@ class LpFtConfig(_Strict):
     lr: LrGrid = [1e-3, 3e-3]
     # WiSE-FT: the weights mixed between the start (the probe on the pretrained backbone) and
     # the fine-tuned end at these alphas, each scored on val and test (evaluations only;
-    # transferlab.wise). Empty: none.
+    # transferlab.training.wise). Empty: none.
     wise_alphas: list[Annotated[float, Field(ge=0, le=1)]] = [round(0.1 * i, 1) for i in range(11)]
 
     @model_validator(mode="after")
@@ -427,7 +427,7 @@ class NormConfig(_EfficientConfig):
 @strategy_params("lora")
 class LoraConfig(_EfficientConfig):
     """LoRA (Hu et al., 2021): low-rank updates on linear layers, 1x1 convolutions and
-    attention projections (transferlab.lora); the pretrained weights stay frozen, and the
+    attention projections (transferlab.training.lora); the pretrained weights stay frozen, and the
     checkpoint holds them merged."""
 
     rank: Annotated[int, Field(ge=1)] = 8
@@ -498,7 +498,7 @@ FinetuneConfig = create_model("FinetuneConfig", __base__=_FinetuneBase, **_finet
 
 class ShiftConfig(_Strict):
     """The robustness view: a shifted copy of the test split, made by the pipeline and scored
-    by every model (transferlab.images.Shift). Empty ``kinds``: none."""
+    by every model (transferlab.data.images.Shift). Empty ``kinds``: none."""
 
     kinds: list[Literal["blur", "noise", "contrast", "rotation"]] = []
     severity: Annotated[int, Field(ge=1, le=5)] = 3  # ImageNet-C's scale: 1 mild .. 5 strong

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Kind = Literal["two-stage", "end-to-end"]
-# The decision matrix's families (transferlab.recommend): what a rule of thumb recommends.
+# The decision matrix's families (transferlab.verdict.recommend): what a rule of thumb recommends.
 Family = Literal["feature-extraction", "fine-tuning", "baseline"]
 # What trains when training starts (end-to-end): nothing of the backbone, its last blocks
 # (``unfreeze_blocks``), or all of it; progressive adds blocks later, by epoch. The
@@ -43,7 +43,7 @@ class ModelSpec:
     unfreeze: Unfreeze = "none"
     # End-to-end: trains with another strategy's recipe (its params section but ``lr``).
     recipe_of: str | None = None
-    # The decision matrix's scenarios (transferlab.recommend.SCENARIOS) whose advice this
+    # The decision matrix's scenarios (transferlab.verdict.recommend.SCENARIOS) whose advice this
     # model follows: 1 small/similar, 2 large/similar, 3 small/different, 4 large/different.
     scenarios: tuple[int, ...] = ()
     # End-to-end: the params class of ``finetune.<name>``, set by config.strategy_params.

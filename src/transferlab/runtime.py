@@ -82,7 +82,7 @@ def resolve_workers(setting: int | str, device: torch.device) -> int:
     while the main process drives it. On CPU: none. The forward and backward passes already
     use every core through torch's threads, and the benchmark's "workers and threads" table
     (bench/results/) measures a worker process there as no faster; extraction still overlaps
-    decoding with the forward pass, in a thread (transferlab.features.prefetch).
+    decoding with the forward pass, in a thread (transferlab.features.store.prefetch).
     """
     if setting != "auto":
         return int(setting)

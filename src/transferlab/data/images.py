@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,19 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 from torchvision.transforms import v2
 
-from transferlab.backbones import Preprocess
 from transferlab.errors import DataError, image_too_large
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a backbone wants its input: the registry fills this per backbone."""
+
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    # Evaluation resizes the short side to image_size / crop_pct, then centre-crops.
+    crop_pct: float = 0.875
+    interpolation: v2.InterpolationMode = v2.InterpolationMode.BILINEAR
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -257,7 +269,7 @@ class DecodedCache:
 class SeededItems(Dataset):
     """``dataset`` with each item drawn under its own random seed.
 
-    A key is an index i, or (i, epoch) from :class:`transferlab.distributed.EpochSampler`;
+    A key is an index i, or (i, epoch) from :class:`transferlab.training.distributed.EpochSampler`;
     the seed comes from ``seed``, the epoch and i. Random transforms then give an item the
     same result whichever process, worker or order reads it: the augmented views in the
     feature store and the augmented training images are the same from one process, from

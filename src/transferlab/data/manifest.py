@@ -3,7 +3,7 @@
 ``data/manifest.parquet`` holds one row per image: its path (relative to data/raw), integer
 label, class name, split and SHA-256 of the file. Every stage reads images through it, in
 its row order, so all strategies see exactly the same train/val/test images. This module is
-what readers need; building a manifest is download's alone (:mod:`transferlab.splitting`),
+what readers need; building a manifest is download's alone (:mod:`transferlab.data.splitting`),
 so editing how data is split or fetched never re-runs a training stage through this module.
 
 With ``base.splits: k > 1`` the manifest carries k splittings: ``split`` (the first, from

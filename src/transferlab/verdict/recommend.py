@@ -19,7 +19,7 @@ fine-tuned model (chosen on validation) and the probe on the same test images: "
 only when its 95% interval lies entirely above the threshold, "similar" only when it lies
 entirely below, and otherwise the report says the data cannot tell. The best model is
 chosen on validation; the recommendation is the cheapest model the test split cannot
-separate from it (see :func:`transferlab.evaluation.verdict`), and the rule of thumb
+separate from it (see :func:`transferlab.verdict.evaluation.verdict`), and the rule of thumb
 "agrees" when one of its strategies is in that set.
 """
 
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from transferlab import registry
-from transferlab.stats import separable
+from transferlab.verdict.stats import separable
 
 LARGE_DATASET = 10_000  # training images; "small" below, "large" from here on
 GAP_THRESHOLD = 0.02  # accuracy the best fine-tuning must gain over the probe for "different"

@@ -57,8 +57,8 @@ import zarr
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from transferlab._io import move_into_place, remove
-from transferlab.backbones import Backbone, backbone_fingerprint
 from transferlab.errors import FingerprintMismatch
+from transferlab.features.backbones import Backbone, backbone_fingerprint
 from transferlab.runtime import Ranks, memory_format, place, sync
 
 STORE_FORMAT = 3  # 3: one group of all images (and one of views), splits selected by readers
@@ -377,8 +377,9 @@ def _code_sha256() -> str:
     """The library's source: a staging store left by other code (an interrupted run, then
     an upgrade) is not resumed, even for the same fingerprint."""
     h = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        h.update(path.read_bytes())
+    package = Path(__file__).parents[1]
+    for path in sorted(package.rglob("*.py")):
+        h.update(path.relative_to(package).as_posix().encode() + path.read_bytes())
     return h.hexdigest()
 
 

@@ -1,6 +1,6 @@
 """Using a trained model on new images, from its checkpoint alone.
 
-A checkpoint's :class:`~transferlab.models.CheckpointMeta` says which backbone, input size,
+A checkpoint's :class:`~transferlab.training.models.CheckpointMeta` says which backbone, input size,
 crop, normalization and interpolation its features came from, its head and its classes.
 :func:`load_classifier` rebuilds the whole image -> logits network from that: for an
 end-to-end model every weight is in the checkpoint; for a two-stage head the backbone's
@@ -20,12 +20,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from transferlab import layout
-from transferlab.backbones import Backbone, Preprocess, backbone_fingerprint, create_backbone
+from transferlab.data.images import BatchTransform, Preprocess, decode, eval_transform
+from transferlab.data.manifest import IMAGE_SUFFIXES
 from transferlab.errors import DataError, FingerprintMismatch
-from transferlab.images import BatchTransform, decode, eval_transform
-from transferlab.manifest import IMAGE_SUFFIXES
-from transferlab.models import CheckpointMeta, TransferModel, load_checkpoint, make_head
+from transferlab.features.backbones import Backbone, backbone_fingerprint, create_backbone
 from transferlab.runtime import memory_format, place
+from transferlab.training.models import CheckpointMeta, TransferModel, load_checkpoint, make_head
 
 # The fields of backbone_fingerprint that fix the preprocessing and the features.
 _CHECKED = ("backbone", "weights_sha256", "image_size", "mean", "std", "crop_pct", "interpolation")

@@ -16,9 +16,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
 from transferlab._io import publish
-from transferlab.backbones import Backbone, TensorFileError, load_tensors
 from transferlab.config import HeadConfig
 from transferlab.errors import DataError, FingerprintMismatch
+from transferlab.features.backbones import Backbone, TensorFileError, load_tensors
 
 
 def make_head(cfg: HeadConfig, in_features: int, num_classes: int) -> nn.Module:

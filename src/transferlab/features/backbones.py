@@ -14,15 +14,14 @@ import pickle
 import re
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torchvision.transforms import v2
 
 from transferlab._io import sha256_file
+from transferlab.data.images import Preprocess
 from transferlab.errors import BackboneError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -30,18 +29,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # TensorFlow-Lite models were trained on inputs scaled to [-1, 1].
 SYMMETRIC_MEAN = (0.5, 0.5, 0.5)
 SYMMETRIC_STD = (0.5, 0.5, 0.5)
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """How a backbone wants its input: the registry fills this per backbone."""
-
-    image_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    # Evaluation resizes the short side to image_size / crop_pct, then centre-crops.
-    crop_pct: float = 0.875
-    interpolation: v2.InterpolationMode = v2.InterpolationMode.BILINEAR
 
 
 class Backbone(nn.Module):

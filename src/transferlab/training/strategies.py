@@ -12,7 +12,7 @@
 * ``scratch``: as ``full`` from random weights: the baseline that prices pretraining.
 * ``bitfit``, ``norm``, ``lora``: parameter-efficient. The backbone is frozen but for every
   bias (BitFit), every normalisation scale and shift, or low-rank adapters added to its
-  linear and 1x1-convolution weights (:mod:`transferlab.lora`); all at ``backbone_lr_mult``
+  linear and 1x1-convolution weights (:mod:`transferlab.training.lora`); all at ``backbone_lr_mult``
   times the head's rate.
 
 The optimizer only ever holds trainable parameters: no momentum buffers or weight decay are
@@ -27,10 +27,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from transferlab import lora, registry
+from transferlab import registry
 from transferlab.config import LoraConfig, PartialConfig, ProgressiveConfig, StrategyConfig
 from transferlab.errors import ConfigError
-from transferlab.models import TransferModel
+from transferlab.training import lora
+from transferlab.training.models import TransferModel
 
 # The normalisation layers whose scale and shift the ``norm`` strategy trains.
 NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
@@ -149,7 +150,7 @@ class ProgressiveUnfreezer:
     """Unfreezes backbone groups from the top at the epochs of ``cfg.unfreeze_epochs``.
 
     Each joining group is made trainable and added to the optimizer as new param groups with
-    ``base_lr`` set, so the schedule (:class:`transferlab.training.WarmupCosine`) gives it
+    ``base_lr`` set, so the schedule (:class:`transferlab.training.loop.WarmupCosine`) gives it
     its own warm-up and decay from the step it joins; its Adam moments start from zero, as
     for a fresh parameter.
     """

@@ -13,8 +13,8 @@ import numpy as np
 import polars as pl
 
 from transferlab._io import parallel_map, sha256_file
+from transferlab.data.manifest import MANIFEST_SCHEMA
 from transferlab.errors import DataError
-from transferlab.manifest import MANIFEST_SCHEMA
 
 
 def stratified_split(

@@ -3,7 +3,7 @@ probe, and how well the transferability scores predicted what the probes then me
 
 Read by the report from ``results/screen/<key>.json`` (stage screen-backbone). Every
 candidate's probe is scored on the same test images, so candidates are compared like the
-arms: paired, family-wise (:func:`transferlab.evaluation.compare_all`), best on validation,
+arms: paired, family-wise (:func:`transferlab.verdict.evaluation.compare_all`), best on validation,
 and the tie set of those the test split cannot separate from it.
 
 Kendall's tau between each score and the measured probe accuracy says whether the scores
@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 
 from transferlab.errors import FingerprintMismatch
-from transferlab.evaluation import compare_all
+from transferlab.features.transferability import kendall_tau
 from transferlab.selection import Scored, best_index
-from transferlab.stats import pair_of, separable
-from transferlab.transferability import kendall_tau
+from transferlab.verdict.evaluation import compare_all
+from transferlab.verdict.stats import pair_of, separable
 
 SCORES = {"logme": "LogME", "h_score": "H-score", "knn_val_acc": "k-NN val acc"}
 

@@ -1,6 +1,6 @@
 """Which backbone the arms run on (stage choose-backbone), and the screens it reads.
 
-Kept apart from :mod:`transferlab.screening` (the report's view of the screen) so that the
+Kept apart from :mod:`transferlab.report.screen` (the report's view of the screen) so that the
 arms' stages, which read the choice, do not depend on the statistics code.
 """
 

@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from dvclive import Live
 
-from transferlab.models import CheckpointMeta, count_parameters
-from transferlab.records import RunSummary, write_summary
 from transferlab.runtime import environment, peak_gpu_bytes, peak_rss_bytes
-from transferlab.training import EpochRecord, FitResult
+from transferlab.training.loop import EpochRecord, FitResult
+from transferlab.training.models import CheckpointMeta, count_parameters
+from transferlab.training.records import RunSummary, write_summary
 
 
 class CurveLogger:
@@ -91,9 +91,9 @@ def run_cost(model: torch.nn.Module, device: torch.device) -> dict[str, Any]:
 
 def finish_run(name: str, model: torch.nn.Module, meta: CheckpointMeta, summary: dict[str, Any]) -> None:
     """Publish the best checkpoint and the run summary of run ``name``. The summary is
-    validated against :class:`~transferlab.records.RunSummary` before anything is written."""
+    validated against :class:`~transferlab.training.records.RunSummary` before anything is written."""
     from transferlab import layout
-    from transferlab.models import save_checkpoint
+    from transferlab.training.models import save_checkpoint
 
     RunSummary.model_validate(summary)  # refuse a bad summary before anything is written
     save_checkpoint(layout.checkpoint(name), model, meta)

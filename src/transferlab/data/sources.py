@@ -1,9 +1,9 @@
 """Where the images come from: the embedded digits, a folder, an archive URL, torchvision.
 
 Every source ends the same way: image files under ``data/raw/`` and a list of items
-``(path relative to data/raw, class name, split or None)``; :func:`transferlab.splitting.build_manifest`
+``(path relative to data/raw, class name, split or None)``; :func:`transferlab.data.splitting.build_manifest`
 turns that into the manifest. Files are kept as delivered (a JPEG stays a JPEG) and decoded
-consistently when read (:func:`transferlab.images.load_rgb`).
+consistently when read (:func:`transferlab.data.images.load_rgb`).
 
 Bad data is found here, before anything is trained: unreadable or truncated images, files
 that are not images, empty class folders, classes the training split lacks, the same image
@@ -26,8 +26,8 @@ import polars as pl
 from PIL import Image
 
 from transferlab._io import parallel_map, sha256_file
+from transferlab.data.manifest import IMAGE_SUFFIXES, SPLITS, split_columns
 from transferlab.errors import DataError, image_too_large
-from transferlab.manifest import IMAGE_SUFFIXES, SPLITS, split_columns
 
 Item = tuple[str, str, str | None]  # (path relative to the raw root, class name, split or None)
 

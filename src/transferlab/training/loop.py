@@ -273,7 +273,7 @@ def fit(
     guards cover ``requires_grad``, and tests/test_strategies.py checks that blocks unfrozen
     mid-run do train when compiled.
 
-    ``replicate`` (several processes: :func:`transferlab.distributed.replicate`) wraps the
+    ``replicate`` (several processes: :func:`transferlab.training.distributed.replicate`) wraps the
     model for the training pass, and again whenever ``on_epoch_start`` adds groups, since
     DistributedDataParallel averages only the gradients of what trained when it was built.
     Validation runs on the plain model, on every rank over the whole split: the weights are

@@ -22,15 +22,16 @@ matplotlib.use("Agg")  # headless: CI and servers have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from transferlab import registry, screening  # noqa: E402
-from transferlab.recommend import (  # noqa: E402
+from transferlab import registry  # noqa: E402
+from transferlab.report import screen as screening
+from transferlab.verdict.recommend import (  # noqa: E402
     FINE_TUNING,
     GAP_THRESHOLD,
     answer_better,
     answer_similar,
     recommend,
 )
-from transferlab.stats import pair_of, separable  # noqa: E402
+from transferlab.verdict.stats import pair_of, separable  # noqa: E402
 
 DESCRIPTIONS = {spec.name: spec.description for spec in registry.all_models()}
 

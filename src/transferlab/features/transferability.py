@@ -28,7 +28,7 @@ import numpy as np
 if TYPE_CHECKING:
     import polars as pl
 
-    from transferlab.features import FeatureStore
+    from transferlab.features.store import FeatureStore
 
 _EPS = 1e-5  # keeps the fixed point away from division by zero on degenerate features
 
@@ -166,8 +166,8 @@ def score_store(store: FeatureStore, manifest: pl.DataFrame, seed: int) -> dict[
     images of each split, the same seeded sample for every store of one manifest (stores
     list their images in the same seeded order)."""
     from transferlab import layout
-    from transferlab.features import IMAGES
-    from transferlab.manifest import split_view
+    from transferlab.data.manifest import split_view
+    from transferlab.features.store import IMAGES
 
     x: dict[str, np.ndarray] = {}
     y: dict[str, np.ndarray] = {}

@@ -9,7 +9,7 @@ machine and on many are comparable; no learning-rate scaling rule is applied.
 What a rank sees and draws does not depend on N either: the training order is one seeded
 permutation per epoch (torch's DistributedSampler, whose ranks take interleaved slices of
 it, so step k covers the same images on 1 or N processes), and each image's augmentation is
-drawn under its own seed from (seed, epoch, index) (:class:`transferlab.images.SeededItems`).
+drawn under its own seed from (seed, epoch, index) (:class:`transferlab.data.images.SeededItems`).
 
 BatchNorm: frozen statistics (bn: frozen, and every block that does not train) stay frozen;
 where statistics train (bn: train), every rank normalises with the statistics of the whole
@@ -43,7 +43,7 @@ def per_rank_batch(batch_size: int, ranks: Ranks, param: str) -> int:
 
 class EpochSampler(Sampler):
     """This rank's indices of a seeded permutation per epoch, each paired with the epoch:
-    (index, epoch) keys for a :class:`~transferlab.images.SeededItems` dataset, which seeds
+    (index, epoch) keys for a :class:`~transferlab.data.images.SeededItems` dataset, which seeds
     the augmentation from them. Carrying the epoch in the key keeps this right with
     persistent DataLoader workers, which never see attributes set on the parent's dataset."""
 
@@ -168,7 +168,7 @@ def replicate(model: nn.Module, device: torch.device) -> nn.Module:
     """``model`` wrapped in DistributedDataParallel for the training forward pass.
 
     DDP averages the gradients of the parameters that train when it is built; progressive
-    unfreezing builds it again when blocks join (transferlab.training.fit does). Buffers
+    unfreezing builds it again when blocks join (transferlab.training.loop.fit does). Buffers
     (running statistics) are broadcast from rank 0 at each step, so every rank keeps the
     same ones."""
     ids = [device.index] if device.type == "cuda" else None

@@ -17,7 +17,7 @@ from torch.nn import functional as F
 
 from transferlab import layout
 from transferlab._io import write_json
-from transferlab.metrics import classification_metrics
+from transferlab.verdict.metrics import classification_metrics
 
 Scored = tuple[torch.Tensor, torch.Tensor, list[str]]  # logits, labels, image ids
 

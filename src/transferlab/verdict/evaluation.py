@@ -2,7 +2,7 @@
 comparisons on the same test images, next to what each model cost.
 
 Nothing here runs a model: every run scored itself (``results/<run>/predictions.json``,
-see :mod:`transferlab.scoring`), so a head-only change re-scores only the heads.
+see :mod:`transferlab.verdict.scoring`), so a head-only change re-scores only the heads.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import polars as pl
 
 from transferlab import layout, registry
 from transferlab._io import read_json, sha256_file
+from transferlab.data.manifest import manifest_fingerprint, split_column, split_columns
 from transferlab.errors import ConfigError, FingerprintMismatch
-from transferlab.manifest import manifest_fingerprint, split_column, split_columns
-from transferlab.metrics import per_class_f1
-from transferlab.records import RunSummary, read_summary
 from transferlab.selection import AllDiverged, Scored, best_index
-from transferlab.stats import (
+from transferlab.training.records import RunSummary, read_summary
+from transferlab.verdict.metrics import per_class_f1
+from transferlab.verdict.stats import (
     accuracy_interval,
     holm,
     images_to_separate,
@@ -115,7 +115,7 @@ def headline(
 ) -> dict[str, Any]:
     """The numbers ``dvc exp show`` lists per model: means over seeds (with the spread of the
     two main scores), short names, rounded, no lists. ``interval`` is the accuracy's 95%
-    interval over seeds and images together (:func:`transferlab.stats.accuracy_interval`).
+    interval over seeds and images together (:func:`transferlab.verdict.stats.accuracy_interval`).
 
     ``depends_s`` is what the model needed before its own training (extraction for the
     two-stage models; extraction and the probe for lp-ft): ``total_time_s`` includes it.
@@ -180,7 +180,7 @@ class RunRecord:
 
     run: str
     split: str  # the manifest column it trained and was scored on
-    scores: dict[str, Any]  # test metrics (transferlab.metrics.classification_metrics)
+    scores: dict[str, Any]  # test metrics (transferlab.verdict.metrics.classification_metrics)
     val: dict[str, float]  # accuracy, nll
     predictions: list[int]  # predicted class per test image, in test_ids order
     train: RunSummary

@@ -24,8 +24,8 @@ from tqdm import tqdm
 
 from transferlab._io import publish
 from transferlab.cli import EXPECTED_ERRORS, one_line
-from transferlab.inference import classify, expand_inputs, load_classifier, resolve_checkpoint
 from transferlab.runtime import resolve_device
+from transferlab.serve.inference import classify, expand_inputs, load_classifier, resolve_checkpoint
 
 
 def _rows(preds: list) -> list[dict[str, object]]:

@@ -20,7 +20,7 @@ import torch
 
 from transferlab._io import publish, sha256_file
 from transferlab.errors import FingerprintMismatch
-from transferlab.inference import Classifier, load_classifier
+from transferlab.serve.inference import Classifier, load_classifier
 
 # Largest absolute difference of logits allowed between an export and the PyTorch network.
 TOLERANCE = 1e-3

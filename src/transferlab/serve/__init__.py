@@ -1,0 +1,1 @@
+"""Using the winner: networks rebuilt from checkpoints, the exports, the `transferlab` command."""

@@ -1,0 +1,1 @@
+"""From predictions to the verdict: per-image scoring, metrics, paired statistics, aggregation, recommendation."""
