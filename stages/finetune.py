@@ -11,6 +11,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from torch.utils.data import DataLoader
 from transferlab import layout, registry
 from transferlab._io import write_json
 from transferlab.cli import run_stage
-from transferlab.config import HeadConfig, ProgressiveConfig, StrategyConfig, load_params
+from transferlab.config import HeadConfig, Params, ProgressiveConfig, StrategyConfig, load_params
 from transferlab.data.images import (
     DecodedCache,
     ImageDataset,
@@ -44,6 +45,7 @@ from transferlab.errors import ConfigError, FingerprintMismatch
 from transferlab.features.backbone_choice import arms_backbone
 from transferlab.features.backbones import backbone_fingerprint, create_backbone
 from transferlab.runtime import (
+    Ranks,
     close_ranks,
     configure_runtime,
     init_ranks,
@@ -79,189 +81,121 @@ def probe_head(expected: dict, classes: list[str], seed: int) -> tuple[torch.nn.
     return head, meta.head
 
 
-def main(args: argparse.Namespace) -> None:
-    p = load_params(args.params)
-    base, aug, ft = p.base, p.augment, p.finetune
-    arms = arms_backbone(p.backbone)  # backbone.name, or the screen's pick (choose-backbone)
-    strategy = args.strategy
+def build_model(
+    p: Params, strategy: str, seed: int, classes: list[str], manifest_sha256: str
+) -> tuple[TransferModel, HeadConfig, dict[str, str], dict[str, Any]]:
+    """The backbone + head this run starts from, how each was initialized, and the fingerprint
+    of the features the backbone makes (a probe lp-ft starts from must match it)."""
     spec = registry.get(strategy)
-    cfg = ft.strategy(strategy)
-    lr = float(args.lr)
-    if lr not in cfg.lr:
-        raise ConfigError(f"finetune.{strategy}.lr: {args.lr} is not in the grid {cfg.lr}")
-    device = resolve_device(base.device)
-    workers = resolve_workers(cfg.num_workers, device)
-    configure_runtime(base.num_threads, device, channels_last=base.channels_last, workers=workers)
-    # under torchrun: data-parallel over the ranks, the batch shared among them (distributed.py)
-    ranks, device = init_ranks(device, base.num_threads)
-    batch = per_rank_batch(cfg.batch_size, ranks, f"finetune.{strategy}.batch_size")
-    run = layout.run_name(strategy, args.seed, args.lr)
-    seed_everything(args.seed)  # the same initial weights on every rank
-    manifest = read_manifest(layout.MANIFEST)
-    classes = class_names(manifest)
-
-    pretrained = spec.pretrained
+    arms = arms_backbone(p.backbone)  # backbone.name, or the screen's pick (choose-backbone)
     backbone = create_backbone(
-        arms["name"], arms["image_size"], arms["weights"], pretrained=pretrained, crop_pct=p.backbone.crop_pct
+        arms["name"],
+        arms["image_size"],
+        arms["weights"],
+        pretrained=spec.pretrained,
+        crop_pct=p.backbone.crop_pct,
     )
-    fingerprint = {**backbone_fingerprint(backbone), "manifest_sha256": manifest_fingerprint(manifest)}
+    fingerprint = {**backbone_fingerprint(backbone), "manifest_sha256": manifest_sha256}
+    pretrained = f"pretrained weights {backbone.weights_sha256}"
     if spec.from_probe:
-        head, head_cfg = probe_head(fingerprint, classes, args.seed)
-        init = {
-            "backbone": f"pretrained weights {backbone.weights_sha256}",
-            "head": "linear probe",
-            "probe": str(layout.checkpoint(layout.run_name(layout.FEATURES_MODEL, args.seed))),
-        }
+        head, head_cfg = probe_head(fingerprint, classes, seed)
+        probe = str(layout.checkpoint(layout.run_name(layout.FEATURES_MODEL, seed)))
+        init = {"backbone": pretrained, "head": "linear probe", "probe": probe}
     else:
-        head_cfg = ft.head
+        head_cfg = p.finetune.head
         head = make_head(head_cfg, backbone.num_features, len(classes))
-        init = {
-            "backbone": f"pretrained weights {backbone.weights_sha256}"
-            if pretrained
-            else f"random (torch seed {args.seed})",
-            "head": f"random (torch seed {args.seed})",
-        }
-    model = TransferModel(backbone, head)
-    apply_strategy(model, strategy, cfg)
-    alphas = ft.section(strategy).wise_alphas if spec.from_probe else []
-    start = {k: v.detach().clone() for k, v in model.state_dict().items()} if alphas else None
-    bn_synced = cfg.bn == "train" and sync_batchnorm(model, ranks, device)
-    place(model, device)
+        random = f"random (torch seed {seed})"
+        init = {"backbone": pretrained if spec.pretrained else random, "head": random}
+    return TransferModel(backbone, head), head_cfg, init, fingerprint
 
-    pre = backbone.preprocess
-    column = split_column(args.seed, base.splits)  # this seed's splitting (base.splits)
-    train, val, test = (split_view(manifest, layout.RAW, s, column) for s in ("train", "val", "test"))
-    # One decoded-image cache under base.image_cache_mb for the run's three splits: what
-    # fits is decoded once per run, the rest per epoch, and memory never grows with the data.
-    cache = DecodedCache(base.image_cache_mb * 2**20)
-    cache.fill(train.paths + val.paths + test.paths)
-    train_ds = ImageDataset(
-        train.paths,
-        train.labels,
-        train_transform(
-            pre, crop_scale=aug.crop_scale, rotation_degrees=aug.rotation_degrees, hflip=aug.hflip
-        ),
-        cache=cache,
-    )
-    loader_kw: dict[str, Any] = {
-        "num_workers": workers,
-        "pin_memory": device.type == "cuda",
-        "persistent_workers": workers > 0,
-    }
-    # One seeded order per epoch, each rank taking its slice of it, and every image's
-    # augmentation drawn from (seed, epoch, index): the same run on 1 process or N.
-    sampler = EpochSampler(len(train_ds), ranks, args.seed)
-    train_loader = DataLoader(
-        SeededItems(train_ds, args.seed),
-        batch_size=batch,
-        sampler=sampler,
-        drop_last=len(train_ds) > cfg.batch_size,
-        **loader_kw,
-    )
-    val_loader = eval_loader(
-        val.paths,
-        val.labels,
-        pre,
-        cfg.batch_size * 2,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        cache=cache,
-    )
 
-    optimizer = torch.optim.AdamW(param_groups(model, cfg, lr))
-    unfreezer = ProgressiveUnfreezer(model, cfg, lr) if isinstance(cfg, ProgressiveConfig) else None
-    logger = CurveLogger(layout.results_dir(run)) if ranks.main else None
+class Data:
+    """The run's splits, its decoded-image cache and its loaders. One cache under
+    base.image_cache_mb for the three splits: what fits is decoded once per run, the rest per
+    epoch, and memory never grows with the data."""
 
-    def on_epoch_start(epoch: int, optimizer: torch.optim.Optimizer) -> list[str]:
-        sampler.set_epoch(epoch)
-        return unfreezer(epoch, optimizer) if unfreezer is not None else []
-
-    result = fit(
-        model,
-        optimizer,
-        train_loader,
-        val_loader,
-        cfg,
-        device,
-        on_epoch=logger,
-        on_epoch_start=on_epoch_start,
-        loss_weights=class_weights(train_ds.labels, len(classes)) if cfg.class_balance == "loss" else None,
-        desc=f"finetune-{strategy} lr={args.lr}",
-        replicate=(lambda m: replicate(m, device)) if ranks.size > 1 else None,
-    )
-    close_ranks(ranks)
-    if logger is None:  # not rank 0: rank 0 scores and writes the run
-        return
-    logger.close()
-    # Score the best epoch's weights on val and test, image by image.
-    paths = manifest["path"].to_list()
-    loaders = {
-        "val": (val, val_loader),
-        "test": (
-            test,
-            eval_loader(test.paths, test.labels, pre, cfg.batch_size * 2, num_workers=workers, cache=cache),
-        ),
-    }
-    # the robustness view (params: shift): the test images under each fixed shift
-    shifted = {
-        kind: eval_loader(
-            test.paths,
-            test.labels,
-            pre,
-            cfg.batch_size * 2,
-            num_workers=workers,
-            cache=cache,
-            shift=Shift(kind, p.shift.severity, pre.image_size, base.seed),
+    def __init__(self, p: Params, manifest: Any, column: str, pre: Preprocess, workers: int) -> None:
+        self.p, self.pre, self.workers = p, pre, workers
+        self.paths = manifest["path"].to_list()
+        self.train, self.val, self.test = (
+            split_view(manifest, layout.RAW, s, column) for s in ("train", "val", "test")
         )
-        for kind in p.shift.kinds
-    }
+        self.cache = DecodedCache(p.base.image_cache_mb * 2**20)
+        self.cache.fill(self.train.paths + self.val.paths + self.test.paths)
+        aug = p.augment
+        self.train_ds = ImageDataset(
+            self.train.paths,
+            self.train.labels,
+            train_transform(
+                pre, crop_scale=aug.crop_scale, rotation_degrees=aug.rotation_degrees, hflip=aug.hflip
+            ),
+            cache=self.cache,
+        )
 
-    def score(m: torch.nn.Module) -> dict[str, Any]:
-        scored = {}
-        for name, (view, loader) in loaders.items():
-            logits, labels = predict(m, loader, device, amp=cfg.amp)
-            scored[name] = (logits, labels, [paths[r] for r in view.rows])
-        return scored
+    def train_loader(
+        self, cfg: StrategyConfig, batch: int, sampler: EpochSampler, device: torch.device
+    ) -> DataLoader:
+        """The run's training batches. The last, incomplete one is dropped (the order is
+        reshuffled every epoch, so no image is left out for good): BatchNorm that trains
+        never sees a batch of one image."""
+        return DataLoader(
+            SeededItems(self.train_ds, sampler.seed),
+            batch_size=batch,
+            sampler=sampler,
+            drop_last=len(self.train_ds) > cfg.batch_size,
+            num_workers=self.workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=self.workers > 0,
+        )
 
-    scored = score(model)
-    for kind, loader in shifted.items():
-        logits, labels = predict(model, loader, device, amp=cfg.amp)
-        scored[kind] = (logits, labels, [paths[r] for r in test.rows])
-    write_predictions(
-        run,
-        manifest_sha256=fingerprint["manifest_sha256"],
-        classes=classes,
-        val=scored["val"],
-        test=scored["test"],
-        split=column,
-        shifted={k: scored[k] for k in shifted},
-    )
-    meta = CheckpointMeta(
-        kind="end-to-end",
-        model=strategy,
-        head=head_cfg,
-        in_features=backbone.num_features,
-        classes=classes,
-        fingerprint=fingerprint,
-        init=init,
-        lr=lr,
-    )
-    steps = len(train_loader) * len(result.history)
+    def eval_loader(
+        self, view: SplitView, cfg: StrategyConfig, shift: Shift | None = None, pin: bool = False
+    ):
+        return eval_loader(
+            view.paths,
+            view.labels,
+            self.pre,
+            cfg.batch_size * 2,
+            num_workers=self.workers,
+            pin_memory=pin,
+            cache=self.cache,
+            shift=shift,
+        )
+
+
+def score_run(
+    model: torch.nn.Module,
+    loaders: dict[str, tuple[SplitView, Any]],
+    device: torch.device,
+    amp: bool,
+    paths: list[str],
+) -> dict[str, Any]:
+    """Logits, labels and image ids of every named loader: the run's per-image predictions."""
+    scored = {}
+    for name, (view, loader) in loaders.items():
+        logits, labels = predict(model, loader, device, amp=amp)
+        scored[name] = (logits, labels, [paths[r] for r in view.rows])
+    return scored
+
+
+def run_summary(
+    result: Any,
+    strategy: str,
+    cfg: StrategyConfig,
+    ft: Any,
+    extra: dict[str, Any],
+    steps: int,
+    model: Any,
+    device: torch.device,
+) -> dict[str, Any]:
+    """train.json: the outcome, the budget it trained on (and its deviations), its cost."""
     summary = training_summary(
         result,
         model=strategy,
-        n_train=len(train_ds),
+        n_train=extra.pop("n_train"),
         extra={
+            **extra,
             "bn": cfg.bn,
-            "num_workers": workers,
-            # torchrun processes sharing each batch, and whether BatchNorm statistics were
-            # synchronised across them (distributed.py)
-            "ranks": ranks.size,
-            "bn_synced": bn_synced,
-            "seed": args.seed,
-            "split": column,
-            "lr": lr,
-            "init": init,
             "protocol": {
                 "budget": {
                     "epochs": cfg.epochs,
@@ -269,6 +203,9 @@ def main(args: argparse.Namespace) -> None:
                     "batch_size": cfg.batch_size,
                     "steps": steps,
                     "images_seen": steps * cfg.batch_size,
+                    # keys of finetune.budget this strategy trained on otherwise (its own
+                    # finetune.<s>.budget): the report shows them as deviations
+                    "deviations": ft.deviations(strategy),
                 },
             },
             **run_cost(model, device),
@@ -281,14 +218,166 @@ def main(args: argparse.Namespace) -> None:
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
             for b in m.buffers()
         )
-    if spec.from_probe:
-        summary["probe_train_time_s"] = read_probe_cost(args.seed)
+    return summary
+
+
+@dataclass
+class Job:
+    """One run of the grid: the strategy, its recipe and rate, where and on how many processes."""
+
+    p: Params
+    strategy: str
+    seed: int
+    lr: float
+    lr_text: str  # the rate as DVC spells it in the run's name
+    device: torch.device
+    ranks: Ranks
+    workers: int
+
+    @property
+    def spec(self) -> Any:
+        return registry.get(self.strategy)
+
+    @property
+    def cfg(self) -> StrategyConfig:
+        return self.p.finetune.strategy(self.strategy)
+
+    @property
+    def run(self) -> str:
+        return layout.run_name(self.strategy, self.seed, self.lr_text)
+
+
+def start_job(args: argparse.Namespace) -> Job:
+    """Params checked for this run, the device and threads set, torchrun's ranks joined."""
+    p = load_params(args.params)
+    cfg = p.finetune.strategy(args.strategy)
+    if float(args.lr) not in cfg.lr:
+        raise ConfigError(f"finetune.{args.strategy}.lr: {args.lr} is not in the grid {cfg.lr}")
+    device = resolve_device(p.base.device)
+    workers = resolve_workers(cfg.num_workers, device)
+    configure_runtime(p.base.num_threads, device, channels_last=p.base.channels_last, workers=workers)
+    # under torchrun: data-parallel over the ranks, the batch shared among them (distributed.py)
+    ranks, device = init_ranks(device, p.base.num_threads)
+    return Job(p, args.strategy, args.seed, float(args.lr), args.lr, device, ranks, workers)
+
+
+def train(job: Job, model: TransferModel, data: Data, classes: list[str]) -> tuple[Any, DataLoader, Any]:
+    """Fit the model on the run's training images; (result, train loader, val loader)."""
+    cfg, ft, strategy = job.cfg, job.p.finetune, job.strategy
+    where = (
+        f"finetune.{job.spec.recipe_of or strategy}.budget"
+        if "batch_size" in ft.deviations(strategy)
+        else "finetune.budget"
+    )
+    batch = per_rank_batch(cfg.batch_size, job.ranks, f"{where}.batch_size")
+    # One seeded order per epoch, each rank taking its slice of it, and every image's
+    # augmentation drawn from (seed, epoch, index): the same run on 1 process or N.
+    sampler = EpochSampler(len(data.train_ds), job.ranks, job.seed)
+    train_loader = data.train_loader(cfg, batch, sampler, job.device)
+    val_loader = data.eval_loader(data.val, cfg, pin=job.device.type == "cuda")
+    optimizer = torch.optim.AdamW(param_groups(model, cfg, job.lr))
+    unfreezer = ProgressiveUnfreezer(model, cfg, job.lr) if isinstance(cfg, ProgressiveConfig) else None
+    logger = CurveLogger(layout.results_dir(job.run)) if job.ranks.main else None
+
+    def on_epoch_start(epoch: int, optimizer: torch.optim.Optimizer) -> list[str]:
+        sampler.set_epoch(epoch)
+        return unfreezer(epoch, optimizer) if unfreezer is not None else []
+
+    result = fit(
+        model,
+        optimizer,
+        train_loader,
+        val_loader,
+        cfg,
+        job.device,
+        on_epoch=logger,
+        on_epoch_start=on_epoch_start,
+        loss_weights=class_weights(data.train_ds.labels, len(classes))
+        if cfg.class_balance == "loss"
+        else None,
+        desc=f"finetune-{strategy} lr={job.lr_text}",
+        replicate=(lambda m: replicate(m, job.device)) if job.ranks.size > 1 else None,
+    )
+    if logger is not None:
+        logger.close()
+    return result, train_loader, val_loader
+
+
+def main(args: argparse.Namespace) -> None:
+    job = start_job(args)
+    cfg, base, seed = job.cfg, job.p.base, job.seed
+    seed_everything(seed)  # the same initial weights on every rank
+    manifest = read_manifest(layout.MANIFEST)
+    classes = class_names(manifest)
+    model, head_cfg, init, fingerprint = build_model(
+        job.p, job.strategy, seed, classes, manifest_fingerprint(manifest)
+    )
+    apply_strategy(model, job.strategy, cfg)
+    alphas = job.p.finetune.section(job.strategy).wise_alphas if job.spec.from_probe else []
+    start = {k: v.detach().clone() for k, v in model.state_dict().items()} if alphas else None
+    bn_synced = cfg.bn == "train" and sync_batchnorm(model, job.ranks, job.device)
+    place(model, job.device)
+    column = split_column(seed, base.splits)  # this seed's splitting (base.splits)
+    data = Data(job.p, manifest, column, model.backbone.preprocess, job.workers)
+    result, train_loader, val_loader = train(job, model, data, classes)
+    close_ranks(job.ranks)
+    if not job.ranks.main:  # rank 0 scores and writes the run
+        return
+    # The best epoch's weights on val and test, image by image, and on the test images under
+    # each fixed shift (params: shift), the robustness view.
+    loaders = {"val": (data.val, val_loader), "test": (data.test, data.eval_loader(data.test, cfg))}
+    shift_of: dict[str, Shift] = {
+        k: Shift(k, job.p.shift.severity, data.pre.image_size, base.seed) for k in job.p.shift.kinds
+    }
+    shifted = {k: (data.test, data.eval_loader(data.test, cfg, shift=s)) for k, s in shift_of.items()}
+    scored = score_run(model, {**loaders, **shifted}, job.device, cfg.amp, data.paths)
+    write_predictions(
+        job.run,
+        manifest_sha256=fingerprint["manifest_sha256"],
+        classes=classes,
+        val=scored["val"],
+        test=scored["test"],
+        split=column,
+        shifted={k: scored[k] for k in shifted},
+    )
+    extra = {
+        "n_train": len(data.train_ds),
+        "num_workers": job.workers,
+        # torchrun processes sharing each batch, and whether BatchNorm statistics were
+        # synchronised across them (distributed.py)
+        "ranks": job.ranks.size,
+        "bn_synced": bn_synced,
+        "seed": seed,
+        "split": column,
+        "lr": job.lr,
+        "init": init,
+    }
+    steps = len(train_loader) * len(result.history)
+    summary = run_summary(result, job.strategy, cfg, job.p.finetune, extra, steps, model, job.device)
+    if job.spec.from_probe:
+        summary["probe_train_time_s"] = read_probe_cost(seed)
     # LoRA: the checkpoint holds the adapters merged into the weights, an ordinary model
     # for evaluate, export and predict (trained_bytes says what the adapters alone take).
     lora.merge(model)
     if start is not None:
-        write_wise(run, model, start, alphas, score, cfg.bn == "train", train, pre, cfg, device)
-    finish_run(run, model.cpu(), meta, summary)
+
+        def score(m: torch.nn.Module) -> dict[str, Any]:
+            return score_run(m, loaders, job.device, cfg.amp, data.paths)
+
+        write_wise(
+            job.run, model, start, alphas, score, cfg.bn == "train", data.train, data.pre, cfg, job.device
+        )
+    meta = CheckpointMeta(
+        kind="end-to-end",
+        model=job.strategy,
+        head=head_cfg,
+        in_features=model.backbone.num_features,
+        classes=classes,
+        fingerprint=fingerprint,
+        init=init,
+        lr=job.lr,
+    )
+    finish_run(job.run, model.cpu(), meta, summary)
 
 
 def write_wise(

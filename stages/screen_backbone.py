@@ -38,14 +38,10 @@ from transferlab.training.probe import fit_linear_probe
 from transferlab.verdict.stats import wilson
 
 
-def main(args: argparse.Namespace) -> None:
-    p = load_params(args.params)
-    cand = CandidateConfig(name=args.name, image_size=args.image_size, weights=args.weights)
-    ext, probe_cfg = p.extract_features, p.train_head.linear
-    device = resolve_device(p.base.device)
-    workers = resolve_workers(ext.num_workers, device)
-    configure_runtime(p.base.num_threads, device, channels_last=p.base.channels_last, workers=workers)
-    seed_everything(p.base.seed)  # random weights are drawn from the data seed: reproducible
+def extract_candidate(p, cand: CandidateConfig, key: str, device, workers: int):
+    """The candidate's own store of every image (data/screen/<key>): the backbone, the store,
+    the extraction stats and the decoding seconds."""
+    ext = p.extract_features
     pretrained = cand.weights != "random"
     weights = None if cand.weights in ("pretrained", "random") else cand.weights
     if weights is not None and not Path(weights).is_file():
@@ -72,7 +68,7 @@ def main(args: argparse.Namespace) -> None:
         num_workers=workers,
         pin_memory=device.type == "cuda",
     )
-    out = layout.SCREEN_DATA / args.key
+    out = layout.SCREEN_DATA / key
     stats = extract_features(
         backbone,
         {IMAGES: Group(images.rows, loader)},
@@ -82,7 +78,12 @@ def main(args: argparse.Namespace) -> None:
         amp=ext.amp,
         shard_rows=ext.shard_rows,
     )
-    store = FeatureStore.open(out)
+    return backbone, FeatureStore.open(out), stats, decode_s
+
+
+def probe_candidate(p, cand: CandidateConfig, store: FeatureStore, manifest):
+    """The linear probe on the candidate's features, as train-head fits it; (result, 0/1
+    test correctness, test image ids)."""
     budget = p.train_head.memory_budget_mb
     if store.nbytes(IMAGES) > budget * 2**20:
         raise ConfigError(
@@ -93,21 +94,32 @@ def main(args: argparse.Namespace) -> None:
     for split in ("train", "val", "test"):
         data[split] = store.load(IMAGES, store.select(IMAGES, split_view(manifest, layout.RAW, split).rows))
     x_train, y_train, _ = data["train"]
-    classes = class_names(manifest)
+    probe_cfg = p.train_head.linear
     res = fit_linear_probe(
         lambda: iter([(x_train, y_train)]),
         *data["val"][:2],
-        len(classes),
+        len(class_names(manifest)),
         probe_cfg.l2,
         max_iter=probe_cfg.max_iter,
     )
     with torch.no_grad():
         pred = res.head(data["test"][0]).argmax(1)
-    y_test = data["test"][1]
-    correct = (pred == y_test).numpy().astype(int)
-    scored = transferability.score_store(store, manifest, p.base.seed)  # as for the main store
+    correct = (pred == data["test"][1]).numpy().astype(int)
     paths = manifest["path"].to_list()
-    test_ids = [paths[int(r)] for r in data["test"][2]]
+    return res, correct, [paths[int(r)] for r in data["test"][2]]
+
+
+def main(args: argparse.Namespace) -> None:
+    p = load_params(args.params)
+    cand = CandidateConfig(name=args.name, image_size=args.image_size, weights=args.weights)
+    device = resolve_device(p.base.device)
+    workers = resolve_workers(p.extract_features.num_workers, device)
+    configure_runtime(p.base.num_threads, device, channels_last=p.base.channels_last, workers=workers)
+    seed_everything(p.base.seed)  # random weights are drawn from the data seed: reproducible
+    backbone, store, stats, decode_s = extract_candidate(p, cand, args.key, device, workers)
+    manifest = read_manifest(layout.MANIFEST)
+    res, correct, test_ids = probe_candidate(p, cand, store, manifest)
+    scored = transferability.score_store(store, manifest, p.base.seed)  # as for the main store
     write_json(
         layout.SCREEN / f"{args.key}.json",
         {

@@ -178,37 +178,14 @@ def fit_mlp(
     return head, summary
 
 
-def main(args: argparse.Namespace) -> None:
-    p = load_params(args.params)
-    base, cfg = p.base, p.train_head
-    arms = arms_backbone(p.backbone)  # backbone.name, or the screen's pick (choose-backbone)
-    device = resolve_device(base.device)
-    configure_runtime(base.num_threads, device)
-    run = layout.run_name(args.model, args.seed)
-    generator = seed_everything(args.seed)
-    manifest = read_manifest(layout.MANIFEST)
-    # The store must come from exactly this backbone (weights, size, crop, normalization)
-    # and this manifest: compare the whole fingerprint, not a few fields.
-    backbone = create_backbone(
-        arms["name"], arms["image_size"], arms["weights"], crop_pct=p.backbone.crop_pct
-    )
-    expect = {**backbone_fingerprint(backbone), "manifest_sha256": manifest_fingerprint(manifest)}
-    del backbone
-    store = FeatureStore.open(layout.FEATURES, expect=expect)
-    # This seed's splitting (base.splits): its train, val and test rows of the one store.
-    column = split_column(args.seed, base.splits)
-    split_rows = {s: split_view(manifest, layout.RAW, s, column).rows for s in ("train", "val", "test")}
-    groups = [IMAGES]
-    if registry.get(args.model).augmented_views:
-        if AUGMENTED not in store.groups():
-            raise ConfigError(
-                f"train_head.models: {args.model} needs augmented views, but "
-                "extract_features.augment_views is 0"
-            )
-        groups.append(AUGMENTED)
-    keep = {g: store.select(g, split_rows["train"]) for g in groups}
+def training_features(
+    store: FeatureStore, groups: list[str], train_rows: np.ndarray, cfg: TrainHeadConfig, generator
+):
+    """The training split's features of ``groups`` as mini-batches and as chunks for the
+    probe: in memory while they fit train_head.memory_budget_mb, else streamed from the store
+    block by block. Returns (make_batches, chunks, y_train, n_train, streamed)."""
+    keep = {g: store.select(g, train_rows) for g in groups}
     n_train = sum(int(k.sum()) for k in keep.values())
-    in_features = store.arrays(IMAGES)[0].shape[1]
     streamed = sum(store.nbytes(g, keep[g]) for g in groups) > cfg.memory_budget_mb * 2**20
     y_train = torch.cat([torch.from_numpy(np.asarray(store.arrays(g)[1][:])[keep[g]]) for g in groups])
     sources = [(*store.arrays(g), keep[g]) for g in groups]
@@ -228,6 +205,55 @@ def main(args: argparse.Namespace) -> None:
         def chunks():
             return ((x_train[i : i + CHUNK], y_train[i : i + CHUNK]) for i in range(0, n_train, CHUNK))
 
+    return make_batches, chunks, y_train, n_train, streamed
+
+
+def score_head(head, store: FeatureStore, split_rows: dict, paths: list[str], device) -> dict[str, tuple]:
+    """The chosen head on val, test and each shifted test group, image by image."""
+    scored = {}
+    for split, group in (("val", IMAGES), ("test", IMAGES), *((k, shifted_group(k)) for k in store.shifts())):
+        rows_of = split_rows["test" if group != IMAGES else split]
+        x, y, rows = store.load(group, store.select(group, rows_of))
+        logits, labels = predict(head.to(device), TensorBatches(x, y, 4096), device)
+        scored[split] = (logits, labels, [paths[r] for r in rows])
+    return scored
+
+
+def open_store(p, manifest) -> FeatureStore:
+    """The store, checked to come from exactly this backbone (weights, size, crop,
+    normalization) and this manifest: the whole fingerprint, not a few fields."""
+    arms = arms_backbone(p.backbone)  # backbone.name, or the screen's pick (choose-backbone)
+    backbone = create_backbone(
+        arms["name"], arms["image_size"], arms["weights"], crop_pct=p.backbone.crop_pct
+    )
+    expect = {**backbone_fingerprint(backbone), "manifest_sha256": manifest_fingerprint(manifest)}
+    return FeatureStore.open(layout.FEATURES, expect=expect)
+
+
+def main(args: argparse.Namespace) -> None:
+    p = load_params(args.params)
+    base, cfg = p.base, p.train_head
+    device = resolve_device(base.device)
+    configure_runtime(base.num_threads, device)
+    run = layout.run_name(args.model, args.seed)
+    generator = seed_everything(args.seed)
+    manifest = read_manifest(layout.MANIFEST)
+    store = open_store(p, manifest)
+    # This seed's splitting (base.splits): its train, val and test rows of the one store.
+    column = split_column(args.seed, base.splits)
+    split_rows = {s: split_view(manifest, layout.RAW, s, column).rows for s in ("train", "val", "test")}
+    groups = [IMAGES]
+    if registry.get(args.model).augmented_views:
+        if AUGMENTED not in store.groups():
+            raise ConfigError(
+                f"train_head.models: {args.model} needs augmented views, but "
+                "extract_features.augment_views is 0"
+            )
+        groups.append(AUGMENTED)
+    make_batches, chunks, y_train, n_train, streamed = training_features(
+        store, groups, split_rows["train"], cfg, generator
+    )
+    in_features = store.arrays(IMAGES)[0].shape[1]
     x_val, y_val, _ = store.load(IMAGES, store.select(IMAGES, split_rows["val"]))
     classes = class_names(manifest)
     weight = class_weights(y_train, len(classes)) if cfg.class_balance == "loss" else None
@@ -247,13 +273,7 @@ def main(args: argparse.Namespace) -> None:
             args.seed,
         )
     # Score the chosen head on val and test, image by image: the verdict's raw material.
-    paths = manifest["path"].to_list()
-    scored = {}
-    for split, group in (("val", IMAGES), ("test", IMAGES), *((k, shifted_group(k)) for k in store.shifts())):
-        rows_of = split_rows["test" if group != IMAGES else split]
-        x, y, rows = store.load(group, store.select(group, rows_of))
-        logits, labels = predict(head.to(device), TensorBatches(x, y, 4096), device)
-        scored[split] = (logits, labels, [paths[r] for r in rows])
+    scored = score_head(head, store, split_rows, manifest["path"].to_list(), device)
     write_predictions(
         run,
         manifest_sha256=store.fingerprint["manifest_sha256"],

@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from transferlab import registry
 from transferlab.config import SECTIONS, ConfigError, load_params, parse_section
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +42,14 @@ def _settable(section: str, key: str, defaults) -> bool:
     cfg = defaults
     for part in path:
         cfg = getattr(cfg, part.replace("-", "_"))
-    if leaf in getattr(type(cfg), "_unused", ()):
+    if section == "finetune" and len(path) > 1 and path[-1] == "budget":
+        return False  # a strategy's deviations from finetune.budget: none unless wanted
+    recipe = (
+        registry.get(path[0]).params
+        if section == "finetune" and path[0] in registry.names("end-to-end")
+        else type(cfg)
+    )
+    if leaf in getattr(recipe, "_unused", ()):
         return False
     return not (leaf == "bn_momentum" and getattr(cfg, "bn", None) == "frozen")
 
@@ -74,10 +82,23 @@ def test_empty_grid_skips_a_strategy():
 
 def test_strategy_defaults_survive_partial_overrides():
     # Overriding one key of `scratch` must keep scratch's own defaults, not the base class's.
-    ft = parse_section("finetune", {"scratch": {"epochs": 3}, "progressive": {"epochs": 9}})
-    assert ft.scratch.bn == "train" and ft.scratch.backbone_lr_mult == 1.0 and ft.scratch.epochs == 3
-    assert ft.progressive.unfreeze_epochs == [1, 2, 3, 4]
-    assert ft.frozen.bn == "frozen"
+    ft = parse_section("finetune", {"scratch": {"budget": {"epochs": 3}}, "progressive": {"lr_decay": 0.7}})
+    scratch = ft.strategy("scratch")
+    assert scratch.bn == "train" and scratch.backbone_lr_mult == 1.0 and scratch.epochs == 3
+    assert ft.strategy("progressive").unfreeze_epochs == [1, 2, 3, 4]
+    assert ft.strategy("frozen").bn == "frozen"
+
+
+def test_one_budget_for_every_strategy_and_deviations_said():
+    ft = parse_section(
+        "finetune", {"budget": {"epochs": 15, "batch_size": 32}, "progressive": {"budget": {"epochs": 20}}}
+    )
+    for s in ("frozen", "partial", "full", "lp-ft", "scratch"):
+        assert (ft.strategy(s).epochs, ft.strategy(s).batch_size) == (15, 32) and not ft.deviations(s)
+    assert ft.strategy("progressive").epochs == 20 and ft.deviations("progressive") == {"epochs": 20}
+    # lp-ft trains with full's recipe, deviations included
+    ft = parse_section("finetune", {"full": {"budget": {"label_smoothing": 0.1}}})
+    assert ft.strategy("lp-ft").label_smoothing == 0.1 and ft.deviations("lp-ft") == {"label_smoothing": 0.1}
 
 
 def test_yaml_exponent_strings_are_numbers(tmp_path):
@@ -103,17 +124,29 @@ def test_yaml_exponent_strings_are_numbers(tmp_path):
         ({"download": {"val_fraction": 0}}, "download.val_fraction: Input should be greater than 0"),
         ({"download": {"test_fraction": 0}}, "download.test_fraction: Input should be greater than 0"),
         ({"trian_head": {}}, "unknown section 'trian_head'"),
-        ({"finetune": {"progressive": {"epochs": 4, "unfreeze_epochs": [2, 1]}}}, "strictly increasing"),
+        (
+            {"finetune": {"budget": {"epochs": 4}, "progressive": {"unfreeze_epochs": [2, 1]}}},
+            "strictly increasing",
+        ),
         ({"finetune": {"progressive": {"unfreeze_epochs": []}}}, "unfreeze_epochs must list at least one"),
         (
-            {"finetune": {"progressive": {"epochs": 4, "unfreeze_epochs": [2, 4]}}},
-            "not before the last epoch",
+            {"finetune": {"progressive": {"budget": {"epochs": 4}, "unfreeze_epochs": [2, 4]}}},
+            "finetune.progressive: Value error, unfreeze_epochs: epoch 4 is not before the last epoch (4)",
         ),
         (
             {"finetune": {"partial": {"unfreeze_blocks": 0}}},
             "finetune.partial.unfreeze_blocks: Input should be",
         ),
-        ({"finetune": {"full": {"epochs": 2, "warmup_epochs": 2}}}, "warmup_epochs (2) must be < epochs (2)"),
+        (
+            {"finetune": {"budget": {"epochs": 2, "warmup_epochs": 2}}},
+            "warmup_epochs (2) must be < epochs (2)",
+        ),
+        (
+            {"finetune": {"full": {"budget": {"epochs": 1}}}},
+            "finetune.full: Value error, warmup_epochs (1) must be < epochs (1)",
+        ),
+        ({"finetune": {"full": {"epochs": 3}}}, "finetune.full.epochs: unknown key"),
+        ({"finetune": {"full": {"budget": {"lr": [1.0]}}}}, "finetune.full.budget.lr: unknown key"),
         ({"augment": {"crop_scale": [0.9, 0.5]}}, "augment: Value error, crop_scale"),
         # keys that would do nothing
         ({"finetune": {"scratch": {"bn": "frozen"}}}, "bn must be 'train'"),

@@ -34,7 +34,10 @@ def project(tmp_path_factory) -> Path:
             "base": {"num_threads": 1},
             "extract_features": {"batch_size": 8, "shard_rows": 16},
             # bn: frozen (the default): nothing in the model draws random numbers
-            "finetune": {"full": {"batch_size": 8, "epochs": 2, "warmup_epochs": 0, "lr": [1e-3]}},
+            "finetune": {
+                "budget": {"batch_size": 8, "epochs": 2, "warmup_epochs": 0},
+                "full": {"lr": [1e-3]},
+            },
         },
     )
     project = make_project(tmp_path_factory.mktemp("distributed"), params)
@@ -125,18 +128,18 @@ def test_two_processes_fine_tune_like_one_with_their_batches_together(project, b
     relative for the weights against 2e-3 for the yardstick, 2.5e-3 for the running
     statistics against 0.2: statistics of 4 images, as unsynchronised ranks would keep)."""
     stage = ("stages/finetune.py", "full", "--seed", "0", "--lr", "0.001")
-    set_params(project, {"finetune": {"full": {"batch_size": 8, "bn": bn}}})
+    set_params(project, {"finetune": {"budget": {"batch_size": 8}, "full": {"bn": bn}}})
     try:
         run(project, sys.executable, *stage)
         one = _weights(project)
         torchrun(project, *stage)
         two = _weights(project)
         summary = json.loads((project / "results/full-s0-lr0.001/train.json").read_text())
-        set_params(project, {"finetune": {"full": {"batch_size": 4}}})
+        set_params(project, {"finetune": {"budget": {"batch_size": 4}}})
         run(project, sys.executable, *stage)
         small_batches = _weights(project)
     finally:
-        set_params(project, {"finetune": {"full": {"batch_size": 8, "bn": "frozen"}}})
+        set_params(project, {"finetune": {"budget": {"batch_size": 8}, "full": {"bn": "frozen"}}})
     assert summary["ranks"] == 2 and summary["bn_synced"] is (bn == "train")
     assert summary["protocol"]["budget"]["batch_size"] == 8
     same, other = _rel_diff(one, two, running=False), _rel_diff(one, small_batches, running=False)
@@ -152,7 +155,7 @@ def test_two_processes_fine_tune_like_one_with_their_batches_together(project, b
 
 
 def test_a_batch_that_does_not_split_among_the_processes_is_refused(project):
-    set_params(project, {"finetune": {"full": {"batch_size": 7}}})
+    set_params(project, {"finetune": {"budget": {"batch_size": 7}}})
     try:
         res = run(
             project,
@@ -170,6 +173,6 @@ def test_a_batch_that_does_not_split_among_the_processes_is_refused(project):
             check=False,
         )
     finally:
-        set_params(project, {"finetune": {"full": {"batch_size": 8}}})
+        set_params(project, {"finetune": {"budget": {"batch_size": 8}}})
     assert res.returncode != 0
-    assert "finetune.full.batch_size: 7 is the batch of all 2 processes together" in res.stderr
+    assert "finetune.budget.batch_size: 7 is the batch of all 2 processes together" in res.stderr

@@ -160,7 +160,7 @@ def test_a_device_torch_does_not_know():
 
 @pytest.mark.parametrize("strategy", ["full", "partial", "scratch"])
 def test_bn_train_with_a_batch_of_one_is_refused_naming_the_key(strategy):
-    section = {strategy: {"batch_size": 1, **({} if strategy == "scratch" else {"bn": "train"})}}
+    section = {"budget": {"batch_size": 1}, **({} if strategy == "scratch" else {strategy: {"bn": "train"}})}
     with pytest.raises(ConfigError) as err:
         parse_section("finetune", section)
     assert f"finetune.{strategy}" in str(err.value) and "batch_size: 1 with bn: train" in str(err.value)
@@ -168,7 +168,7 @@ def test_bn_train_with_a_batch_of_one_is_refused_naming_the_key(strategy):
 
 
 def test_bn_frozen_trains_on_batches_of_one():
-    ft = parse_section("finetune", {"full": {"batch_size": 1, "bn": "frozen"}})
+    ft = parse_section("finetune", {"budget": {"batch_size": 1}, "scratch": {"lr": []}})
     assert ft.strategy("full").batch_size == 1
 
 
@@ -206,7 +206,7 @@ def test_a_probe_stopped_by_max_iter_is_recorded_as_not_converged():
 
 
 def test_the_protocol_table_flags_a_pick_that_did_not_converge():
-    from transferlab.report.document import protocol_rows
+    from transferlab.report.sections import protocol_rows
 
     prot = {
         "grid": {"l2": [0.01, 1.0]},

@@ -123,6 +123,11 @@ class TestPipeline:
         assert curve["test_acc"][-1] == metrics["lp-ft"]["test_acc"]
         assert curve["test_acc"][0] == metrics["features"]["test_acc"]
         assert curve["picked_alpha"] in curve["alphas"] and "vs_end" in curve and "vs_start" in curve
+        # the two comparisons of the picked alpha are one family, Holm-adjusted like the models'
+        from transferlab.verdict.stats import holm
+
+        ends = [curve["vs_end"]["p"], curve["vs_start"]["p"]]
+        assert [curve["vs_end"]["p_holm"], curve["vs_start"]["p_holm"]] == holm(ends)
         assert "weight-space interpolation" in (project / "reports/report.md").read_text()
         # the robustness view: every model scored on the shifted test images, paired
         rob = details["robustness"]
@@ -210,6 +215,22 @@ class TestPipeline:
         for stage in END_TO_END:
             assert f"Stage '{stage}' didn't change, skipping" in res.stdout
         run(project, "git", "commit", "-qam", "head lr")
+
+    def test_the_common_budget_reaches_every_end_to_end_arm_and_nothing_else(self, project):
+        """finetune.budget is one copy: changing it makes every end-to-end stage stale, lp-ft
+        included, and no head or extraction (asked of `dvc status`, nothing re-trained)."""
+        set_params(project, {"finetune": {"budget": {"epochs": 3}}})
+        try:
+            stale = set(json.loads(dvc(project, "status", "--json").stdout))
+        finally:
+            set_params(project, {"finetune": {"budget": {"epochs": 1}}})
+        assert stale == END_TO_END | {LP_FT}
+        assert not json.loads(dvc(project, "status", "--json").stdout)
+        # progressive's own deviation (TINY: epochs 2) is in its protocol and the report
+        prot = json.loads((project / "results/evaluate/details.json").read_text())["models"]
+        assert prot["progressive"]["protocol"]["budget"]["deviations"] == {"epochs": 2}
+        assert prot["full"]["protocol"]["budget"]["deviations"] == {}
+        assert "(deviates from finetune.budget: epochs 2)" in (project / "reports/report.md").read_text()
 
     def test_one_strategy_change_reruns_only_that_strategy(self, project):
         set_params(project, {"finetune": {"partial": {"lr": [0.002]}}})

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from transferlab.report.document import claims
+from transferlab.report.sections import claims
 from transferlab.verdict.evaluation import compare_all, verdict
 from transferlab.verdict.recommend import answer_better, answer_similar, domain_of, recommend
 from transferlab.verdict.stats import pair_of, paired_test

@@ -3,7 +3,9 @@ import re
 import numpy as np
 import pytest
 
-from transferlab.report.document import build, comparison_rows, pareto_front
+from transferlab.report.document import build
+from transferlab.report.figures import pareto_front
+from transferlab.report.sections import comparison_rows
 from transferlab.verdict.evaluation import compare_all, verdict
 
 MODELS = ["features", "features-augmented", "frozen", "partial", "full", "progressive", "lp-ft", "scratch"]

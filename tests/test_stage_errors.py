@@ -59,7 +59,7 @@ def _fails_in_one_line(project: Path, stage: str, over: dict, *expected: str) ->
 
 
 BN_OF_ONE = (
-    {"finetune": {"full": {"bn": "train", "batch_size": 1}}},
+    {"finetune": {"budget": {"batch_size": 1}, "full": {"bn": "train"}}},
     "finetune.full",
     "batch_size: 1 with bn: train",
 )

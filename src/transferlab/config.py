@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, cast
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
@@ -287,6 +287,21 @@ class TrainHeadConfig(_Strict):
         return HeadConfig(kind="mlp", hidden=self.mlp.hidden, dropout=self.mlp.dropout)
 
 
+# The keys of the one training budget every end-to-end strategy shares (finetune.budget).
+BUDGET_KEYS = (
+    "epochs",
+    "batch_size",
+    "weight_decay",
+    "label_smoothing",
+    "warmup_epochs",
+    "early_stopping_patience",
+    "class_balance",
+    "num_workers",
+    "amp",
+    "compile",
+)
+
+
 class StrategyConfig(OptimConfig):
     """One end-to-end strategy: its training runs plus what is unfrozen and how fast.
 
@@ -332,6 +347,55 @@ class StrategyConfig(OptimConfig):
                 "from one image; use a batch of at least 2, or bn: frozen"
             )
         return self
+
+
+class BudgetConfig(_Strict):
+    """``finetune.budget``: what every end-to-end strategy trains on, so that the arms differ
+    only in what they train and how fast, never in how long or on what. One copy of each key
+    by construction; a strategy that must deviate says so in its own ``budget`` (below), and
+    the report lists the deviation next to that strategy."""
+
+    # The defaults are StrategyConfig's: the same values, one place to read them.
+    epochs: Annotated[int, Field(ge=1)] = StrategyConfig.model_fields["epochs"].default
+    batch_size: Annotated[int, Field(ge=1)] = 64
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    warmup_epochs: Annotated[int, Field(ge=0)] = StrategyConfig.model_fields["warmup_epochs"].default
+    early_stopping_patience: Annotated[int, Field(ge=0)] = 0
+    class_balance: Literal["none", "loss"] = "none"
+    num_workers: Workers = "auto"
+    amp: bool = False
+    compile: bool = False
+
+    @model_validator(mode="after")
+    def _check_warmup(self) -> BudgetConfig:
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be < epochs ({self.epochs})")
+        return self
+
+
+# ``finetune.<strategy>.budget``: the keys of the common budget this strategy sets otherwise
+# (empty: none, the default). Every key optional; what is set is a reported deviation.
+BudgetOverride = create_model(
+    "BudgetOverride",
+    __base__=_Strict,
+    __doc__="Keys of finetune.budget that one strategy sets otherwise (a reported deviation).",
+    **{k: (cast(Any, f.annotation) | None, None) for k, f in BudgetConfig.model_fields.items()},  # type: ignore[call-overload]
+)
+
+
+def _section_of(recipe: type[StrategyConfig]) -> type[_Strict]:
+    """The params section of a strategy: its recipe's own keys (not the budget's, which live
+    in finetune.budget) and an optional ``budget`` override. Validation of the whole recipe
+    (budget + override + own keys) runs in :meth:`_FinetuneBase.strategy`."""
+    own = {n: (f.annotation, f) for n, f in recipe.model_fields.items() if n not in BUDGET_KEYS}
+    return create_model(  # type: ignore[call-overload]
+        f"{recipe.__name__.removesuffix('Config')}Section",
+        __base__=_Strict,
+        __doc__=recipe.__doc__,
+        budget=(BudgetOverride, Field(default_factory=BudgetOverride)),
+        **own,
+    )
 
 
 def strategy_params(name: str):
@@ -457,7 +521,8 @@ def _finetune_fields() -> dict[str, Any]:
             raise RuntimeError(
                 f"strategy {spec.name!r} is registered without params (config.strategy_params)"
             )
-        fields[spec.section] = (spec.params, Field(default_factory=spec.params, alias=spec.name))
+        section = _section_of(spec.params) if issubclass(spec.params, StrategyConfig) else spec.params
+        fields[spec.section] = (section, Field(default_factory=section, alias=spec.name))
     return fields
 
 
@@ -469,6 +534,8 @@ class _FinetuneBase(_Strict):
 
     # The head of every end-to-end model that does not start from the probe.
     head: HeadConfig = HeadConfig()
+    # The budget every end-to-end strategy trains on (a strategy's own ``budget`` overrides).
+    budget: BudgetConfig = BudgetConfig()
 
     @property
     def runs(self) -> list[str]:
@@ -483,14 +550,30 @@ class _FinetuneBase(_Strict):
         return getattr(self, registry.get(name).section)
 
     def strategy(self, name: str) -> StrategyConfig:
-        """The training recipe of ``name``: its own section, or for a strategy that trains
-        with another's recipe (lp-ft: full's) that one's, on its own grid."""
+        """The training recipe of ``name``: the common budget, the strategy's deviations from
+        it and its own keys, validated together (or for a strategy that trains with another's
+        recipe, lp-ft: full's, that one's on its own grid)."""
         spec = registry.get(name) if name in registry.names("end-to-end") else None
         if spec is not None and spec.recipe_of is not None:
-            return self.section(spec.recipe_of).model_copy(update={"lr": self.section(name).lr})
-        cfg = self.section(name)
-        assert isinstance(cfg, StrategyConfig)
-        return cfg
+            return self.strategy(spec.recipe_of).model_copy(update={"lr": self.section(name).lr})
+        section = self.section(name)
+        assert spec is not None and spec.params is not None and issubclass(spec.params, StrategyConfig)
+        data = {
+            **self.budget.model_dump(),
+            **self.deviations(name),
+            **section.model_dump(exclude_unset=True, exclude={"budget"}),
+        }
+        try:
+            return spec.params.model_validate(data)
+        except ValidationError as err:
+            raise ConfigError(_format_error(f"finetune.{name}", err)) from None
+
+    def deviations(self, name: str) -> dict[str, Any]:
+        """The budget keys ``name`` trains on otherwise than finetune.budget says (lp-ft:
+        full's, whose recipe it trains with)."""
+        spec = registry.get(name)
+        section = self.section(spec.recipe_of or name)
+        return dict(section.budget.model_dump(exclude_none=True))
 
 
 FinetuneConfig = create_model("FinetuneConfig", __base__=_FinetuneBase, **_finetune_fields())
@@ -533,7 +616,7 @@ def _format_error(section: str, err: ValidationError) -> str:
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
-    elif "input" in first and first["type"] not in ("missing",):
+    elif "input" in first and first["type"] not in ("missing",) and first["loc"]:
         msg = f"{msg} (got {first['input']!r})"
     more = len(err.errors()) - 1
     return f"{loc}: {msg}" + (f" [and {more} more problem(s)]" if more else "")
@@ -548,9 +631,13 @@ def parse_section(section: str, raw: Any) -> _Strict:
     if not isinstance(raw, dict):
         raise ConfigError(f"{section}: must be a mapping, got {type(raw).__name__}")
     try:
-        return SECTIONS[section].model_validate(raw)
+        parsed = SECTIONS[section].model_validate(raw)
     except ValidationError as err:
         raise ConfigError(_format_error(section, err)) from None
+    if isinstance(parsed, _FinetuneBase):  # budget + deviations + own keys, per strategy run
+        for name in parsed.runs:
+            parsed.strategy(name)
+    return parsed
 
 
 def _cross_check(parsed: dict[str, _Strict]) -> None:

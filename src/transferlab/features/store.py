@@ -422,8 +422,16 @@ def _extract_run(
 ) -> tuple[int, float, bool]:
     """Rows [start, end) of group ``g`` (whole shards) through the backbone into ``writer``.
     Returns (rows written, forward seconds, whether input ran in the prefetch thread).
-    With ``probe`` the first batches are timed in series, and input moves to the prefetch
-    thread when waiting for it took more than ``OVERLAP_WHEN`` of the forward time."""
+
+    ``overlap``: loaders without worker processes run in a prefetch thread (:func:`prefetch`)
+    and writes go through a writer thread, so the forward pass does not wait for either. On
+    CUDA extraction always overlaps (the CPU is free while the GPU computes); on CPU the
+    forward pass already keeps every core busy and an extra thread slows it down (it preempts
+    torch's threads, and each parallel op waits for its slowest thread), which pays only when
+    input is expensive. So on CPU (``probe``) the first batches are timed in series, and input
+    moves to the prefetch thread when waiting for it took more than ``OVERLAP_WHEN`` of the
+    forward time: the benchmark measures the prefetch thread slower on the small default
+    digits and faster on 512 px JPEGs."""
     loader = g.batches(start, end)
     in_workers = getattr(loader, "num_workers", 0) > 0
     source: Iterator[tuple[torch.Tensor, torch.Tensor]] = iter(loader)
@@ -467,6 +475,56 @@ def _extract_run(
     return pos - start, fwd, prefetching
 
 
+def _extract_shards(
+    backbone: Backbone,
+    store: zarr.Group,
+    name: str,
+    g: Group,
+    pending: list[int],
+    shard: int,
+    done_dir: Path,
+    background: _BackgroundWriter,
+    device: torch.device,
+    **run: bool,
+) -> tuple[int, float, bool]:
+    """The ``pending`` shards of group ``name``, each contiguous run of them in one pass, each
+    shard marked done in the staging store once written. Returns (rows, forward seconds,
+    whether input ran in the prefetch thread)."""
+    rows, fwd, prefetched = 0, 0.0, False
+    n = len(g.rows)
+
+    def mark(index: int) -> None:
+        (done_dir / f"{name}-{index}").touch()
+
+    for first, last in _runs(pending):
+        start, end = first * shard, min(n, last * shard)
+        writer = _ShardWriter(store, name, shard, start, end, mark)
+        written, seconds, prefetching = _extract_run(
+            backbone, g, start, end, writer, background, device, **run
+        )
+        rows, fwd, prefetched = rows + written, fwd + seconds, prefetched or prefetching
+    return rows, fwd, prefetched
+
+
+def _publish(staging: Path, out: Path, groups: Mapping[str, Group], shard_rows: int) -> None:
+    """Move the staging store to ``out`` once every shard of every group is marked done;
+    otherwise keep it, to resume, and say which shards are missing."""
+    done_dir = staging / DONE
+    missing = [
+        f"{name}-{s}"
+        for name, g in groups.items()
+        for s in range(n_shards(len(g.rows), shard_rows))
+        if not (done_dir / f"{name}-{s}").exists()
+    ]
+    if missing:
+        raise RuntimeError(
+            f"{staging}: {len(missing)} shard(s) were not written ({', '.join(missing[:4])}"
+            f"{', ...' if len(missing) > 4 else ''}); run extraction again to resume"
+        )
+    remove(done_dir)
+    move_into_place(staging, out)
+
+
 def extract_features(
     backbone: Backbone,
     groups: Mapping[str, Group],
@@ -490,16 +548,9 @@ def extract_features(
     extraction, on one process or many, resumes where it stopped. The store does not depend on the number
     of processes: rows, geometry and (given deterministic batches) values are the same.
 
-    ``overlap``: loaders without worker processes run in a prefetch thread (:func:`prefetch`)
-    and writes go through a writer thread, so the forward pass does not wait for either.
-    ``None`` (the default) decides: on CUDA it overlaps (the CPU is free while the GPU
-    computes); on CPU the forward pass already keeps every core busy and an extra thread
-    slows it down (it preempts torch's threads, and each parallel op waits for its slowest
-    thread), which pays only when input is expensive. So on CPU each run of shards starts in
-    series, times its first batches, and switches to the prefetch thread when waiting for
-    input took more than ``OVERLAP_WHEN`` of the forward time: the benchmark measures the
-    prefetch thread slower on the small default digits and faster on 512 px JPEGs. ``amp``
-    runs the forward pass under bfloat16 autocast; features are stored as float32.
+    ``overlap`` (prefetch and writer threads; ``None`` decides per device, see
+    :func:`_extract_run`); ``amp`` runs the forward pass under bfloat16 autocast; features
+    are stored as float32.
     """
     ranks = ranks or Ranks()
     probe = overlap is None and device.type != "cuda"
@@ -536,39 +587,27 @@ def extract_features(
             mine = owned_shards(n_shards(n, shard_rows), ranks)
             pending = [s for s in mine if not (done_dir / f"{name}-{s}").exists()]
             resumed[name] = sum(min(shard, n - s * shard) for s in mine if s not in pending)
-            split_images[name] = 0
-            prefetched[name] = False
-
-            def mark(index: int, name: str = name) -> None:
-                (done_dir / f"{name}-{index}").touch()
-
-            for first, last in _runs(pending):
-                start, end = first * shard, min(n, last * shard)
-                writer = _ShardWriter(store, name, shard, start, end, mark)
-                written, seconds, prefetching = _extract_run(
-                    backbone, g, start, end, writer, background, device, amp=amp, overlap=overlap, probe=probe
-                )
-                fwd += seconds
-                split_images[name] += written
-                prefetched[name] = prefetched[name] or prefetching
+            split_images[name], seconds, prefetched[name] = _extract_shards(
+                backbone,
+                store,
+                name,
+                g,
+                pending,
+                shard,
+                done_dir,
+                background,
+                device,
+                amp=amp,
+                overlap=overlap,
+                probe=probe,
+            )
+            fwd += seconds
             split_seconds[name] = time.perf_counter() - t_split
     finally:
         background.close()
     ranks.barrier()
     if ranks.main:
-        missing = [
-            f"{name}-{s}"
-            for name, g in groups.items()
-            for s in range(n_shards(len(g.rows), shard_rows))
-            if not (done_dir / f"{name}-{s}").exists()
-        ]
-        if missing:
-            raise RuntimeError(
-                f"{staging}: {len(missing)} shard(s) were not written ({', '.join(missing[:4])}"
-                f"{', ...' if len(missing) > 4 else ''}); run extraction again to resume"
-            )
-        remove(done_dir)
-        move_into_place(staging, out)
+        _publish(staging, out, groups, shard_rows)
     ranks.barrier()
     mine_stats = ExtractionStats(
         images=sum(split_images.values()),

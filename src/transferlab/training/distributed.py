@@ -48,6 +48,7 @@ class EpochSampler(Sampler):
     persistent DataLoader workers, which never see attributes set on the parent's dataset."""
 
     def __init__(self, n: int, ranks: Ranks, seed: int) -> None:
+        self.seed = seed
         self.order: DistributedSampler = DistributedSampler(
             range(n),  # type: ignore[arg-type]  # only its length is read
             num_replicas=ranks.size,

@@ -248,6 +248,26 @@ def _group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     return out
 
 
+def _mean_over_ranks(loss: float, acc: float, device: torch.device) -> tuple[float, float]:
+    """Training loss and accuracy averaged over the ranks: each trained on an equal shard
+    (DistributedSampler), so the mean of the means is the mean."""
+    means = torch.tensor([loss, acc], device=device)
+    torch.distributed.all_reduce(means)
+    loss, acc = (means / torch.distributed.get_world_size()).tolist()
+    return loss, acc
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, steps_per_epoch: int, cfg: OptimConfig) -> WarmupCosine:
+    """Warm-up then cosine over the run; groups that join mid-run (progressive unfreezing)
+    warm up over one epoch, or the configured warm-up if longer."""
+    return WarmupCosine(
+        optimizer,
+        steps_per_epoch * cfg.epochs,
+        steps_per_epoch * cfg.warmup_epochs,
+        join_warmup_steps=steps_per_epoch * max(1, cfg.warmup_epochs),
+    )
+
+
 EpochStartHook = Callable[[int, torch.optim.Optimizer], list[str]]
 
 
@@ -283,14 +303,7 @@ def fit(
     weight = loss_weights.to(device) if loss_weights is not None else None
     criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
     eval_criterion = nn.CrossEntropyLoss()  # report the plain NLL whatever the training loss
-    steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
-    # Groups that join mid-run warm up over one epoch (or the configured warm-up, if longer).
-    scheduler = WarmupCosine(
-        optimizer,
-        steps_per_epoch * cfg.epochs,
-        steps_per_epoch * cfg.warmup_epochs,
-        join_warmup_steps=steps_per_epoch * max(1, cfg.warmup_epochs),
-    )
+    scheduler = _scheduler(optimizer, len(train_loader), cfg)  # type: ignore[arg-type]
     # amp and compile are end-to-end options; heads on cached features have neither.
     amp, compile_ = getattr(cfg, "amp", False), getattr(cfg, "compile", False)
 
@@ -321,10 +334,8 @@ def fit(
             forward=forward,
         )
         sync(device)
-        if replicate is not None:  # equal shards (DistributedSampler): the mean of the means
-            means = torch.tensor([tr_loss, tr_acc], device=device)
-            torch.distributed.all_reduce(means)
-            tr_loss, tr_acc = (means / torch.distributed.get_world_size()).tolist()
+        if replicate is not None:
+            tr_loss, tr_acc = _mean_over_ranks(tr_loss, tr_acc, device)
         t_train = time.perf_counter() - t0
         # A non-finite loss is checked once per epoch, after the ranks' means are combined,
         # so that every rank stops together (a rank stopping alone would hang the others).

@@ -308,52 +308,40 @@ def verdict(
     }
 
 
-def evaluate_all(
-    heads: list[str],
-    strategies: dict[str, list[float]],
-    seeds: list[int],
-    manifest: pl.DataFrame,
-    splits: int = 1,
-    shifts: list[str] | None = None,
-) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """Every model, aggregated from its runs' predictions. Returns (metrics for DVC,
-    details, comparisons).
+@dataclass
+class Tests:
+    """The test images every run is scored on: per splitting (manifest column) its ids and
+    labels, and which splitting each seed used (seed s: splitting s mod base.splits)."""
 
-    With ``splits`` > 1, seed ``s`` was trained and scored on splitting ``s mod splits``:
-    its predictions align with that splitting's test ids (``details["splits"]``), and each
-    model's ``spread`` tells the part of its seed-to-seed spread due to the splitting from
-    the part due to the seed.
+    columns: dict[int, str]  # seed -> splitting
+    tests: dict[str, dict[str, list]]  # splitting -> {"test_ids", "test_labels"}
+    index: dict[str, dict[str, int]]  # splitting -> image -> position
 
-    ``heads`` are the two-stage models; ``strategies`` maps each end-to-end strategy to its
-    learning-rate grid. A strategy's rate is chosen on validation (mean over seeds, by
-    :func:`transferlab.selection.best_index`); the best model is chosen on validation too.
-    Test predictions only ever enter the reported scores and the paired comparisons.
-    """
-    manifest_sha = manifest_fingerprint(manifest)
-    columns = {seed: split_column(seed, splits) for seed in seeds}
-    tests: dict[str, dict[str, list]] = {}
-    for column in sorted(set(columns.values()), key=split_columns(manifest).index):
-        rows = manifest.filter(pl.col(column) == "test")
-        tests[column] = {"test_ids": rows["path"].to_list(), "test_labels": rows["label"].to_list()}
-    sizes = {c: len(t["test_ids"]) for c, t in tests.items()}
-    if len(set(sizes.values())) > 1:  # stratified splittings draw equal counts per class
-        raise FingerprintMismatch(f"data/manifest.parquet: splittings hold different test sizes {sizes}")
-    index = {c: {image: i for i, image in enumerate(t["test_ids"])} for c, t in tests.items()}
-    base_test = tests.get("split") or next(iter(tests.values()))
-    extract = read_json(layout.results_dir("extract") / "extract.json")
-    probe_s: dict[int, float] = {}  # seed -> the probe's search time, which lp-ft also pays
-    metrics: dict[str, Any] = {}
-    details: dict[str, Any] = {
-        "models": {},
-        "seeds": seeds,
-        # the base splitting's test images; runs on another splitting align with
-        # splits[<their split>] instead
-        "test_ids": base_test["test_ids"],
-        "test_labels": base_test["test_labels"],
-        "splits": {"count": splits, "of_seed": {str(s): c for s, c in columns.items()}, "tests": tests},
-    }
-    classes: list[str] | None = None
-    chosen: dict[str, tuple[dict[int, str], dict[str, Any]]] = {}
+    @classmethod
+    def of(cls, manifest: pl.DataFrame, seeds: list[int], splits: int) -> Tests:
+        columns = {seed: split_column(seed, splits) for seed in seeds}
+        tests: dict[str, dict[str, list]] = {}
+        for column in sorted(set(columns.values()), key=split_columns(manifest).index):
+            rows = manifest.filter(pl.col(column) == "test")
+            tests[column] = {"test_ids": rows["path"].to_list(), "test_labels": rows["label"].to_list()}
+        sizes = {c: len(t["test_ids"]) for c, t in tests.items()}
+        if len(set(sizes.values())) > 1:  # stratified splittings draw equal counts per class
+            raise FingerprintMismatch(f"data/manifest.parquet: splittings hold different test sizes {sizes}")
+        index = {c: {image: i for i, image in enumerate(t["test_ids"])} for c, t in tests.items()}
+        return cls(columns, tests, index)
+
+    def of_seed(self) -> dict[int, dict[str, list]]:
+        return {s: self.tests[c] for s, c in self.columns.items()}
+
+
+Chosen = dict[str, tuple[dict[int, str], dict[str, Any]]]  # model -> (seed -> run, protocol)
+
+
+def head_protocols(heads: list[str], seeds: list[int]) -> tuple[Chosen, dict[int, float]]:
+    """The two-stage models' runs (their grid was searched inside each run) and protocols,
+    and per seed the probe's search time, which lp-ft also pays."""
+    chosen: Chosen = {}
+    probe_s: dict[int, float] = {}
     for name in heads:
         runs = {seed: layout.run_name(name, seed) for seed in seeds}
         summaries = {seed: read_summary(layout.train_summary(r)) for seed, r in runs.items()}
@@ -375,6 +363,13 @@ def evaluate_all(
                 + (["augmented views"] if registry.get(name).augmented_views else []),
             },
         )
+    return chosen, probe_s
+
+
+def strategy_protocols(strategies: dict[str, list[float]], seeds: list[int]) -> Chosen:
+    """Each end-to-end strategy's rate, chosen on validation (mean over seeds; a diverged
+    point never), its runs at that rate and its protocol."""
+    chosen: Chosen = {}
     for name, grid in strategies.items():
         points = grid_runs(name, grid, seeds)
         try:
@@ -401,61 +396,131 @@ def evaluate_all(
                 else [],
             },
         )
-    correct: dict[str, np.ndarray] = {}
-    val: dict[str, tuple[float, float]] = {}
-    for name, (run_names, protocol) in chosen.items():
-        records = {
-            seed: _run_record(run, manifest_sha, columns[seed], index[columns[seed]])
-            for seed, run in run_names.items()
-        }
-        scored = {seed: record for seed, (record, _) in records.items()}
-        classes = records[seeds[0]][1]
-        depends = 0.0
-        spec = registry.get(name)
-        if spec.two_stage or spec.from_probe:
-            depends += extract["extract_time_s"]
-        if spec.augmented_views:
-            depends += extract["augment_time_s"]
-        if spec.from_probe:
-            depends += float(np.mean([probe_s.get(s, 0.0) for s in seeds]))
-        # heads search their grid inside their run; a strategy's grid is one run per point
-        search = protocol.get("search_time_s")
-        if search is None:
-            search = float(np.mean([r.train.search_s for r in scored.values()]))
-        correct[name] = np.array(
-            [
-                np.asarray(scored[s].predictions) == np.asarray(tests[columns[s]]["test_labels"])
-                for s in seeds
-            ],
-            dtype=float,
-        )
-        val[name] = (
-            float(np.mean([r.val["accuracy"] for r in scored.values()])),
-            float(np.mean([r.val["nll"] for r in scored.values()])),
-        )
-        metrics[name] = headline(scored, depends, search, accuracy_interval(correct[name]), val[name][0])
-        protocol["depends_s"] = round(depends, 2)
-        confusion = np.sum([np.asarray(r.scores["confusion"]) for r in scored.values()], axis=0)
-        details["models"][name] = {
-            "runs": {str(s): r.to_json() for s, r in scored.items()},
-            "protocol": protocol,
-            "confusion": confusion.tolist(),  # summed over seeds
-            "per_class_f1": per_class_f1(confusion).round(4).tolist(),
-            "curves": scored[seeds[0]].curves,
-            "spread": spread_components(
-                {s: r.scores["accuracy"] for s, r in scored.items()},
-                {s: split_columns(manifest).index(columns[s]) for s in seeds},
-            ),
-        }
-    comparisons = compare_all(correct, seeds)
+    return chosen
+
+
+def _depends_s(name: str, extract: dict[str, Any], probe_s: dict[int, float], seeds: list[int]) -> float:
+    """Seconds a model needed before its own run: extraction, augmented views, the probe."""
+    spec = registry.get(name)
+    depends = 0.0
+    if spec.two_stage or spec.from_probe:
+        depends += extract["extract_time_s"]
+    if spec.augmented_views:
+        depends += extract["augment_time_s"]
+    if spec.from_probe:
+        depends += float(np.mean([probe_s.get(s, 0.0) for s in seeds]))
+    return depends
+
+
+@dataclass
+class Aggregated:
+    """One model over its seeds: its headline metrics, its details entry, its 0/1 test
+    correctness per (seed, image) for the paired tests, its mean validation (acc, loss)."""
+
+    metrics: dict[str, Any]
+    details: dict[str, Any]
+    correct: np.ndarray
+    val: tuple[float, float]
+    classes: list[str]
+
+
+def aggregate(
+    name: str,
+    run_names: dict[int, str],
+    protocol: dict[str, Any],
+    t: Tests,
+    manifest: pl.DataFrame,
+    depends: float,
+) -> Aggregated:
+    manifest_sha = manifest_fingerprint(manifest)
+    seeds = list(run_names)
+    records = {
+        seed: _run_record(run, manifest_sha, t.columns[seed], t.index[t.columns[seed]])
+        for seed, run in run_names.items()
+    }
+    scored = {seed: record for seed, (record, _) in records.items()}
+    # heads search their grid inside their run; a strategy's grid is one run per point
+    search = protocol.get("search_time_s")
+    if search is None:
+        search = float(np.mean([r.train.search_s for r in scored.values()]))
+    correct = np.array(
+        [
+            np.asarray(scored[s].predictions) == np.asarray(t.tests[t.columns[s]]["test_labels"])
+            for s in seeds
+        ],
+        dtype=float,
+    )
+    val = (
+        float(np.mean([r.val["accuracy"] for r in scored.values()])),
+        float(np.mean([r.val["nll"] for r in scored.values()])),
+    )
+    protocol["depends_s"] = round(depends, 2)
+    confusion = np.sum([np.asarray(r.scores["confusion"]) for r in scored.values()], axis=0)
+    details = {
+        "runs": {str(s): r.to_json() for s, r in scored.items()},
+        "protocol": protocol,
+        "confusion": confusion.tolist(),  # summed over seeds
+        "per_class_f1": per_class_f1(confusion).round(4).tolist(),
+        "curves": scored[seeds[0]].curves,
+        "spread": spread_components(
+            {s: r.scores["accuracy"] for s, r in scored.items()},
+            {s: split_columns(manifest).index(t.columns[s]) for s in seeds},
+        ),
+    }
+    metrics = headline(scored, depends, search, accuracy_interval(correct), val[0])
+    return Aggregated(metrics, details, correct, val, records[seeds[0]][1])
+
+
+def evaluate_all(
+    heads: list[str],
+    strategies: dict[str, list[float]],
+    seeds: list[int],
+    manifest: pl.DataFrame,
+    splits: int = 1,
+    shifts: list[str] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Every model, aggregated from its runs' predictions. Returns (metrics for DVC,
+    details, comparisons).
+
+    With ``splits`` > 1, seed ``s`` was trained and scored on splitting ``s mod splits``:
+    its predictions align with that splitting's test ids (``details["splits"]``), and each
+    model's ``spread`` tells the part of its seed-to-seed spread due to the splitting from
+    the part due to the seed.
+
+    ``heads`` are the two-stage models; ``strategies`` maps each end-to-end strategy to its
+    learning-rate grid. A strategy's rate is chosen on validation (mean over seeds, by
+    :func:`transferlab.selection.best_index`); the best model is chosen on validation too.
+    Test predictions only ever enter the reported scores and the paired comparisons.
+    """
+    t = Tests.of(manifest, seeds, splits)
+    base_test = t.tests.get("split") or next(iter(t.tests.values()))
+    extract = read_json(layout.results_dir("extract") / "extract.json")
+    chosen, probe_s = head_protocols(heads, seeds)
+    chosen |= strategy_protocols(strategies, seeds)
+    models = {
+        name: aggregate(name, runs, protocol, t, manifest, _depends_s(name, extract, probe_s, seeds))
+        for name, (runs, protocol) in chosen.items()
+    }
+    metrics: dict[str, Any] = {name: a.metrics for name, a in models.items()}
+    details: dict[str, Any] = {
+        "models": {name: a.details for name, a in models.items()},
+        "seeds": seeds,
+        # the base splitting's test images; runs on another splitting align with
+        # splits[<their split>] instead
+        "test_ids": base_test["test_ids"],
+        "test_labels": base_test["test_labels"],
+        "splits": {"count": splits, "of_seed": {str(s): c for s, c in t.columns.items()}, "tests": t.tests},
+    }
+    comparisons = compare_all({name: a.correct for name, a in models.items()}, seeds)
     if shifts:
-        details["robustness"] = robustness(details["models"], tests, columns, seeds, shifts)
+        details["robustness"] = robustness(details["models"], t.tests, t.columns, seeds, shifts)
         for name, acc in details["robustness"]["pooled"].items():
             metrics[name]["shifted_acc"] = acc
     for name, (run_names, _) in chosen.items():
-        curve = wise_view(run_names, {s: tests[c] for s, c in columns.items()})
+        curve = wise_view(run_names, t.of_seed())
         if curve is not None:
             details["models"][name]["wise"] = curve
+    val = {name: a.val for name, a in models.items()}
     details["verdict"] = verdict(val, comparisons, {m: metrics[m]["total_time_s"] for m in metrics})
     details["rank_flips"] = rank_flips(
         {
@@ -470,7 +535,7 @@ def evaluate_all(
         "store_mb": round(extract["store_bytes"] / MB, 2),
     }
     details["extract"] = extract
-    details["classes"] = classes
+    details["classes"] = next(iter(models.values())).classes if models else None
     details["fingerprint"] = extract.get("fingerprint") or {}
     details["split_sizes"] = dict(manifest.group_by("split").len().sort("split").iter_rows())
     return metrics, details, comparisons
@@ -559,6 +624,10 @@ def wise_view(run_names: dict[int, str], tests: dict[int, dict[str, list]]) -> d
         if alpha in alphas:
             pair = paired_test(correct[pick], correct[alphas.index(alpha)], family=2)
             out[key] = {"a": f"alpha {alphas[pick]:g}", "b": f"alpha {alpha:g}", **pair}
+    # the two comparisons are one family: Holm over them, as over the models' pairs
+    ends = [k for k in ("vs_end", "vs_start") if k in out]
+    for k, p_holm in zip(ends, holm([out[k]["p"] for k in ends]), strict=True):
+        out[k]["p_holm"] = p_holm
     return out
 
 

@@ -1,14 +1,19 @@
-"""Classification metrics computed from logits, checked against scikit-learn in the tests."""
+"""Classification metrics computed from logits, checked against scikit-learn in the tests.
+
+torch is imported only where logits are scored (the training stages): evaluate and report
+read confusion matrices and never pay torch's import (seconds per stage).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from transferlab.verdict.stats import wilson
+
+if TYPE_CHECKING:
+    import torch
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
@@ -86,6 +91,8 @@ def bootstrap_ci(
 def classification_metrics(
     logits: torch.Tensor, labels: torch.Tensor, num_classes: int, *, bootstrap: int = 1000, seed: int = 0
 ) -> dict[str, Any]:
+    from torch.nn import functional as F
+
     y = labels.numpy()
     probs = F.softmax(logits.float(), dim=1).numpy()
     pred = probs.argmax(1)

@@ -1,0 +1,115 @@
+"""The report's figures: PNG bytes, drawn headless (files next to the Markdown, embedded in
+the HTML)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: CI and servers have no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
+    """Models no other model beats on both cost (lower) and accuracy (higher), cheapest first."""
+    front = [
+        k
+        for k, (c, a) in points.items()
+        if not any((c2 <= c and a2 >= a) and (c2 < c or a2 > a) for k2, (c2, a2) in points.items() if k2 != k)
+    ]
+    return sorted(front, key=lambda k: points[k][0])
+
+
+def _png(fig: plt.Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def plot_curves(details: dict[str, Any]) -> bytes:
+    """Validation accuracy and train/validation loss of every model trained by epochs, on
+    shared axes (first seed). Probes fitted by L-BFGS have no epochs: their grid is in the
+    protocol table instead."""
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    for i, (name, d) in enumerate(details["models"].items()):
+        c, color = d["curves"], f"C{i % 10}"
+        if "grid/l2" in c:
+            continue
+        epochs = range(1, len(c.get("val/acc", [])) + 1)
+        ax_acc.plot(epochs, c.get("val/acc", []), color=color, marker="o", ms=3, label=name)
+        ax_loss.plot(epochs, c.get("val/loss", []), color=color, marker="o", ms=3)
+        ax_loss.plot(epochs, c.get("train/loss", []), color=color, ls="--", alpha=0.7)
+    ax_acc.set(xlabel="epoch", ylabel="validation accuracy", title="Validation accuracy")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="Loss (solid: validation, dashed: training)")
+    ax_loss.set_yscale("log")
+    for ax in (ax_acc, ax_loss):
+        ax.grid(alpha=0.3)
+    ax_acc.legend(fontsize=8)
+    return _png(fig)
+
+
+def plot_cost(rows: list[dict[str, Any]]) -> bytes:
+    """Test accuracy against total training time, with the Pareto front."""
+    points = {r["model"]: (max(r["total_time_s"], 1e-3), r["test_acc"]) for r in rows}
+    front = pareto_front(points)
+    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    for i, r in enumerate(rows):
+        x, y = points[r["model"]]
+        ax.errorbar(x, y, yerr=r.get("test_acc_std", 0.0) or None, fmt="o", color=f"C{i % 10}", capsize=3)
+        ax.annotate(r["model"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.plot([points[k][0] for k in front], [points[k][1] for k in front], "k--", lw=1, label="Pareto front")
+    ax.set_xscale("log")
+    ax.set(
+        xlabel="total time, s (own training + extraction / probe it needs)",
+        ylabel="test accuracy",
+        title="Accuracy against cost",
+    )
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def plot_confusions(details: dict[str, Any]) -> bytes:
+    models = list(details["models"])
+    cols = min(4, len(models))
+    rows = -(-len(models) // cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(3.2 * cols, 3.2 * rows), constrained_layout=True, squeeze=False
+    )
+    classes = details["classes"]
+    for ax, name in zip(axes.flat, models, strict=False):
+        cm = np.asarray(details["models"][name]["confusion"], dtype=float)
+        norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+        ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+        ax.set_title(name, fontsize=9)
+        ticks = range(len(classes)) if len(classes) <= 20 else []
+        ax.set_xticks(list(ticks), [classes[i] for i in ticks], fontsize=6, rotation=90)
+        ax.set_yticks(list(ticks), [classes[i] for i in ticks], fontsize=6)
+        ax.set_xlabel("predicted", fontsize=7)
+        ax.set_ylabel("true", fontsize=7)
+    for ax in list(axes.flat)[len(models) :]:
+        ax.axis("off")
+    return _png(fig)
+
+
+def plot_per_class_f1(details: dict[str, Any]) -> bytes:
+    models = list(details["models"])
+    f1 = np.array([details["models"][m]["per_class_f1"] for m in models])
+    classes = details["classes"]
+    fig, ax = plt.subplots(
+        figsize=(max(5, 0.5 * len(classes) + 3), 0.45 * len(models) + 1.5), constrained_layout=True
+    )
+    im = ax.imshow(f1, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    ax.set_yticks(range(len(models)), models, fontsize=8)
+    if len(classes) <= 40:
+        ax.set_xticks(range(len(classes)), classes, fontsize=7, rotation=90)
+        for (i, j), v in np.ndenumerate(f1):
+            if f1.size <= 400:
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="w" if v < 0.6 else "k")
+    ax.set(xlabel="class", title="Per-class F1 (test, all seeds pooled)")
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    return _png(fig)
