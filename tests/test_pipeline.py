@@ -218,13 +218,15 @@ class TestPipeline:
 
     def test_the_common_budget_reaches_every_end_to_end_arm_and_nothing_else(self, project):
         """finetune.budget is one copy: changing it makes every end-to-end stage stale, lp-ft
-        included, and no head or extraction (asked of `dvc status`, nothing re-trained)."""
+        included, and no head, extraction or download (asked of `dvc status`, nothing
+        re-trained)."""
         set_params(project, {"finetune": {"budget": {"epochs": 3}}})
         try:
             stale = set(json.loads(dvc(project, "status", "--json").stdout))
         finally:
             set_params(project, {"finetune": {"budget": {"epochs": 1}}})
-        assert stale == END_TO_END | {LP_FT}
+        # evaluate and report read every params section they print or aggregate
+        assert stale == END_TO_END | {LP_FT, "evaluate", "report"}
         assert not json.loads(dvc(project, "status", "--json").stdout)
         # progressive's own deviation (TINY: epochs 2) is in its protocol and the report
         prot = json.loads((project / "results/evaluate/details.json").read_text())["models"]
