@@ -120,3 +120,44 @@ def make_project(dst: Path, params: dict | None = None) -> Path:
     run(dst, "git", "add", "-A")
     run(dst, "git", "commit", "-qm", "tiny project")
     return dst
+
+
+def _shared_root(tmp_path_factory) -> Path:
+    """A folder every pytest-xdist worker of this test run sees (their base temp folders'
+    parent, named by the run's id); without xdist, this session's own base temp folder."""
+    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    base = tmp_path_factory.getbasetemp()
+    return base.parent / f"shared-{run_id}" if run_id else base
+
+
+def base_run(tmp_path_factory) -> tuple[Path, str]:
+    """The tiny project after its first `dvc repro`, committed: built once per test run and
+    shared by every pipeline test file (the first worker to need it builds it under a file
+    lock; the others wait, then reuse it). Returns (path, that repro's stdout). Tests that
+    change anything work on :func:`copy_of_base`, never on this folder."""
+    from filelock import FileLock
+
+    root = _shared_root(tmp_path_factory)
+    root.mkdir(parents=True, exist_ok=True)
+    base, out, done = root / "tiny-base", root / "tiny-base.stdout", root / "tiny-base.done"
+    with FileLock(str(root / "tiny-base.lock")):
+        if not done.is_file():
+            if base.exists():
+                shutil.rmtree(base)  # a build that failed half-way in this run
+            base.mkdir()
+            make_project(base)
+            res = repro(base)
+            run(base, "git", "add", "-A")
+            run(base, "git", "commit", "-qm", "first repro")
+            out.write_text(res.stdout)
+            done.touch()
+    return base, out.read_text()
+
+
+def copy_of_base(tmp_path_factory, name: str) -> Path:
+    """A copy of :func:`base_run`'s project (git history, DVC cache and outputs included) for
+    a test file to change as it likes."""
+    base, _ = base_run(tmp_path_factory)
+    dst = tmp_path_factory.mktemp(name) / "project"
+    shutil.copytree(base, dst, symlinks=True)
+    return dst

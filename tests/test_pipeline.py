@@ -1,11 +1,11 @@
-"""The real `dvc repro` on a temporary git copy of the project, with tiny params."""
+"""The real `dvc repro` on a temporary git copy of the project, with tiny params: the first
+run, shared by every pipeline test file (tests/dvc_project.py: base_run), checked whole."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,12 +17,12 @@ from dvc_project import (
     END_TO_END,
     HEADS,
     LP_FT,
-    ONE_EPOCH,
     ROOT,
     _stages_run,
+    base_run,
     command_env,
+    copy_of_base,
     dvc,
-    make_project,
     ran,
     repro,
     run,
@@ -33,15 +33,23 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
+def base(tmp_path_factory) -> tuple[Path, str]:
+    """The shared first run (dvc_project.base_run): read here, never changed."""
+    return base_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    """A fresh clone's worth of files: what git tracks, nothing built."""
-    return make_project(tmp_path_factory.mktemp("project"))
+    """A copy of the first run for the README commands and the re-split."""
+    return copy_of_base(tmp_path_factory, "first-run")
 
 
-class TestPipeline:
-    def test_repro_runs_every_stage(self, project):
-        res = repro(project)
-        assert ran(res.stdout) == {
+class TestFirstRun:
+    """Every stage, every model, the verdict and its raw material, predict and the README."""
+
+    def test_repro_runs_every_stage(self, base):
+        project, stdout = base
+        assert ran(stdout) == {
             "download",
             "choose-backbone",
             "extract-features",
@@ -163,7 +171,7 @@ class TestPipeline:
         page = (project / "reports/report.html").read_text()
         assert page.count("data:image/png;base64,") == 4 and "Recommendation" in page
         # the recommended model, exported: checkpoint, TorchScript, ONNX, model card
-        assert "export" in _stages_run(res.stdout)
+        assert "export" in _stages_run(stdout)
         rec = json.loads((project / "results/evaluate/recommended.json").read_text())
         assert rec["model"] == v["recommended"] and rec["run"] in {
             r["run"] for r in details["models"][rec["model"]]["runs"].values()
@@ -183,7 +191,8 @@ class TestPipeline:
         run(project, "git", "add", "-A")
         run(project, "git", "commit", "-qm", "first run")
 
-    def test_predict_recommended_as_the_pipeline_scored_it(self, project, tmp_path):
+    def test_predict_recommended_as_the_pipeline_scored_it(self, base, tmp_path):
+        project, _ = base
         """`transferlab predict recommended` on the test images, through the console script
         `make setup` installs: the classes the recommended run's scoring recorded."""
         rec = json.loads((project / "results/evaluate/recommended.json").read_text())
@@ -205,217 +214,6 @@ class TestPipeline:
             1 for f in (project / "data/raw").rglob("*.png")
         )  # every digit, not only the capped ones
         assert res.stdout.startswith("path,class_1,prob_1\n") and res.stdout.count("\n") == n_files + 1
-
-    def test_head_param_change_reruns_only_heads_evaluate_report(self, project):
-        set_params(project, {"train_head": {"linear": {"l2": [0.1, 1.0]}}})
-        res = repro(project)
-        # lp-ft starts from the head's checkpoint, so it (and no other strategy) follows the head.
-        assert ran(res.stdout) == {*HEADS, LP_FT, "evaluate", "report"}
-        assert "Stage 'extract-features' didn't change, skipping" in res.stdout
-        for stage in END_TO_END:
-            assert f"Stage '{stage}' didn't change, skipping" in res.stdout
-        run(project, "git", "commit", "-qam", "head lr")
-
-    def test_the_common_budget_reaches_every_end_to_end_arm_and_nothing_else(self, project):
-        """finetune.budget is one copy: changing it makes every end-to-end stage stale, lp-ft
-        included, and no head, extraction or download (asked of `dvc status`, nothing
-        re-trained)."""
-        set_params(project, {"finetune": {"budget": {"epochs": 3}}})
-        try:
-            stale = set(json.loads(dvc(project, "status", "--json").stdout))
-        finally:
-            set_params(project, {"finetune": {"budget": {"epochs": 1}}})
-        # evaluate and report read every params section they print or aggregate
-        assert stale == END_TO_END | {LP_FT, "evaluate", "report"}
-        assert not json.loads(dvc(project, "status", "--json").stdout)
-        # progressive's own deviation (TINY: epochs 2) is in its protocol and the report
-        prot = json.loads((project / "results/evaluate/details.json").read_text())["models"]
-        assert prot["progressive"]["protocol"]["budget"]["deviations"] == {"epochs": 2}
-        assert prot["full"]["protocol"]["budget"]["deviations"] == {}
-        assert "(deviates from finetune.budget: epochs 2)" in (project / "reports/report.md").read_text()
-
-    def test_one_strategy_change_reruns_only_that_strategy(self, project):
-        set_params(project, {"finetune": {"partial": {"lr": [0.002]}}})
-        # DVC keeps the outputs of a stage that no longer exists; evaluate would ignore them,
-        # but they are part of data/models, which it depends on: remove them (README).
-        shutil.rmtree(project / "data/models/partial-s0-lr0.001")
-        shutil.rmtree(project / "results/partial-s0-lr0.001")
-        res = repro(project)
-        assert ran(res.stdout) == {"finetune-partial@0-0.002", "evaluate", "report"}
-        run(project, "git", "add", "-A")
-        run(project, "git", "commit", "-qm", "partial lr")
-
-    def test_parameter_efficient_arms_run_when_given_a_grid(self, project):
-        """bitfit, norm and lora are off by default; a grid turns each on as one more
-        finetune stage, compared in evaluate and the report like every other arm."""
-        peft = ("bitfit", "lora")  # norm is bitfit's mechanism with another filter (test_peft.py)
-        set_params(project, {"finetune": {s: ONE_EPOCH for s in peft}})
-        res = repro(project)
-        assert ran(res.stdout) == {f"finetune-{s}@0-0.001" for s in peft} | {"evaluate", "report"}
-        metrics = json.loads((project / "results/evaluate/metrics.json").read_text())
-        for s in peft:
-            m = metrics[s]
-            assert m["trainable_params"] < metrics["full"]["trainable_params"]
-            # what a task adds is a small part of the model it ships as
-            assert 0 < m["trained_mb"] < m["checkpoint_mb"] / 10, (s, m)
-        assert metrics["full"]["trained_mb"] > metrics["full"]["checkpoint_mb"] / 2
-        comparisons = json.loads((project / "results/evaluate/comparisons.json").read_text())
-        assert {"lora", "full"} in [{p["a"], p["b"]} for p in comparisons["pairs"]]
-        report = (project / "reports/report.md").read_text()
-        assert all(f"| {s} " in report or f"| **{s}** " in report for s in peft)
-        # the LoRA checkpoint holds the adapters merged: predict rebuilds it as an ordinary
-        # model and gives the classes the stage scored with the adapters in place
-        scored = json.loads((project / "results/lora-s0-lr0.001/predictions.json").read_text())
-        images = [str(project / "data/raw" / i) for i in scored["test"]["ids"]]
-        exe = Path(sys.executable).parent / "transferlab"
-        out = run(project, str(exe), "predict", "lora-s0-lr0.001", *images, "--top-k", "1").stdout
-        rows = [line.split(",") for line in out.splitlines()[1:]]
-        assert [r[1] for r in rows] == [scored["classes"][c] for c in scored["test"]["pred"]]
-        # back to the committed state (outputs of stages that no longer exist removed: README)
-        run(project, "git", "checkout", "-q", "--", ".")
-        for s in peft:
-            shutil.rmtree(project / f"data/models/{s}-s0-lr0.001")
-            shutil.rmtree(project / f"results/{s}-s0-lr0.001")
-        dvc(project, "checkout", "-q")
-        assert "changed" not in dvc(project, "status").stdout
-
-    def test_backbone_candidates_are_screened_without_touching_the_arms(self, project):
-        """backbone.candidates: one screening stage per entry (own store, probe, scores);
-        nothing the arms made re-runs, and editing one entry re-runs that entry alone."""
-        cands = [
-            {"name": "efficientnet_lite0", "image_size": 32, "weights": "pretrained"},
-            {"name": "efficientnet_lite0", "image_size": 48, "weights": "pretrained"},
-            {"name": "resnet18", "image_size": 32, "weights": "random"},
-        ]
-        set_params(project, {"backbone": {"candidates": cands}})
-        res = repro(project)
-        # choose-backbone reads the screens, keeps backbone.name: the same file, nothing re-runs
-        assert ran(res.stdout) == {f"screen-backbone@candidate{i}" for i in range(3)} | {
-            "choose-backbone",
-            "report",
-        }
-        screens = [json.loads((project / f"results/screen/candidate{i}.json").read_text()) for i in range(3)]
-        assert [s["candidate"] for s in screens] == cands
-        assert (project / "data/screen/candidate1").is_dir()
-        # candidate 0 is the arms' own backbone: its probe is train-head's probe, on the same store
-        probe = json.loads((project / "results/features-s0/predictions.json").read_text())
-        assert screens[0]["probe"]["test_acc"] == pytest.approx(probe["test"]["accuracy"])
-        extract = json.loads((project / "results/extract/extract.json").read_text())
-        assert screens[0]["scores"] == pytest.approx(extract["transferability"]["scores"])
-        assert screens[2]["weights_sha256"] is None and screens[2]["params"] > screens[0]["params"]
-        report = (project / "reports/report.md").read_text()
-        assert "Kendall's tau over 3 candidates" in report and "resnet18 @ 32 px (random)" in report
-        cands[1] = {**cands[1], "image_size": 40}
-        set_params(project, {"backbone": {"candidates": cands}})
-        assert ran(repro(project).stdout) == {"screen-backbone@candidate1", "choose-backbone", "report"}
-        # backbone.name: best-probe hands the arms to the best probe with weights
-        set_params(project, {"backbone": {"name": "best-probe"}})
-        repro(project, "choose-backbone")
-        chosen = json.loads((project / "results/backbone.json").read_text())
-        screens = [json.loads((project / f"results/screen/candidate{i}.json").read_text()) for i in range(3)]
-        best = max(screens[:2], key=lambda s: (s["probe"]["val_acc"], -s["probe"]["val_loss"]))
-        assert (chosen["name"], chosen["image_size"]) == (
-            best["candidate"]["name"],
-            best["candidate"]["image_size"],
-        )
-        status = dvc(project, "status").stdout
-        assert "extract-features" in status and "finetune-full" in status  # the arms follow
-        run(project, "git", "checkout", "-q", "--", ".")
-        for d in ("data/screen", "results/screen"):
-            for f in (project / d).glob("candidate*"):
-                shutil.rmtree(f) if f.is_dir() else f.unlink()
-        (project / "results/screen/.gitignore").unlink()  # DVC's, listing the screens
-        dvc(project, "checkout", "-q")
-        assert "changed" not in dvc(project, "status").stdout
-
-    def test_same_params_same_outputs_whatever_the_image_cache(self, project):
-        """The image stages re-run with no decoded-image cache at all (the data exceeds the
-        budget, as a data set larger than memory would): every image is decoded as it is
-        read, and the store and every prediction come out exactly as before. The store (with
-        its augmented and shifted groups: the same bytes, so no head needs to re-run) and one
-        end-to-end run, not all of them: the others read images through the same code."""
-        import yaml
-
-        stages = ["extract-features", "finetune-full@0-0.003"]
-        runs = ["full-s0-lr0.003"]
-
-        def outputs():
-            lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
-            store = next(o["md5"] for o in lock["extract-features"]["outs"] if o["path"] == "data/features")
-            preds = {r: json.loads((project / f"results/{r}/predictions.json").read_text()) for r in runs}
-            return store, {r: (p["val"], p["test"], p["shifted"]) for r, p in preds.items()}
-
-        before = outputs()
-        set_params(project, {"base": {"image_cache_mb": 0}})
-        res = repro(project, "--single-item", *stages)
-        assert ran(res.stdout) == set(stages)
-        extract = json.loads((project / "results/extract/extract.json").read_text())
-        assert extract["cache"] == {"budget_mb": 0, "held_mb": 0.0}
-        assert outputs() == before
-        run(project, "git", "checkout", "-q", "--", ".")
-        dvc(project, "checkout", "-q")
-
-    def test_bad_param_fails_with_one_clear_line(self, project):
-        set_params(project, {"train_head": {"linear": {"l2": [-1]}}})
-        res = repro(project, check=False)
-        assert res.returncode != 0
-        assert (
-            "error: params.yaml: train_head.linear.l2.0: Input should be greater than 0 (got -1)"
-            in res.stderr
-        )
-        assert "Traceback" not in res.stderr
-        # DVC clears a stage's outputs before running it; the last good ones come back from
-        # git (small uncached results) and DVC's cache (data, models).
-        run(project, "git", "checkout", "-q", "--", ".")
-        dvc(project, "checkout")
-        assert (project / "data/models/features-s0/model.pt").is_file()
-        assert "changed" not in dvc(project, "status").stdout
-
-    def test_adding_a_seed_runs_only_the_new_seed(self, project):
-        set_params(project, {"base": {"seeds": [0, 1]}})
-        res = repro(project)
-        new = (
-            {s[:-1] + "1" for s in HEADS}
-            | {s.replace("@0-", "@1-") for s in (*END_TO_END, LP_FT) if "partial" not in s}
-            | {"finetune-partial@1-0.002"}
-        )
-        assert ran(res.stdout) == new | {"evaluate", "report"}
-        metrics = json.loads((project / "results/evaluate/metrics.json").read_text())
-        assert all(metrics[m]["seeds"] == 2 for m in ALL_MODELS)
-        assert "test acc (mean ± sd)" in (project / "reports/report.md").read_text()
-        run(project, "git", "add", "-A")
-        run(project, "git", "commit", "-qm", "two seeds")
-
-    def test_queued_experiments_compare_in_exp_show(self, project):
-        set_params(project, {"base": {"seeds": [0]}})
-        run(project, "git", "commit", "-qam", "one seed")
-        repro(project)  # back to one seed: only evaluate and report re-run
-        run(project, "git", "commit", "-qam", "one seed results")
-        # the two kinds of two-stage head: the L-BFGS probe and the MLP over its rate grid
-        dvc(
-            project,
-            "exp",
-            "run",
-            "--queue",
-            "-S",
-            "train_head.head=linear,mlp",
-            "-S",
-            "train_head.mlp.epochs=3",
-        )
-        dvc(project, "exp", "run", "--run-all")
-        show = json.loads(dvc(project, "exp", "show", "--json").stdout)
-        exps = [
-            e for branch in show for e in (branch.get("experiments") or []) for e in (e.get("revs") or [e])
-        ]
-        heads = {}
-        for e in exps:
-            data = e.get("data") or {}
-            th = data.get("params", {}).get("params.yaml", {}).get("data", {}).get("train_head", {})
-            acc = data.get("metrics", {}).get("results/evaluate/metrics.json", {}).get("data", {})
-            if th.get("mlp", {}).get("epochs") == 3:
-                heads[th.get("head")] = acc.get("features", {}).get("test_acc")
-        assert set(heads) == {"linear", "mlp"}, json.dumps(show)[:2000]
-        assert all(isinstance(v, float) for v in heads.values())
 
     def test_readme_commands_work_as_written(self, project):
         """The README's "in DVC's own commands" block, typed as written by a newcomer whose

@@ -1,0 +1,87 @@
+"""What a change re-runs, and nothing more: DVC's dependencies are exact."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from dvc_project import (
+    ALL_MODELS,
+    END_TO_END,
+    HEADS,
+    LP_FT,
+    copy_of_base,
+    dvc,
+    ran,
+    repro,
+    run,
+    set_params,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A copy of the first run, changed by the tests in order."""
+    return copy_of_base(tmp_path_factory, "reruns")
+
+
+class TestReruns:
+    """Changes made one after another on one copy of the first run, each committed."""
+
+    def test_head_param_change_reruns_only_heads_evaluate_report(self, project):
+        set_params(project, {"train_head": {"linear": {"l2": [0.1, 1.0]}}})
+        res = repro(project)
+        # lp-ft starts from the head's checkpoint, so it (and no other strategy) follows the head.
+        assert ran(res.stdout) == {*HEADS, LP_FT, "evaluate", "report"}
+        assert "Stage 'extract-features' didn't change, skipping" in res.stdout
+        for stage in END_TO_END:
+            assert f"Stage '{stage}' didn't change, skipping" in res.stdout
+        run(project, "git", "commit", "-qam", "head lr")
+
+    def test_the_common_budget_reaches_every_end_to_end_arm_and_nothing_else(self, project):
+        """finetune.budget is one copy: changing it makes every end-to-end stage stale, lp-ft
+        included, and no head, extraction or download (asked of `dvc status`, nothing
+        re-trained)."""
+        set_params(project, {"finetune": {"budget": {"epochs": 3}}})
+        try:
+            stale = set(json.loads(dvc(project, "status", "--json").stdout))
+        finally:
+            set_params(project, {"finetune": {"budget": {"epochs": 1}}})
+        # evaluate and report read every params section they print or aggregate
+        assert stale == END_TO_END | {LP_FT, "evaluate", "report"}
+        assert not json.loads(dvc(project, "status", "--json").stdout)
+        # progressive's own deviation (TINY: epochs 2) is in its protocol and the report
+        prot = json.loads((project / "results/evaluate/details.json").read_text())["models"]
+        assert prot["progressive"]["protocol"]["budget"]["deviations"] == {"epochs": 2}
+        assert prot["full"]["protocol"]["budget"]["deviations"] == {}
+        assert "(deviates from finetune.budget: epochs 2)" in (project / "reports/report.md").read_text()
+
+    def test_one_strategy_change_reruns_only_that_strategy(self, project):
+        set_params(project, {"finetune": {"partial": {"lr": [0.002]}}})
+        # DVC keeps the outputs of a stage that no longer exists; evaluate would ignore them,
+        # but they are part of data/models, which it depends on: remove them (README).
+        shutil.rmtree(project / "data/models/partial-s0-lr0.001")
+        shutil.rmtree(project / "results/partial-s0-lr0.001")
+        res = repro(project)
+        assert ran(res.stdout) == {"finetune-partial@0-0.002", "evaluate", "report"}
+        run(project, "git", "add", "-A")
+        run(project, "git", "commit", "-qm", "partial lr")
+
+    def test_adding_a_seed_runs_only_the_new_seed(self, project):
+        set_params(project, {"base": {"seeds": [0, 1]}})
+        res = repro(project)
+        new = (
+            {s[:-1] + "1" for s in HEADS}
+            | {s.replace("@0-", "@1-") for s in (*END_TO_END, LP_FT) if "partial" not in s}
+            | {"finetune-partial@1-0.002"}
+        )
+        assert ran(res.stdout) == new | {"evaluate", "report"}
+        metrics = json.loads((project / "results/evaluate/metrics.json").read_text())
+        assert all(metrics[m]["seeds"] == 2 for m in ALL_MODELS)
+        assert "test acc (mean ± sd)" in (project / "reports/report.md").read_text()
+        run(project, "git", "add", "-A")
+        run(project, "git", "commit", "-qm", "two seeds")
