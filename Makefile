@@ -69,7 +69,7 @@ browser:
 	  else echo "chromium not found: the HTML report test will be skipped"; fi; }
 
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n auto --dist loadfile -m "not slow"
 
 # Compare variations the DVC way: queue one experiment per value, run them, show the table.
 #   make exp-sweep PARAM=extract_features.augment_views VALUES=2,4,8

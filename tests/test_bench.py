@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -15,6 +16,7 @@ sys.modules["bench"] = bench
 spec.loader.exec_module(bench)
 
 
+@pytest.mark.slow  # two minutes of subprocesses and timed loops: the full suite's
 def test_bench_measurements_on_a_few_images(tmp_path):
     paths, labels = bench.digits(tmp_path, factor=2)
     assert len(paths) == 2 * 1259 and len(labels) == len(paths)

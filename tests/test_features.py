@@ -3,6 +3,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
+from transferlab.errors import DataError
 from transferlab.features import store as F
 from transferlab.features.store import FeatureStore, Fingerprint, FingerprintMismatch, extract_features
 
@@ -204,7 +205,7 @@ def test_ranks_write_disjoint_whole_shards_that_make_the_same_store(tmp_path, li
     run(tmp_path / "one", F.Ranks())
     out = tmp_path / "two"
     assert [F.owned_rows(14, 4, _Alone(r, 2)) for r in (0, 1)] == [range(0, 8), range(8, 14)]
-    with pytest.raises(RuntimeError, match="2 shard\\(s\\) were not written"):
+    with pytest.raises(DataError, match="2 shard\\(s\\) were not written"):
         run(out, _Alone(0, 2))  # rank 0 alone: rank 1's shards are missing, nothing published
     assert not out.exists()
     run(out, _Alone(1, 2))  # rank 1 (not the main rank) writes its shards, publishes nothing

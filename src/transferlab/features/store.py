@@ -57,7 +57,7 @@ import zarr
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from transferlab._io import move_into_place, remove
-from transferlab.errors import FingerprintMismatch
+from transferlab.errors import DataError, FingerprintMismatch
 from transferlab.features.backbones import Backbone, backbone_fingerprint
 from transferlab.runtime import Ranks, memory_format, place, sync
 
@@ -516,8 +516,8 @@ def _publish(staging: Path, out: Path, groups: Mapping[str, Group], shard_rows: 
         for s in range(n_shards(len(g.rows), shard_rows))
         if not (done_dir / f"{name}-{s}").exists()
     ]
-    if missing:
-        raise RuntimeError(
+    if missing:  # a process died or was not started: what is there is kept for the next run
+        raise DataError(
             f"{staging}: {len(missing)} shard(s) were not written ({', '.join(missing[:4])}"
             f"{', ...' if len(missing) > 4 else ''}); run extraction again to resume"
         )
