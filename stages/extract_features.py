@@ -31,7 +31,13 @@ from transferlab.data.images import (
     eval_transform,
     train_transform,
 )
-from transferlab.data.manifest import SplitView, manifest_fingerprint, read_manifest, split_columns
+from transferlab.data.manifest import (
+    SplitView,
+    every_image,
+    manifest_fingerprint,
+    read_manifest,
+    split_columns,
+)
 from transferlab.features import transferability
 from transferlab.features.backbone_choice import arms_backbone
 from transferlab.features.backbones import create_backbone
@@ -149,13 +155,7 @@ def main(args: argparse.Namespace) -> None:
         arms["name"], arms["image_size"], arms["weights"], crop_pct=p.backbone.crop_pct
     )
     pre = backbone.preprocess
-    # Every image once, in a seeded random order: any split's rows, read in store order,
-    # then come in mixed-class blocks for streamed heads.
-    images = SplitView(
-        rows=np.arange(manifest.height, dtype=np.int64),
-        paths=[layout.RAW / p for p in manifest["path"].to_list()],
-        labels=manifest["label"].to_numpy().astype(np.int64),
-    ).permuted(p.base.seed)
+    images = every_image(manifest, layout.RAW, p.base.seed)
     # Images are decoded as they are read and kept while base.image_cache_mb allows, so the
     # augmented views reuse them; larger data sets are decoded again, never all held.
     decoded = ImageDataset(

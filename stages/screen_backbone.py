@@ -20,7 +20,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run the code DVC hashed
 
-import numpy as np
 import torch
 
 from transferlab import layout
@@ -28,7 +27,13 @@ from transferlab._io import write_json
 from transferlab.cli import run_stage
 from transferlab.config import CandidateConfig, load_params
 from transferlab.data.images import BatchTransform, DecodedCache, ImageDataset, eval_transform
-from transferlab.data.manifest import SplitView, class_names, manifest_fingerprint, read_manifest, split_view
+from transferlab.data.manifest import (
+    class_names,
+    every_image,
+    manifest_fingerprint,
+    read_manifest,
+    split_view,
+)
 from transferlab.errors import ConfigError
 from transferlab.features import transferability
 from transferlab.features.backbones import create_backbone
@@ -50,11 +55,7 @@ def extract_candidate(p, cand: CandidateConfig, key: str, device, workers: int):
         cand.name, cand.image_size, weights, pretrained=pretrained, crop_pct=p.backbone.crop_pct
     )
     manifest = read_manifest(layout.MANIFEST)
-    images = SplitView(
-        rows=np.arange(manifest.height, dtype=np.int64),
-        paths=[layout.RAW / f for f in manifest["path"].to_list()],
-        labels=manifest["label"].to_numpy().astype(np.int64),
-    ).permuted(p.base.seed)
+    images = every_image(manifest, layout.RAW, p.base.seed)
     decoded = ImageDataset(
         images.paths, images.labels, None, cache=DecodedCache(p.base.image_cache_mb * 2**20)
     )

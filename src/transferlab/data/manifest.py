@@ -87,6 +87,16 @@ class SplitView:
         return SplitView(self.rows[order], [self.paths[i] for i in order], self.labels[order])
 
 
+def every_image(manifest: pl.DataFrame, root: Path, seed: int) -> SplitView:
+    """Every image once, in a seeded random order: what a feature store holds. Any split's
+    rows, read in store order, then come in mixed-class blocks for streamed heads."""
+    return SplitView(
+        rows=np.arange(manifest.height, dtype=np.int64),
+        paths=[root / p for p in manifest["path"].to_list()],
+        labels=manifest["label"].to_numpy().astype(np.int64),
+    ).permuted(seed)
+
+
 def split_view(manifest: pl.DataFrame, root: Path, split: str, column: str = "split") -> SplitView:
     """The images of ``split`` in the splitting ``column`` (see :func:`split_column`)."""
     if column not in manifest.columns:

@@ -506,6 +506,57 @@ def _extract_shards(
     return rows, fwd, prefetched
 
 
+def _extract_groups(
+    backbone: Backbone,
+    groups: Mapping[str, Group],
+    staging: Path,
+    device: torch.device,
+    ranks: Ranks,
+    shard_rows: int,
+    *,
+    amp: bool,
+    overlap: bool,
+    probe: bool,
+) -> ExtractionStats:
+    """This process's shards of every group (those not already marked done) into the
+    staging store; its stats (``seconds`` is set by the caller, publishing included)."""
+    store = zarr.open_group(staging, mode="r+")
+    done_dir = staging / DONE
+    stats = ExtractionStats(images=0, seconds=0.0, forward_seconds=0.0, split_seconds={}, split_images={})
+    # writes run in the writer thread only while the input runs in the prefetch thread: on a
+    # CPU in series even a short-lived second thread slows the forward pass measurably
+    background = _BackgroundWriter(depth=PIPELINE_DEPTH if overlap else 0)
+    try:
+        for name, g in groups.items():
+            t_split = time.perf_counter()
+            n = len(g.rows)
+            _, shard = geometry(n, shard_rows)
+            mine = owned_shards(n_shards(n, shard_rows), ranks)
+            pending = [s for s in mine if not (done_dir / f"{name}-{s}").exists()]
+            stats.resumed[name] = sum(min(shard, n - s * shard) for s in mine if s not in pending)
+            rows, seconds, stats.prefetched[name] = _extract_shards(
+                backbone,
+                store,
+                name,
+                g,
+                pending,
+                shard,
+                done_dir,
+                background,
+                device,
+                amp=amp,
+                overlap=overlap,
+                probe=probe,
+            )
+            stats.split_images[name] = rows
+            stats.images += rows
+            stats.forward_seconds += seconds
+            stats.split_seconds[name] = time.perf_counter() - t_split
+    finally:
+        background.close()
+    return stats
+
+
 def _publish(staging: Path, out: Path, groups: Mapping[str, Group], shard_rows: int) -> None:
     """Move the staging store to ``out`` once every shard of every group is marked done;
     otherwise keep it, to resume, and say which shards are missing."""
@@ -568,57 +619,16 @@ def extract_features(
     if ranks.main:
         _prepare_staging(staging, expected, groups, backbone.num_features)
     ranks.barrier()
-    store = zarr.open_group(staging, mode="r+")
-    done_dir = staging / DONE
-    fwd = 0.0
-    split_seconds: dict[str, float] = {}
-    split_images: dict[str, int] = {}
-    prefetched: dict[str, bool] = {}
-    resumed: dict[str, int] = {}
     t0 = time.perf_counter()
-    # writes run in the writer thread only while the input runs in the prefetch thread: on a
-    # CPU in series even a short-lived second thread slows the forward pass measurably
-    background = _BackgroundWriter(depth=PIPELINE_DEPTH if overlap else 0)
-    try:
-        for name, g in groups.items():
-            t_split = time.perf_counter()
-            n = len(g.rows)
-            _, shard = geometry(n, shard_rows)
-            mine = owned_shards(n_shards(n, shard_rows), ranks)
-            pending = [s for s in mine if not (done_dir / f"{name}-{s}").exists()]
-            resumed[name] = sum(min(shard, n - s * shard) for s in mine if s not in pending)
-            split_images[name], seconds, prefetched[name] = _extract_shards(
-                backbone,
-                store,
-                name,
-                g,
-                pending,
-                shard,
-                done_dir,
-                background,
-                device,
-                amp=amp,
-                overlap=overlap,
-                probe=probe,
-            )
-            fwd += seconds
-            split_seconds[name] = time.perf_counter() - t_split
-    finally:
-        background.close()
+    mine = _extract_groups(
+        backbone, groups, staging, device, ranks, shard_rows, amp=amp, overlap=overlap, probe=probe
+    )
     ranks.barrier()
     if ranks.main:
         _publish(staging, out, groups, shard_rows)
     ranks.barrier()
-    mine_stats = ExtractionStats(
-        images=sum(split_images.values()),
-        seconds=time.perf_counter() - t0,
-        forward_seconds=fwd,
-        split_seconds=split_seconds,
-        split_images=split_images,
-        prefetched=prefetched,
-        resumed=resumed,
-    )
-    return ExtractionStats.of_job(ranks.gather(mine_stats))
+    mine.seconds = time.perf_counter() - t0
+    return ExtractionStats.of_job(ranks.gather(mine))
 
 
 class FeatureStore:

@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -268,6 +269,28 @@ def _scheduler(optimizer: torch.optim.Optimizer, steps_per_epoch: int, cfg: Opti
     )
 
 
+class _BestEpoch:
+    """The epoch with the lowest validation loss so far, a copy of its weights, and the
+    epochs since it (early stopping)."""
+
+    def __init__(self) -> None:
+        self.loss, self.epoch, self.bad = math.inf, 0, 0
+        self.state: dict[str, Any] | None = None
+
+    def stop_after(self, epoch: int, val_loss: float, model: nn.Module, patience: int) -> bool:
+        """Record ``epoch``; True when ``patience`` epochs (0: never) passed without a better one."""
+        if val_loss < self.loss:
+            self.loss, self.epoch, self.bad = val_loss, epoch, 0
+            self.state = copy.deepcopy(model.state_dict())
+            return False
+        self.bad += 1
+        return bool(patience) and self.bad >= patience
+
+    def restore(self, model: nn.Module) -> None:
+        if self.state is not None:
+            model.load_state_dict(self.state)
+
+
 EpochStartHook = Callable[[int, torch.optim.Optimizer], list[str]]
 
 
@@ -312,8 +335,7 @@ def fit(
         return torch.compile(inner) if compile_ else inner
 
     forward = wrapped()
-    result = FitResult()
-    best_loss, best_state, bad_epochs = math.inf, None, 0
+    result, best = FitResult(), _BestEpoch()
     t_fit = time.perf_counter()
     for epoch in range(cfg.epochs):
         if on_epoch_start is not None and on_epoch_start(epoch, optimizer):
@@ -350,16 +372,11 @@ def fit(
         if not (math.isfinite(tr_loss) and math.isfinite(va_loss)):
             result.diverged = True
             break
-        if va_loss < best_loss:
-            best_loss, bad_epochs, result.best_epoch = va_loss, 0, epoch
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            bad_epochs += 1
-            if cfg.early_stopping_patience and bad_epochs >= cfg.early_stopping_patience:
-                result.stopped_early = True
-                break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+        if best.stop_after(epoch, va_loss, model, cfg.early_stopping_patience):
+            result.stopped_early = True
+            break
+    best.restore(model)
+    result.best_epoch = best.epoch
     result.seconds = time.perf_counter() - t_fit
     result.lr_schedule = scheduler.rates()
     return result

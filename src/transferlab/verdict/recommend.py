@@ -77,6 +77,25 @@ def domain_of(gap: dict[str, Any] | None, threshold: float = GAP_THRESHOLD) -> s
     return "cannot tell"
 
 
+def _similarity_text(gap: dict[str, Any] | None, domain: str) -> str:
+    """The measured domain similarity in words: the paired gap of fine-tuning over the probe."""
+    if gap is None:
+        return "similarity not measured (needs both the features model and a fine-tuned one)"
+    lo, hi = gap["ci95"]
+    text = (
+        f"the best fine-tuned model ({gap['a']}) minus the linear probe is {gap['diff'] + 0.0:+.4f} "
+        f"test accuracy, paired 95% interval [{lo + 0.0:+.4f}, {hi + 0.0:+.4f}]"
+    )
+    return (
+        text
+        + {
+            "different": f", entirely above {GAP_THRESHOLD:.2f}: a different domain for this backbone",
+            "similar": f", entirely below {GAP_THRESHOLD:.2f}: a similar domain for this backbone",
+            "cannot tell": f", which straddles {GAP_THRESHOLD:.2f}: the data cannot tell whether the domain is similar",
+        }[domain]
+    )
+
+
 def recommend(
     metrics: dict[str, Any],
     verdict: dict[str, Any],
@@ -98,19 +117,7 @@ def recommend(
     large = train_images >= LARGE_DATASET
     domain = domain_of(gap)
     size = f"{train_images:,} training images ({train_images / num_classes:,.0f} per class)"
-    if gap is None:
-        similarity = "similarity not measured (needs both the features model and a fine-tuned one)"
-    else:
-        lo, hi = gap["ci95"]
-        similarity = (
-            f"the best fine-tuned model ({gap['a']}) minus the linear probe is {gap['diff'] + 0.0:+.4f} "
-            f"test accuracy, paired 95% interval [{lo + 0.0:+.4f}, {hi + 0.0:+.4f}]"
-        )
-        similarity += {
-            "different": f", entirely above {GAP_THRESHOLD:.2f}: a different domain for this backbone",
-            "similar": f", entirely below {GAP_THRESHOLD:.2f}: a similar domain for this backbone",
-            "cannot tell": f", which straddles {GAP_THRESHOLD:.2f}: the data cannot tell whether the domain is similar",
-        }[domain]
+    similarity = _similarity_text(gap, domain)
     if domain in ("similar", "different"):
         placed = {(False, False): 1, (True, False): 2, (False, True): 3, (True, True): 4}[
             (large, domain == "different")
