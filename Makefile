@@ -57,7 +57,7 @@ ci-repro: setup
 	@echo "Comparison: results/ci/diff.md  Report: reports/report.md"
 
 test: setup browser
-	$(BIN)/python -m pytest -n auto --dist loadfile
+	$(BIN)/python -m pytest -n auto --dist loadfile --no-loadscope-reorder
 
 # Headless Chromium for the test that opens the HTML report (Debian's package, as root).
 browser:

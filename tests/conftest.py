@@ -27,3 +27,27 @@ def lite0_32():
     from transferlab.features.backbones import create_backbone
 
     return create_backbone("efficientnet_lite0", 32, crop_pct=1.0)
+
+
+# The order test files start in (make test keeps it: --no-loadscope-reorder). The file that
+# builds the shared first run starts first, the slow files that do not need it next, so
+# both workers are busy while it builds; the files that copy it follow, the quick ones last.
+FIRST = [
+    "test_pipeline.py",
+    "test_remote.py",
+    "test_distributed.py",
+    "test_stage_errors.py",
+    "test_bench.py",
+    "test_pipeline_views.py",
+    "test_pipeline_experiments.py",
+    "test_pipeline_reruns.py",
+    "test_pipeline_arms.py",
+]
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    def rank(item) -> int:
+        name = Path(str(item.fspath)).name
+        return FIRST.index(name) if name in FIRST else len(FIRST)
+
+    items.sort(key=rank)  # stable: tests keep their order within a file
