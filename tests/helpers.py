@@ -50,3 +50,29 @@ def write_huge_png(path: Path, width: int = 30_000, height: int = 30_000) -> Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
     return path
+
+
+def save_head_checkpoint(root: Path, classes: list[str]):
+    """A linear head on the real pretrained backbone's features at 32 px, saved as
+    train-head saves it at ``root/features-s0/model.pt``; returns (path, backbone, head)."""
+    import torch
+
+    from transferlab.config import HeadConfig
+    from transferlab.features.backbones import backbone_fingerprint, create_backbone
+    from transferlab.training.models import CheckpointMeta, make_head, save_checkpoint
+
+    bb = create_backbone("efficientnet_lite0", 32, crop_pct=1.0)
+    torch.manual_seed(1)
+    head = make_head(HeadConfig(kind="linear"), bb.num_features, len(classes))
+    meta = CheckpointMeta(
+        kind="head",
+        model="features",
+        head=HeadConfig(kind="linear"),
+        in_features=bb.num_features,
+        classes=classes,
+        fingerprint={**backbone_fingerprint(bb), "manifest_sha256": "m" * 64},
+        init={"head": "test"},
+    )
+    path = root / "features-s0" / "model.pt"
+    save_checkpoint(path, head, meta)
+    return path, bb, head

@@ -9,7 +9,7 @@ import os
 
 import pytest
 import torch
-from helpers import make_image_folder, tiny_backbone, write_huge_png
+from helpers import make_image_folder, save_head_checkpoint, tiny_backbone, write_huge_png
 from torch import nn
 
 from transferlab.config import ConfigError, parse_section
@@ -41,32 +41,11 @@ def test_an_image_declaring_900_megapixels_is_one_error_naming_it_everywhere(tmp
     assert check_image(huge) == str(err.value).split(": ", 1)[1]
 
 
-def _head_checkpoint(tmp_path):
-    from transferlab.config import HeadConfig
-    from transferlab.features.backbones import backbone_fingerprint, create_backbone
-    from transferlab.training.models import CheckpointMeta, make_head, save_checkpoint
-
-    bb = create_backbone("efficientnet_lite0", 32, crop_pct=1.0)
-    head = make_head(HeadConfig(kind="linear"), bb.num_features, 3)
-    meta = CheckpointMeta(
-        kind="head",
-        model="features",
-        head=HeadConfig(kind="linear"),
-        in_features=bb.num_features,
-        classes=["c0", "c1", "c2"],
-        fingerprint={**backbone_fingerprint(bb), "manifest_sha256": "m" * 64},
-        init={"head": "test"},
-    )
-    path = tmp_path / "features-s0" / "model.pt"
-    save_checkpoint(path, head, meta)
-    return path
-
-
 def test_predict_names_a_huge_image_or_skips_it(tmp_path, capsys):
     folder = tmp_path / "photos"
     make_image_folder(folder, classes=3, per_class=2, size=16)
     huge = write_huge_png(folder / "c0" / "huge.png")
-    ckpt = _head_checkpoint(tmp_path)
+    ckpt, _, _ = save_head_checkpoint(tmp_path, ["c0", "c1", "c2"])
     with pytest.raises(SystemExit) as done:
         app.main(["predict", str(ckpt), str(folder)])
     err = capsys.readouterr().err

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import make_image_folder
+from helpers import make_image_folder, save_head_checkpoint
 
 from transferlab.config import HeadConfig
 from transferlab.data.images import eval_loader
@@ -44,12 +44,7 @@ def _meta(bb, kind, head_cfg, **kw):
 @pytest.fixture
 def head_checkpoint(tmp_path):
     """A linear head on the real pretrained backbone's features at 32 px, as train-head saves it."""
-    bb = create_backbone("efficientnet_lite0", 32, crop_pct=1.0)
-    torch.manual_seed(1)
-    head = make_head(HeadConfig(kind="linear"), bb.num_features, 3)
-    path = tmp_path / "features-s0" / "model.pt"
-    save_checkpoint(path, head, _meta(bb, "head", HeadConfig(kind="linear")))
-    return path, bb, head
+    return save_head_checkpoint(tmp_path, CLASSES)
 
 
 @pytest.fixture
