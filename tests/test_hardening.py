@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 
 import pytest
 import torch
@@ -71,13 +72,26 @@ class _Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_random_bytes_are_not_a_checkpoint(tmp_path):
+@pytest.mark.parametrize("seed", range(64))
+def test_random_bytes_are_not_a_checkpoint(tmp_path, seed):
+    # seeded, and many of them: a few random files parse as far as the unpickler's second
+    # opcode, and every one must still get the same answer
     path = tmp_path / "some.pt"
-    path.write_bytes(os.urandom(4096))
+    path.write_bytes(random.Random(seed).randbytes(4096))
     with pytest.raises(
         DataError, match=r"some.pt: not a transferlab checkpoint: not a file torch.save wrote$"
     ):
         load_checkpoint(path)
+
+
+def test_a_pickle_header_over_garbage_is_one_line(tmp_path):
+    path = tmp_path / "some.pt"
+    path.write_bytes(b"\x80\x02" + random.Random(0).randbytes(4094))
+    with pytest.raises(DataError) as err:
+        load_checkpoint(path)
+    message = str(err.value)
+    assert "some.pt: not a transferlab checkpoint: " in message
+    assert "\n" not in message
 
 
 def test_a_payload_in_a_checkpoint_is_refused_unexecuted(tmp_path):

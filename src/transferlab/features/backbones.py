@@ -159,6 +159,19 @@ class TensorFileError(ValueError):
     file and what it was meant to be."""
 
 
+def _looks_like_torch_save(path: Path) -> bool:
+    """A zip archive (torch >= 1.6) or a pickle of protocol 2 to 5 (the legacy format).
+
+    Checked before torch.load so that random bytes always get the same answer: left to the
+    unpickler, a few of them parse far enough to fail with an arbitrary error instead.
+    """
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+
+
 def load_tensors(path: Path) -> Any:
     """``torch.load`` of ``path`` that never unpickles anything but tensors and containers.
 
@@ -166,6 +179,8 @@ def load_tensors(path: Path) -> Any:
     the two it is: the file holds other objects (refused before any of them is built, so no
     payload runs), or it is not a file ``torch.save`` wrote (random bytes, truncated).
     """
+    if not _looks_like_torch_save(path):
+        raise TensorFileError("not a file torch.save wrote")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
