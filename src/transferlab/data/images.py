@@ -11,14 +11,21 @@ import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, get_worker_info
-from torchvision.transforms import v2
 
 from transferlab.errors import DataError, image_too_large
+
+if TYPE_CHECKING:
+    from torchvision.transforms import v2
+
+# torchvision is imported where a transform is built, not here: its import pulls in
+# torch._dynamo (about 3 s of every stage's start-up on a laptop CPU), and the stages that
+# only read preprocessing settings (train-head, choose-backbone) never transform an image.
 
 
 @dataclass(frozen=True)
@@ -30,7 +37,7 @@ class Preprocess:
     std: tuple[float, float, float]
     # Evaluation resizes the short side to image_size / crop_pct, then centre-crops.
     crop_pct: float = 0.875
-    interpolation: v2.InterpolationMode = v2.InterpolationMode.BILINEAR
+    interpolation: str = "bilinear"  # a torchvision InterpolationMode's value
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -97,6 +104,7 @@ class Shift(torch.nn.Module):
         self.image_size = image_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms.v2 import InterpolationMode
         from torchvision.transforms.v2 import functional as F
 
         if self.kind == "blur":
@@ -106,7 +114,7 @@ class Shift(torch.nn.Module):
         if self.kind == "contrast":
             return F.adjust_contrast(x, self.strength)
         if self.kind == "rotation":
-            return F.rotate(x, self.strength, interpolation=v2.InterpolationMode.BILINEAR)
+            return F.rotate(x, self.strength, interpolation=InterpolationMode.BILINEAR)
         batch = x if x.ndim == 4 else x[None]
         noisy = torch.stack([im + self.strength * self._noise(im) for im in batch]).clamp(0, 1)
         return noisy if x.ndim == 4 else noisy[0]
@@ -120,10 +128,12 @@ class Shift(torch.nn.Module):
 
 def eval_transform(pre: Preprocess, shift: Shift | None = None) -> v2.Transform:
     """Deterministic: resize, centre-crop to the backbone's input size, scale, (shift,) normalize."""
+    from torchvision.transforms import v2
+
     resize = round(pre.image_size / pre.crop_pct)
     return v2.Compose(
         [
-            v2.Resize(resize, interpolation=pre.interpolation, antialias=True),
+            v2.Resize(resize, interpolation=v2.InterpolationMode(pre.interpolation), antialias=True),
             v2.CenterCrop(pre.image_size),
             v2.ToDtype(torch.float32, scale=True),
             *([shift] if shift is not None else []),
@@ -136,13 +146,14 @@ def train_transform(
     pre: Preprocess, *, crop_scale: tuple[float, float], rotation_degrees: float, hflip: bool
 ) -> v2.Transform:
     """Random crop-and-resize, small rotations and optional flips, then as :func:`eval_transform`."""
+    from torchvision.transforms import v2
+
+    mode = v2.InterpolationMode(pre.interpolation)
     steps: list[v2.Transform] = [
-        v2.RandomResizedCrop(
-            pre.image_size, scale=crop_scale, interpolation=pre.interpolation, antialias=True
-        )
+        v2.RandomResizedCrop(pre.image_size, scale=crop_scale, interpolation=mode, antialias=True)
     ]
     if rotation_degrees > 0:
-        steps.append(v2.RandomRotation(rotation_degrees, interpolation=pre.interpolation))
+        steps.append(v2.RandomRotation(rotation_degrees, interpolation=mode))
     if hflip:
         steps.append(v2.RandomHorizontalFlip())
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre.mean, pre.std)]
@@ -201,7 +212,9 @@ def eval_loader(
 
 def decode(path: Path) -> torch.Tensor:
     """``path`` as a uint8 RGB tensor (3, H, W): the one decoding every stage and predict use."""
-    return v2.functional.pil_to_tensor(load_rgb(path))
+    from torchvision.transforms.v2.functional import pil_to_tensor
+
+    return pil_to_tensor(load_rgb(path))
 
 
 class DecodedCache:

@@ -150,7 +150,7 @@ def backbone_fingerprint(backbone: Backbone) -> dict[str, Any]:
         "mean": [float(v) for v in pre.mean],
         "std": [float(v) for v in pre.std],
         "crop_pct": float(pre.crop_pct),
-        "interpolation": str(pre.interpolation.value),
+        "interpolation": pre.interpolation,
     }
 
 
@@ -395,7 +395,7 @@ def _torchvision(
                 mean=tuple(t.mean),
                 std=tuple(t.std),
                 crop_pct=crop_pct if crop_pct is not None else t.crop_size[0] / t.resize_size[0],
-                interpolation=t.interpolation,
+                interpolation=t.interpolation.value,
             ),
             weights_sha256=sha,
             imagenet_classifier=classifier,

@@ -119,7 +119,7 @@ def model_card(
                 "resize_shorter_side_to": round(pre.image_size / pre.crop_pct),
                 "center_crop": pre.image_size,
                 "crop_pct": pre.crop_pct,
-                "interpolation": str(pre.interpolation.value),
+                "interpolation": pre.interpolation,
                 "scale": "uint8 / 255",
                 "mean": list(pre.mean),
                 "std": list(pre.std),
