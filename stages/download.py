@@ -22,6 +22,7 @@ from transferlab import layout
 from transferlab._io import publish, write_json
 from transferlab.cli import run_stage
 from transferlab.config import load_params
+from transferlab.data.manifest import FOLD
 from transferlab.data.sources import (
     Collected,
     archive_root,
@@ -100,6 +101,7 @@ def main(args: argparse.Namespace) -> None:
             classes=cfg.classes,
             source=source_name(cfg),
             splits=p.base.splits,
+            folds=p.base.folds,
         )
         # Files are named as the user knows them: under their folder, not the staging one.
         shown = Path(cfg.path) if cfg.source == "folder" else layout.RAW
@@ -113,18 +115,23 @@ def main(args: argparse.Namespace) -> None:
         with publish(layout.MANIFEST) as tmp:
             manifest.write_parquet(tmp)
     counts = dict(manifest.group_by("split").len().sort("split").iter_rows())
+    folds = (
+        dict(manifest.group_by(FOLD).len().sort(FOLD).iter_rows()) if FOLD in manifest.columns else None
+    )
     write_json(
         layout.results_dir("download") / "download.json",
         {
             "source": cfg.source,
             "images": manifest.height,
             "classes": manifest["label"].n_unique(),
-            "splits": counts,
+            "splits": counts,  # of the first splitting (with base.folds: fold 0's run)
+            **({"folds": {str(f): n for f, n in folds.items()}} if folds else {}),
             "skipped": [{"path": path, "reason": why} for path, why in skipped],
         },
     )
     print(
         f"download: {manifest.height} images, {manifest['label'].n_unique()} classes; "
+        + (f"{len(folds)} folds of {min(folds.values())}-{max(folds.values())} images; fold 0's run: " if folds else "")
         + ", ".join(f"{s}={counts.get(s, 0)}" for s in ("train", "val", "test"))
         + (
             f"; skipped {len(skipped)} bad file(s), listed in results/download/download.json"

@@ -28,7 +28,7 @@ def main(args: argparse.Namespace) -> None:
     strategies = {s: list(ft.section(s).lr) for s in ft.runs}
     seeds = p.base.seeds
     metrics, details, comparisons = evaluate_all(
-        heads, strategies, seeds, manifest, p.base.splits, list(p.shift.kinds)
+        heads, strategies, seeds, manifest, p.base.splits, list(p.shift.kinds), p.base.folds
     )
     out = layout.results_dir("evaluate")
     write_json(out / "details.json", details)
@@ -37,16 +37,18 @@ def main(args: argparse.Namespace) -> None:
     write_json(layout.RECOMMENDATION, recommendation(metrics, details))
     for name in [*heads, *strategies]:
         m = metrics[name]
-        picked = details["models"][name]["protocol"]["picked"]
-        pick = f"lr {picked['lr']:g}" if "lr" in picked else "l2 per seed"
+        prot = details["models"][name]["protocol"]
+        picked = prot["picked"]
+        per = "fold" if p.base.folds > 1 else "seed"
+        pick = f"lr {picked['lr']:g}" if "lr" in picked else f"{next(iter(prot['grid']))} per {per}"
         print(
             f"evaluate: {name:18s} ({pick}, chosen on val) val acc {m['val_acc']:.4f}  test acc "
             f"{m['test_acc']:.4f} [{m['test_acc_ci_lo']:.3f}, {m['test_acc_ci_hi']:.3f}]  "
-            f"{len(seeds)} seed(s)"
+            + (f"pooled over {p.base.folds} folds" if p.base.folds > 1 else f"{len(seeds)} seed(s)")
         )
     v = details["verdict"]
     print(
-        f"evaluate: best on validation {v['best_on_val']}; the test split cannot separate it from "
+        f"evaluate: best on validation {v['best_on_val']}; the {'pooled test' if p.base.folds > 1 else 'test split'} cannot separate it from "
         f"{', '.join(m for m in v['tie_set'] if m != v['best_on_val']) or 'no other model'}; "
         f"recommended (cheapest of those): {v['recommended']}"
     )

@@ -317,7 +317,7 @@ def main(args: argparse.Namespace) -> None:
     start = {k: v.detach().clone() for k, v in model.state_dict().items()} if alphas else None
     bn_synced = cfg.bn == "train" and sync_batchnorm(model, job.ranks, job.device)
     place(model, job.device)
-    column = split_column(seed, base.splits)  # this seed's splitting (base.splits)
+    column = split_column(seed, base.splittings)  # this seed's splitting (base.splits or base.folds)
     data = Data(job.p, manifest, column, model.backbone.preprocess, job.workers)
     result, train_loader, val_loader = train(job, model, data, classes)
     close_ranks(job.ranks)

@@ -240,7 +240,7 @@ def main(args: argparse.Namespace) -> None:
     manifest = read_manifest(layout.MANIFEST)
     store = open_store(p, manifest)
     # This seed's splitting (base.splits): its train, val and test rows of the one store.
-    column = split_column(args.seed, base.splits)
+    column = split_column(args.seed, base.splittings)
     split_rows = {s: split_view(manifest, layout.RAW, s, column).rows for s in ("train", "val", "test")}
     groups = [IMAGES]
     if registry.get(args.model).augmented_views:

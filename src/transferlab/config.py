@@ -42,6 +42,8 @@ class BaseConfig(_Strict):
     def _seeds(self) -> BaseConfig:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError("seeds must list at least one seed, each once")
+        if self.folds > 1:
+            return self._check_folds()
         unused = sorted(set(range(self.splits)) - {s % self.splits for s in self.seeds})
         if unused:
             raise ValueError(
@@ -51,6 +53,35 @@ class BaseConfig(_Strict):
             )
         return self
 
+    def _check_folds(self) -> BaseConfig:
+        """k-fold cross-validation tests every image once per repeat, so every fold needs as
+        many seeds as every other (seed s is tested on fold s mod folds)."""
+        k = self.folds
+        if self.splits > 1:
+            # Folds already re-draw what is tested (every image once); re-drawn splittings on
+            # top would test images an unequal number of times, and the pooled test needs one
+            # prediction per image and repeat. More seeds repeat the folds instead.
+            raise ValueError(
+                f"folds: {k} and splits: {self.splits} cannot be combined; with folds every "
+                f"image is tested once per repeat: use splits: 1, and seeds 0..{2 * k - 1} to "
+                "train every fold twice"
+            )
+        uses = [sum(1 for s in self.seeds if s % k == f) for f in range(k)]
+        if len(set(uses)) > 1:
+            untested = [f for f in range(k) if uses[f] == 0]
+            detail = f"leave fold(s) {untested} untested" if untested else f"test the folds {uses} times"
+            raise ValueError(
+                f"folds: {k} folds (seed s is tested on fold s mod {k}), but seeds {self.seeds} "
+                f"{detail}; every fold needs as many seeds, e.g. seeds {list(range(k))}"
+            )
+        return self
+
+    @property
+    def splittings(self) -> int:
+        """How many train/val/test splittings the manifest carries: one per fold, or
+        ``splits``. Seed s trains and is scored on splitting s mod this."""
+        return self.folds if self.folds > 1 else self.splits
+
     # The data: splits and the augmented views of features-augmented.
     seed: Annotated[int, Field(ge=0)] = 0
     # Training runs: every model is trained once per seed (initialization, shuffling,
@@ -59,6 +90,9 @@ class BaseConfig(_Strict):
     # Splittings of the data: seed s trains and is scored on splitting s mod splits, so with
     # more seeds than splittings the report tells split spread from seed spread.
     splits: Annotated[int, Field(ge=1)] = 1
+    # k-fold cross-validation (k >= 2): every image is tested once, by a model that never saw
+    # it; seed s is tested on fold s mod k (trained on the others). 1: one hold-out split.
+    folds: Annotated[int, Field(ge=1)] = 1
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # 0 means "let torch decide"; a fixed count makes CPU timings comparable across runs.
     num_threads: Annotated[int, Field(ge=0)] = 0

@@ -11,6 +11,10 @@ With ``base.splits: k > 1`` the manifest carries k splittings: ``split`` (the fi
 with training seed ``s`` trains and is scored on splitting ``s mod k`` (:func:`split_column`),
 so the seeds vary the split, the initialisation and the order together, and seeds that
 share a splitting tell the spread due to seeds from the spread due to splits.
+
+With ``base.folds: k > 1`` (k-fold cross-validation) the k splittings are the folds'
+instead: splitting j tests fold j and trains (and validates) on the others, and a ``fold``
+column says which fold tests each image, so every image is tested exactly once per repeat.
 """
 
 from __future__ import annotations
@@ -27,6 +31,10 @@ from transferlab.errors import DataError
 SPLITS = ("train", "val", "test")
 # Files taken as images, by suffix (case-insensitive): in a data folder and by `transferlab predict`.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+
+# With base.folds > 1: each image's cross-validation fold (the run of seed s tests fold
+# s mod folds, on splitting split_column(s, folds)).
+FOLD = "fold"
 
 MANIFEST_SCHEMA = {
     "path": pl.String,
@@ -102,7 +110,7 @@ def split_view(manifest: pl.DataFrame, root: Path, split: str, column: str = "sp
     if column not in manifest.columns:
         raise DataError(
             f"data/manifest.parquet has no splitting {column!r}: it was made with fewer "
-            "base.splits; re-run download (dvc repro)"
+            "base.splits or base.folds; re-run download (dvc repro)"
         )
     df = manifest.with_row_index("row").filter(pl.col(column) == split)
     return SplitView(

@@ -13,7 +13,7 @@ import numpy as np
 import polars as pl
 
 from transferlab._io import parallel_map, sha256_file
-from transferlab.data.manifest import MANIFEST_SCHEMA
+from transferlab.data.manifest import FOLD, MANIFEST_SCHEMA
 from transferlab.errors import DataError
 
 
@@ -46,6 +46,50 @@ def stratified_split(
     return out.tolist()
 
 
+def stratified_folds(labels: Sequence[int] | np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Each item's fold 0..folds-1: per class a seeded permutation dealt out in turn, each
+    class starting where the last one stopped, so every fold holds each class's share
+    (within one image) and the folds' sizes differ by at most one."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    out = np.empty(len(labels), dtype=np.int64)
+    start = 0
+    for cls in np.unique(labels):
+        idx = np.flatnonzero(labels == cls)
+        idx = idx[rng.permutation(len(idx))]
+        out[idx] = (start + np.arange(len(idx))) % folds
+        start = (start + len(idx)) % folds
+    return out
+
+
+def fold_splits(
+    labels: Sequence[int] | np.ndarray,
+    fold: np.ndarray,
+    test_fold: int,
+    val_fraction: float,
+    seed: int,
+    names: Sequence[str],
+) -> list[str]:
+    """The splitting of cross-validation run ``test_fold``: that fold is its test split, and
+    its validation split is carved, stratified, from the other folds (``val_fraction`` of
+    them), so every choice the run makes (rates, L2 strengths, epochs) sees no test image."""
+    labels = np.asarray(labels)
+    out = np.full(len(labels), "test", dtype=object)
+    rest = np.flatnonzero(fold != test_fold)
+    for cls in np.unique(labels):
+        kept = int(np.sum(labels[rest] == cls))
+        needs = 2 if val_fraction > 0 else 1
+        if kept < needs:
+            raise DataError(
+                f"base.folds: class {names[int(cls)]} has only {int(np.sum(labels == cls))} "
+                f"image(s), too few for {int(fold.max()) + 1} folds: fold {test_fold}'s training "
+                f"part keeps {kept}, and needs a training{' and a validation' if needs == 2 else ''} "
+                "image of every class; use fewer folds"
+            )
+    out[rest] = stratified_split(labels[rest], val_fraction, 0.0, seed + test_fold)
+    return out.tolist()
+
+
 def cap_per_class(paths: list[str], classes: list[str], cap: int | None, seed: int) -> list[int]:
     """Indices keeping at most ``cap`` items of each class, chosen reproducibly."""
     if cap is None:
@@ -73,6 +117,7 @@ def build_manifest(
     classes: list[str] | None = None,
     source: str | None = None,
     splits: int = 1,
+    folds: int = 1,
 ) -> pl.DataFrame:
     """The manifest of ``items`` (paths relative to ``root``), hashed and split.
 
@@ -85,6 +130,11 @@ def build_manifest(
     ``classes`` keeps only those classes; ``max_per_class`` caps each class (per given split).
     ``splits`` > 1 adds re-drawn splittings ``split_1`` ... (seeds ``seed + j``): splits the
     source brings stay fixed in every one, what was drawn is drawn again.
+
+    ``folds`` > 1 is k-fold cross-validation instead: a ``fold`` column (stratified, seeded)
+    and one splitting per fold, ``split`` testing fold 0 and ``split_j`` fold j, each with
+    its validation split carved from the other folds (``test_fraction`` is unused). A source
+    that brings its own splits is refused: its test split is not for folds to re-draw.
     """
     rows = sorted((it[0], it[1], it[2] if len(it) > 2 else None) for it in items)
     if classes is not None:
@@ -108,6 +158,14 @@ def build_manifest(
     label_of = {c: i for i, c in enumerate(class_names)}
     labels = [label_of[c] for c in class_list]
     given = [s for _, _, s in rows]
+    if folds > 1:
+        if any(s is not None for s in given):
+            raise DataError(
+                f"base.folds: {folds} re-draws every split, but {source or root} brings its own "
+                "(train/val/test folders, or a data set's official test split); use base.folds: 1, "
+                "or give the images as <class>/ folders"
+            )
+        return _fold_manifest(root, paths, labels, class_list, class_names, folds, val_fraction, seed)
 
     def draw(split_seed: int) -> list[str]:
         if all(s is None for s in given):
@@ -126,6 +184,34 @@ def build_manifest(
     )
     return manifest.with_columns(
         pl.Series(f"split_{j}", draw(seed + j), dtype=pl.String) for j in range(1, splits)
+    )
+
+
+def _fold_manifest(
+    root: Path,
+    paths: list[str],
+    labels: list[int],
+    class_list: list[str],
+    class_names: list[str],
+    folds: int,
+    val_fraction: float,
+    seed: int,
+) -> pl.DataFrame:
+    fold = stratified_folds(labels, folds, seed)
+    columns = [fold_splits(labels, fold, j, val_fraction, seed, class_names) for j in range(folds)]
+    manifest = pl.DataFrame(
+        {
+            "path": paths,
+            "label": labels,
+            "class_name": class_list,
+            "split": columns[0],
+            "sha256": parallel_map(sha256_file, [root / p for p in paths], desc="hashing"),
+        },
+        schema=MANIFEST_SCHEMA,
+    )
+    return manifest.with_columns(
+        *(pl.Series(f"split_{j}", columns[j], dtype=pl.String) for j in range(1, folds)),
+        pl.Series(FOLD, fold, dtype=pl.Int64),
     )
 
 

@@ -131,6 +131,14 @@ def spread_text(details: dict[str, Any]) -> str:
     """How the runs were laid out, and so what their spread can say."""
     count = details.get("splits", {}).get("count", 1)
     seeds = details.get("seeds", [0])
+    if "folds" in details:
+        k = details["folds"]["count"]
+        return (
+            f"Each of the {len(seeds)} runs of a model tests another of the {k} folds and trains on "
+            "the others: their spread mixes the seed's share with the folds' (other test images, "
+            "other training images), and says how much a model of this procedure varies with the "
+            "data it gets."
+        )
     if count == 1:
         return (
             f"All {len(seeds)} runs of a model share one splitting of the data: their spread is the "
@@ -397,16 +405,24 @@ class Inputs:
         self.verdict = details["verdict"]
         self.val = self.verdict["val_acc"]
         self.best = self.verdict["best_on_val"]
+        self.folds = details.get("folds", {}).get("count", 0)  # 0: one hold-out splitting
 
 
 def data_section(doc: Document, r: Inputs, code_version: str) -> None:
     """One line of what was measured: data, backbone, seeds, code."""
     fp, sizes, details = r.details["fingerprint"], r.sizes, r.details
     splits = details.get("splits", {}).get("count", 1)
+    layout_text = (
+        f"{r.folds}-fold cross-validation: every image tested once per repeat; a run trains on "
+        f"{sizes.get('train', 0)}, validates on {sizes.get('val', 0)} and tests its fold of "
+        f"about {sizes.get('test', 0)}"
+        if r.folds
+        else f"train {sizes.get('train', 0)}, val {sizes.get('val', 0)}, test {sizes.get('test', 0)}"
+    )
     doc.add(
         "p",
-        f"Data: {sum(sizes.values())} images, {len(details['classes'])} classes (train {sizes.get('train', 0)}, "
-        f"val {sizes.get('val', 0)}, test {sizes.get('test', 0)}), manifest `{fp['manifest_sha256'][:12]}`. "
+        f"Data: {sum(sizes.values())} images, {len(details['classes'])} classes ({layout_text}), "
+        f"manifest `{fp['manifest_sha256'][:12]}`. "
         f"Backbone: `{fp['backbone']}` at {fp['image_size']} px, weights `{(fp['weights_sha256'] or 'random')[:12]}`. "
         f"Seeds: {', '.join(map(str, r.seeds))}"
         + (
@@ -428,6 +444,7 @@ def recommendation_section(doc: Document, r: Inputs) -> str:
         gap,
         train_images=r.sizes.get("train", 0),
         num_classes=len(r.details["classes"]),
+        tested_on=f"the pooled test over all {len(r.details['test_ids']):,} images" if r.folds else "the test split",
     )
     doc.add("h2", "Recommendation")
     doc.add("p", rec.text)
@@ -441,6 +458,8 @@ def unresolved_section(doc: Document, r: Inputs) -> None:
         doc.add("p", f"Nothing: every model is separably worse than {r.best} on the test split.")
         return
     n_test = len(r.details.get("test_ids", [])) or r.sizes.get("test", 0)
+    n_all = sum(r.sizes.values())
+    where = f"the pooled test has {n_test:,}: every image" if r.folds else f"this split has {n_test:,}"
     items = []
     for u in r.verdict["unresolved"]:
         lo, hi = u["ci_family"]
@@ -451,7 +470,9 @@ def unresolved_section(doc: Document, r: Inputs) -> None:
             + (
                 f"A difference this size would take about {need:,} test images to separate at "
                 f"the 5% level with power 0.8, before the correction for "
-                f"{len(r.comparisons['pairs'])} comparisons (this split has {n_test:,})."
+                f"{len(r.comparisons['pairs'])} comparisons ({where})"
+                + (_folds_would(need, n_all) if not r.folds else "")
+                + "."
                 if need
                 else "They make the same predictions: no test set separates them."
             )
@@ -459,11 +480,24 @@ def unresolved_section(doc: Document, r: Inputs) -> None:
     doc.add("list", items)
     doc.add(
         "p",
-        "These models tie on this test split: the data cannot tell which is better, and a "
-        "ranking among them would be noise. More test images, more seeds (`base.seeds`), "
-        "re-drawn splits (`base.splits`) or more data would separate differences this small; "
-        "until then, choose among them on cost.",
+        f"These models tie on this {'pooled test' if r.folds else 'test split'}: the data cannot "
+        "tell which is better, and a ranking among them would be noise. "
+        + (
+            "More images, or more seeds per fold (`base.seeds`), would separate differences this "
+            "small; until then, choose among them on cost."
+            if r.folds
+            else "Cross-validation (`base.folds: 5`, with `base.seeds` [0, 1, 2, 3, 4]) tests every "
+            f"image, {n_all:,} instead of {n_test:,}, for five times the training; more seeds, "
+            "re-drawn splits (`base.splits`) or more data help too. Until then, choose among them on cost."
+        ),
     )
+
+
+def _folds_would(need: int, n_all: int) -> str:
+    """Whether testing every image (cross-validation) would give the images a pair needs."""
+    if need <= n_all:
+        return f"; cross-validation would test all {n_all:,} images (`base.folds`), enough for this one"
+    return f"; more than even cross-validation's {n_all:,} (every image) would give"
 
 
 def _comparison_row(r: Inputs, row: dict[str, Any], recommended: str) -> list[str]:
@@ -530,17 +564,19 @@ def paired_section(doc: Document, r: Inputs) -> None:
         pair = pair_of(r.comparisons, r.best, row["model"])
         lo, hi = pair["ci95"]
         flo, fhi = pair["ci_family"]
-        rows.append(
-            [
-                row["model"],
-                _d(pair["diff"]),
-                f"[{_d(lo)}, {_d(hi)}]",
-                f"[{_d(flo)}, {_d(fhi)}]",
-                f"{pair['p']:.3g}",
-                f"{pair['p_holm']:.3g}",
-                "yes" if separable(pair) else "no: tie",
-            ]
-        )
+        cells = [
+            row["model"],
+            _d(pair["diff"]),
+            f"[{_d(lo)}, {_d(hi)}]",
+            f"[{_d(flo)}, {_d(fhi)}]",
+            f"{pair['p']:.3g}",
+            f"{pair['p_holm']:.3g}",
+            "yes" if separable(pair) else "no: tie",
+        ]
+        if r.folds:
+            t = pair["corrected_t"]
+            cells += [f"{t['p_holm']:.3g}" + (" (disagrees)" if pair["tests_disagree"] else "")]
+        rows.append(cells)
     header = [
         "against",
         f"{r.best} minus it",
@@ -549,13 +585,37 @@ def paired_section(doc: Document, r: Inputs) -> None:
         "p",
         "p (Holm)",
         "separable",
-    ]
+    ] + (["corrected t-test p (Holm)"] if r.folds else [])
     doc.add("table", header, rows)
+    if r.folds:
+        doc.add("p", cv_text(r))
     doc.add(
         "p",
         "Every pair of models is in `results/evaluate/comparisons.json`, "
         "and `results/evaluate/details.json` holds each run's per-image predictions (`test_ids`, "
         "`test_labels`, `predictions`) to recompute any of them. " + r.comparisons["method"],
+    )
+
+
+def cv_text(r: Inputs) -> str:
+    """What the cross-validated comparisons compare, and where the two tests part."""
+    k = r.folds
+    disagree = [c["model"] for c in r.verdict.get("cross_check", []) if c["disagree"]]
+    return (
+        f"{k}-fold cross-validation: every one of the {len(r.details['test_ids']):,} images is a test "
+        "image, predicted by the run of its fold, which never saw it, so these tests pair the "
+        "models on all of them. What they compare are procedures, a strategy together with the "
+        "hyper-parameters each fold chose on its own validation split, which is the question of "
+        "which strategy to use on data like this. The pooled tests treat images as independent "
+        "given the fold models; the corrected resampled t-test (Nadeau and Bengio 2003) works on "
+        f"the {len(r.seeds)} per-fold differences instead and also counts how much the fold "
+        "models vary with their training images: conservative, and weak with this few runs. "
+        + (
+            f"The two disagree on {', '.join(disagree)}: the tie set follows the pooled test; read "
+            "those pairs as less certain than their p-values say."
+            if disagree
+            else "The two agree on every pair with the best model."
+        )
     )
 
 

@@ -143,6 +143,7 @@ def model_card(
         "params": {"protocol": rec["protocol"], "head": meta.head.model_dump(), "lr": meta.lr},
         "init": meta.init,
         "chosen": rec["chosen"],
+        "trained_on": rec.get("trained_on"),
         "exports": {
             "model.ts": {"format": "TorchScript (torch.jit.trace)", "max_abs_logit_diff": ts_diff},
             "model.onnx": {
@@ -170,9 +171,10 @@ def card_markdown(card: dict[str, Any]) -> str:
             f"# Model card: {card['model']} ({card['run']})",
             "",
             f"Recommended by transferlab: {chosen['rule']}. Best on validation: {chosen['best_on_val']}; "
-            f"the test split could not separate it from: "
+            f"{chosen.get('tested_on', 'the test split')} could not separate it from: "
             f"{', '.join(m for m in chosen['tie_set'] if m != chosen['best_on_val']) or 'no other model'}. "
-            f"Exported run: {chosen['run']}.",
+            f"Exported run: {chosen['run']}"
+            + (f": {card['trained_on']}." if card.get("trained_on") else "."),
             "",
             "## Use",
             "",

@@ -16,13 +16,14 @@ import polars as pl
 
 from transferlab import layout, registry
 from transferlab._io import read_json, sha256_file
-from transferlab.data.manifest import manifest_fingerprint, split_column, split_columns
+from transferlab.data.manifest import FOLD, manifest_fingerprint, split_column, split_columns
 from transferlab.errors import ConfigError, FingerprintMismatch
 from transferlab.selection import AllDiverged, Scored, best_index
 from transferlab.training.records import RunSummary, read_summary
 from transferlab.verdict.metrics import per_class_f1
 from transferlab.verdict.stats import (
     accuracy_interval,
+    corrected_resampled_t,
     holm,
     images_to_separate,
     pair_of,
@@ -233,9 +234,47 @@ def _run_record(
     return record, pred["classes"]
 
 
-def compare_all(correct: dict[str, np.ndarray], seeds: list[int]) -> dict[str, Any]:
+@dataclass
+class FoldRuns:
+    """What the cross-validation t-test needs: each model's test accuracy per run (seed),
+    and the mean training and test sizes of a run."""
+
+    acc: dict[str, dict[int, float]]
+    n_train: float
+    n_test: float
+
+
+def _cross_check(pairs: list[dict[str, Any]], runs: FoldRuns) -> None:
+    """The corrected resampled t-test next to each pair's pooled test, Holm-adjusted over
+    the same family, and whether the two verdicts on the pair disagree."""
+    for pair in pairs:
+        a, b = runs.acc[pair["a"]], runs.acc[pair["b"]]
+        pair["corrected_t"] = corrected_resampled_t([a[s] - b[s] for s in sorted(a)], runs.n_train, runs.n_test)
+    for pair, adj in zip(pairs, holm([p["corrected_t"]["p"] for p in pairs]), strict=True):
+        pair["corrected_t"]["p_holm"] = adj
+        pair["corrected_t"]["separable"] = adj < ALPHA
+        pair["tests_disagree"] = pair["corrected_t"]["separable"] != separable(pair)
+
+
+CV_METHOD = (
+    " With base.folds = k the comparisons pool the folds: every image is a test image once "
+    "per repeat, predicted by the run of its fold, which never saw it; a row of the paired "
+    "arrays is a repeat (the r-th seed of every fold), so the tests above act on all N images. "
+    "They compare procedures (a strategy with the hyper-parameters its fold chose on its "
+    "own validation split), and treat images as independent given the fold models. "
+    "corrected_t: the conservative cross-check, Nadeau and Bengio's corrected resampled "
+    "t-test on the per-run accuracy differences (variance x (1/J + n_test/n_train), J - 1 "
+    "degrees of freedom; Bouckaert and Frank for repeats), Holm-adjusted over the same "
+    "family; tests_disagree: one calls the pair separable and the other does not."
+)
+
+
+def compare_all(
+    correct: dict[str, np.ndarray], seeds: list[int], folds: FoldRuns | None = None
+) -> dict[str, Any]:
     """Every pair of models on the same test images: paired difference, interval, exact
-    McNemar (one seed) or sign-flip (several) p-value, Holm-adjusted over all pairs."""
+    McNemar (one seed) or sign-flip (several) p-value, Holm-adjusted over all pairs; with
+    cross-validation (``folds``) the corrected resampled t-test next to them."""
     names = list(correct)
     family = len(names) * (len(names) - 1) // 2
     pairs: list[dict[str, Any]] = []
@@ -245,6 +284,8 @@ def compare_all(correct: dict[str, np.ndarray], seeds: list[int]) -> dict[str, A
             pairs.append({"a": a, "b": b, **r, "seeds": list(seeds)})
     for pair, adj in zip(pairs, holm([p["p"] for p in pairs]), strict=True):
         pair["p_holm"] = adj
+    if folds is not None:
+        _cross_check(pairs, folds)
     return {
         "alpha": ALPHA,
         "method": (
@@ -262,7 +303,8 @@ def compare_all(correct: dict[str, np.ndarray], seeds: list[int]) -> dict[str, A
             "(seed s: splitting s mod splits; every splitting holds as many test images of "
             "each class): a and b are always paired on the same run's images, and the "
             "resampling and sign flips act on image positions within runs."
-        ),
+        )
+        + (CV_METHOD if folds is not None else ""),
         "pairs": pairs,
     }
 
@@ -274,11 +316,21 @@ def verdict(
     of those, which is what the report recommends."""
     best = best_index([Scored(*v, name=m) for m, v in val.items()])
     best_name = list(val)[best]
-    ties, unresolved = [best_name], []
+    ties, unresolved, cross_check = [best_name], [], []
     for m in val:
         if m == best_name:
             continue
         pair = pair_of(comparisons, best_name, m)
+        if "corrected_t" in pair:
+            cross_check.append(
+                {
+                    "model": m,
+                    "pooled_separable": separable(pair),
+                    "t_p_holm": pair["corrected_t"]["p_holm"],
+                    "t_separable": pair["corrected_t"]["separable"],
+                    "disagree": pair["tests_disagree"],
+                }
+            )
         if not separable(pair):
             ties.append(m)
             n_needed = images_to_separate(pair["diff"], pair["discordant"])
@@ -299,6 +351,9 @@ def verdict(
         "tie_set": ties,
         "recommended": recommended,
         "unresolved": unresolved,
+        # cross-validation: the corrected resampled t-test on each pair with the best (the
+        # tie set rests on the pooled test; this says where the conservative test differs)
+        **({"cross_check": cross_check} if cross_check else {}),
         "rule": (
             "best: highest mean validation accuracy (ties: lower validation loss); tie set: every "
             f"model whose paired comparison with the best has Holm-adjusted p >= {ALPHA} or a "
@@ -310,28 +365,90 @@ def verdict(
 
 @dataclass
 class Tests:
-    """The test images every run is scored on: per splitting (manifest column) its ids and
-    labels, and which splitting each seed used (seed s: splitting s mod base.splits)."""
+    """The test images every run is scored on, and how runs pair up in the comparisons.
+
+    Per splitting (manifest column) its test ids and labels, and which splitting each seed
+    used (seed s: splitting s mod base.splits, or fold s mod base.folds). With one hold-out
+    split (or re-drawn splittings of equal test size) the paired tests compare models run
+    by run: a row per seed, a column per test image of that run. With k-fold
+    cross-validation the runs' test folds make up the whole data set, so the outcomes are
+    *pooled*: a row per repeat (the r-th seed of every fold), a column per image, so every
+    image is a test image once per repeat.
+    """
 
     columns: dict[int, str]  # seed -> splitting
     tests: dict[str, dict[str, list]]  # splitting -> {"test_ids", "test_labels"}
     index: dict[str, dict[str, int]]  # splitting -> image -> position
+    folds: int = 1
+    pooled: dict[str, list] = field(default_factory=dict)  # folds: every image's id and label
+    repeat: dict[int, int] = field(default_factory=dict)  # folds: seed -> its repeat
 
     @classmethod
-    def of(cls, manifest: pl.DataFrame, seeds: list[int], splits: int) -> Tests:
-        columns = {seed: split_column(seed, splits) for seed in seeds}
+    def of(cls, manifest: pl.DataFrame, seeds: list[int], splits: int, folds: int = 1) -> Tests:
+        columns = {seed: split_column(seed, folds if folds > 1 else splits) for seed in seeds}
         tests: dict[str, dict[str, list]] = {}
         for column in sorted(set(columns.values()), key=split_columns(manifest).index):
             rows = manifest.filter(pl.col(column) == "test")
             tests[column] = {"test_ids": rows["path"].to_list(), "test_labels": rows["label"].to_list()}
+        index = {c: {image: i for i, image in enumerate(t["test_ids"])} for c, t in tests.items()}
+        if folds > 1:
+            tested = sorted(image for t in tests.values() for image in t["test_ids"])
+            if tested != sorted(manifest["path"].to_list()):
+                raise FingerprintMismatch(
+                    f"data/manifest.parquet: its {folds} folds do not test every image once; "
+                    "re-run download (dvc repro)"
+                )
+            pooled = {"test_ids": manifest["path"].to_list(), "test_labels": manifest["label"].to_list()}
+            seen: dict[str, int] = {}
+            repeat = {}
+            for seed in seeds:  # the config checked that every fold has as many seeds
+                repeat[seed] = seen.get(columns[seed], 0)
+                seen[columns[seed]] = repeat[seed] + 1
+            return cls(columns, tests, index, folds, pooled, repeat)
         sizes = {c: len(t["test_ids"]) for c, t in tests.items()}
         if len(set(sizes.values())) > 1:  # stratified splittings draw equal counts per class
             raise FingerprintMismatch(f"data/manifest.parquet: splittings hold different test sizes {sizes}")
-        index = {c: {image: i for i, image in enumerate(t["test_ids"])} for c, t in tests.items()}
         return cls(columns, tests, index)
 
     def of_seed(self) -> dict[int, dict[str, list]]:
         return {s: self.tests[c] for s, c in self.columns.items()}
+
+    @property
+    def ids(self) -> list[str]:
+        """The images the comparisons' columns stand for: every image (folds), or the base
+        splitting's test images (runs on another splitting align with ``tests`` instead)."""
+        if self.pooled:
+            return self.pooled["test_ids"]
+        return (self.tests.get("split") or next(iter(self.tests.values())))["test_ids"]
+
+    def paired(self, predictions: dict[int, list[int]]) -> np.ndarray:
+        """0/1 correctness of one model for the paired tests, from each seed's predictions in
+        its own test order: (seeds, test images) for hold-out splits; (repeats, every image)
+        pooled over the folds."""
+        right = {
+            s: np.asarray(p) == np.asarray(self.tests[self.columns[s]]["test_labels"])
+            for s, p in predictions.items()
+        }
+        if not self.pooled:
+            return np.array([right[s] for s in predictions], dtype=float)
+        n = len(self.pooled["test_ids"])
+        out = np.full((max(self.repeat.values()) + 1, n), np.nan)
+        position = {image: i for i, image in enumerate(self.pooled["test_ids"])}
+        for s, r in right.items():
+            where = [position[image] for image in self.tests[self.columns[s]]["test_ids"]]
+            out[self.repeat[s], where] = r
+        assert not np.isnan(out).any(), "an image of the pooled test has no prediction"
+        return out
+
+    def pooled_predictions(self, predictions: dict[int, list[int]]) -> list[list[int]]:
+        """Per repeat, every image's predicted class in ``ids`` order (folds only): what
+        details.json keeps so that every pooled number can be recomputed."""
+        position = {image: i for i, image in enumerate(self.pooled["test_ids"])}
+        out = [[-1] * len(position) for _ in range(max(self.repeat.values()) + 1)]
+        for s, pred in predictions.items():
+            for image, p in zip(self.tests[self.columns[s]]["test_ids"], pred, strict=True):
+                out[self.repeat[s]][position[image]] = int(p)
+        return out
 
 
 Chosen = dict[str, tuple[dict[int, str], dict[str, Any]]]  # model -> (seed -> run, protocol)
@@ -366,27 +483,53 @@ def head_protocols(heads: list[str], seeds: list[int]) -> tuple[Chosen, dict[int
     return chosen, probe_s
 
 
-def strategy_protocols(strategies: dict[str, list[float]], seeds: list[int]) -> Chosen:
+def _pick(points: list[GridPoint], name: str, grid: list[float]) -> GridPoint:
+    try:
+        return points[best_index(points)]
+    except AllDiverged:
+        raise ConfigError(
+            f"finetune.{name}.lr: every rate of the grid {grid} diverged (the training loss "
+            "became non-finite); lower the rates"
+        ) from None
+
+
+def _per_run_picks(points: list[GridPoint], name: str, grid: list[float]) -> dict[int, GridPoint]:
+    """Cross-validation is nested: each fold's run picks its own rate on its own validation
+    split (the best rate depends on the training images), so no fold's choice sees another
+    fold's validation images, and no test image takes part in any."""
+    picks = {}
+    for seed in points[0].runs:
+        own = []
+        for p in points:
+            t = read_summary(layout.train_summary(p.runs[seed]))
+            own.append(GridPoint(p.lr, {seed: p.runs[seed]}, t.val_acc, t.val_loss, t.train_time_s, t.diverged))
+        picks[seed] = _pick(own, name, grid)
+    return picks
+
+
+def strategy_protocols(strategies: dict[str, list[float]], seeds: list[int], nested: bool = False) -> Chosen:
     """Each end-to-end strategy's rate, chosen on validation (mean over seeds; a diverged
-    point never), its runs at that rate and its protocol."""
+    point never), its runs at that rate and its protocol. ``nested`` (cross-validation):
+    each run picks its own rate on its own validation split instead (:func:`_per_run_picks`)."""
     chosen: Chosen = {}
     for name, grid in strategies.items():
         points = grid_runs(name, grid, seeds)
-        try:
-            pick = points[best_index(points)]
-        except AllDiverged:
-            raise ConfigError(
-                f"finetune.{name}.lr: every rate of the grid {grid} diverged (the training loss "
-                "became non-finite); lower the rates"
-            ) from None
-        first = read_summary(layout.train_summary(pick.runs[seeds[0]]))
+        pick = _pick(points, name, grid)
+        runs, picked = pick.runs, {"lr": pick.lr}
+        selection = "validation accuracy (mean over seeds), ties to lower validation loss"
+        if nested:
+            per_run = _per_run_picks(points, name, grid)
+            runs = {s: p.runs[s] for s, p in per_run.items()}
+            picked = {str(s): {"lr": p.lr} for s, p in per_run.items()}
+            selection = "per fold: validation accuracy of that fold's run, ties to lower validation loss"
+        first = read_summary(layout.train_summary(runs[seeds[0]]))
         chosen[name] = (
-            pick.runs,
+            runs,
             {
                 "kind": "end to end",
-                "selection": "validation accuracy (mean over seeds), ties to lower validation loss",
+                "selection": selection,
                 "grid": {"lr": [p.lr for p in points]},
-                "picked": {"lr": pick.lr},
+                "picked": picked,
                 "points": [asdict(p) for p in points],
                 "diverged": [p.lr for p in points if p.diverged],
                 "budget": first.protocol["budget"],
@@ -443,13 +586,7 @@ def aggregate(
     search = protocol.get("search_time_s")
     if search is None:
         search = float(np.mean([r.train.search_s for r in scored.values()]))
-    correct = np.array(
-        [
-            np.asarray(scored[s].predictions) == np.asarray(t.tests[t.columns[s]]["test_labels"])
-            for s in seeds
-        ],
-        dtype=float,
-    )
+    correct = t.paired({s: scored[s].predictions for s in seeds})
     val = (
         float(np.mean([r.val["accuracy"] for r in scored.values()])),
         float(np.mean([r.val["nll"] for r in scored.values()])),
@@ -468,6 +605,12 @@ def aggregate(
         ),
     }
     metrics = headline(scored, depends, search, accuracy_interval(correct), val[0])
+    if t.pooled:
+        # every image once per repeat: the accuracy is the pooled one (folds differ in size
+        # by an image, so the mean of the folds' accuracies could differ in the 4th digit)
+        metrics["test_acc"] = round(float(correct.mean()), 4)
+        details["pooled_predictions"] = t.pooled_predictions({s: scored[s].predictions for s in seeds})
+        details["fold_acc"] = {str(s): scored[s].scores["accuracy"] for s in seeds}
     return Aggregated(metrics, details, correct, val, records[seeds[0]][1])
 
 
@@ -478,6 +621,7 @@ def evaluate_all(
     manifest: pl.DataFrame,
     splits: int = 1,
     shifts: list[str] | None = None,
+    folds: int = 1,
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Every model, aggregated from its runs' predictions. Returns (metrics for DVC,
     details, comparisons).
@@ -491,12 +635,16 @@ def evaluate_all(
     learning-rate grid. A strategy's rate is chosen on validation (mean over seeds, by
     :func:`transferlab.selection.best_index`); the best model is chosen on validation too.
     Test predictions only ever enter the reported scores and the paired comparisons.
+
+    With ``folds`` > 1 (k-fold cross-validation) seed ``s`` was tested on fold ``s mod
+    folds``: each strategy's rate is chosen per fold on that fold's validation split, and the
+    comparisons pool the folds' predictions over every image (:class:`Tests`), with the
+    corrected resampled t-test as a cross-check.
     """
-    t = Tests.of(manifest, seeds, splits)
-    base_test = t.tests.get("split") or next(iter(t.tests.values()))
+    t = Tests.of(manifest, seeds, splits, folds)
     extract = read_json(layout.results_dir("extract") / "extract.json")
     chosen, probe_s = head_protocols(heads, seeds)
-    chosen |= strategy_protocols(strategies, seeds)
+    chosen |= strategy_protocols(strategies, seeds, nested=folds > 1)
     models = {
         name: aggregate(name, runs, protocol, t, manifest, _depends_s(name, extract, probe_s, seeds))
         for name, (runs, protocol) in chosen.items()
@@ -505,19 +653,40 @@ def evaluate_all(
     details: dict[str, Any] = {
         "models": {name: a.details for name, a in models.items()},
         "seeds": seeds,
-        # the base splitting's test images; runs on another splitting align with
-        # splits[<their split>] instead
-        "test_ids": base_test["test_ids"],
-        "test_labels": base_test["test_labels"],
-        "splits": {"count": splits, "of_seed": {str(s): c for s, c in t.columns.items()}, "tests": t.tests},
+        # the base splitting's test images (runs on another splitting align with
+        # splits[<their split>] instead); with folds, every image, each model's
+        # pooled_predictions aligned with them
+        "test_ids": t.ids,
+        "test_labels": t.pooled["test_labels"] if t.pooled else t.tests[t.columns[seeds[0]]]["test_labels"],
+        "splits": {
+            "count": splits,
+            "of_seed": {str(s): c for s, c in t.columns.items()},
+            "tests": t.tests,
+            "sizes": {c: dict(manifest.group_by(c).len().sort(c).iter_rows()) for c in t.tests},
+        },
     }
-    comparisons = compare_all({name: a.correct for name, a in models.items()}, seeds)
+    fold_runs = None
+    if t.pooled:
+        fold = manifest[FOLD].to_list()
+        details["folds"] = {
+            "count": folds,
+            "of_seed": {str(s): s % folds for s in seeds},
+            "repeat_of_seed": {str(s): r for s, r in t.repeat.items()},
+            "of_image": fold,  # aligned with test_ids (manifest order)
+        }
+        train = [int((manifest[c] == "train").sum()) for c in set(t.columns.values())]
+        fold_runs = FoldRuns(
+            acc={m: {int(s): v for s, v in a.details["fold_acc"].items()} for m, a in models.items()},
+            n_train=float(np.mean(train)),
+            n_test=manifest.height / folds,
+        )
+    comparisons = compare_all({name: a.correct for name, a in models.items()}, seeds, fold_runs)
     if shifts:
-        details["robustness"] = robustness(details["models"], t.tests, t.columns, seeds, shifts)
+        details["robustness"] = robustness(details["models"], t, seeds, shifts)
         for name, acc in details["robustness"]["pooled"].items():
             metrics[name]["shifted_acc"] = acc
     for name, (run_names, _) in chosen.items():
-        curve = wise_view(run_names, t.of_seed())
+        curve = wise_view(run_names, t)
         if curve is not None:
             details["models"][name]["wise"] = curve
     val = {name: a.val for name, a in models.items()}
@@ -541,13 +710,7 @@ def evaluate_all(
     return metrics, details, comparisons
 
 
-def robustness(
-    models: dict[str, Any],
-    tests: dict[str, dict[str, list]],
-    columns: dict[int, str],
-    seeds: list[int],
-    kinds: list[str],
-) -> dict[str, Any]:
+def robustness(models: dict[str, Any], t: Tests, seeds: list[int], kinds: list[str]) -> dict[str, Any]:
     """The robustness view: every model's accuracy on the shifted test images, per shift and
     pooled, and every pair compared on them. Pooled, the shifts stand in the place of seeds
     in the paired test (each image's outcome averaged over shifts and seeds; intervals
@@ -557,15 +720,15 @@ def robustness(
     for name, model in models.items():
         rows, accs = [], {}
         for kind in kinds:
-            kind_rows = []
+            preds = {}
             for s in seeds:
                 shifted = model["runs"][str(s)]["shifted"]
                 if kind not in shifted:
                     raise FingerprintMismatch(
                         f"{name} (seed {s}) was not scored under shift {kind!r}; run dvc repro"
                     )
-                labels = np.asarray(tests[columns[s]]["test_labels"])
-                kind_rows.append(np.asarray(shifted[kind]) == labels)
+                preds[s] = shifted[kind]
+            kind_rows = t.paired(preds)
             accs[kind] = round(float(np.mean(kind_rows)), 4)
             rows.extend(kind_rows)
         correct[name] = np.asarray(rows, dtype=float)
@@ -578,7 +741,7 @@ def robustness(
     }
 
 
-def wise_view(run_names: dict[int, str], tests: dict[int, dict[str, list]]) -> dict[str, Any] | None:
+def wise_view(run_names: dict[int, str], t: Tests) -> dict[str, Any] | None:
     """The WiSE-FT curve of a strategy's chosen runs (``results/<run>/wise.json``, one per
     seed), or None when its runs wrote none: per alpha the mean val and test accuracy, the
     alpha validation picks (ties: lower validation loss), and paired tests of that alpha
@@ -591,17 +754,15 @@ def wise_view(run_names: dict[int, str], tests: dict[int, dict[str, list]]) -> d
     alphas = data[seeds[0]]["alphas"]
     if any(d["alphas"] != alphas for d in data.values()):
         raise FingerprintMismatch("wise.json files of one strategy hold different alphas; re-run it")
-    correct = []  # per alpha: (seeds, images) 0/1, images in each seed's test order
+    tests = t.of_seed()
+    correct = []  # per alpha: 0/1 as the model comparisons pair them (Tests.paired)
     for i in range(len(alphas)):
-        rows = []
+        preds = {}
         for s in seeds:
             order = {image: j for j, image in enumerate(data[s]["test_ids"])}
             pred = data[s]["points"][i]["test_pred"]
-            labels = tests[s]["test_labels"]
-            rows.append(
-                [pred[order[image]] == y for image, y in zip(tests[s]["test_ids"], labels, strict=True)]
-            )
-        correct.append(np.asarray(rows, dtype=float))
+            preds[s] = [pred[order[image]] for image in tests[s]["test_ids"]]
+        correct.append(t.paired(preds))
     val = [
         Scored(
             val_acc=float(np.mean([data[s]["points"][i]["val_acc"] for s in seeds])),
@@ -657,6 +818,31 @@ def recommendation(metrics: dict[str, Any], details: dict[str, Any]) -> dict[str
             "tie_set": v["tie_set"],
             "rule": v["rule"],
             "run": "of the model's runs (one per seed), the highest validation accuracy",
+            "tested_on": (
+                f"the pooled test over all {len(details['test_ids'])} images"
+                if "folds" in details
+                else "the test split"
+            ),
         },
         "protocol": details["models"][model]["protocol"],
+        "trained_on": _trained_on(details, int(seed)),
     }
+
+
+def _trained_on(details: dict[str, Any], seed: int) -> str:
+    """What data the exported run saw, in a sentence for the model card."""
+    column = details["splits"]["of_seed"][str(seed)]
+    n = details["splits"]["sizes"][column]
+    if "folds" not in details:
+        return (
+            f"the training split ({n.get('train', 0)} images; {n.get('val', 0)} validation "
+            f"images chose its hyper-parameters and epoch, {n.get('test', 0)} test images scored it)"
+        )
+    k, fold = details["folds"]["count"], details["folds"]["of_seed"][str(seed)]
+    return (
+        f"fold {fold}'s run of {k}-fold cross-validation, the fold model best on its own "
+        f"validation: trained on {n.get('train', 0)} images ({k - 1}/{k} of the data less its "
+        f"{n.get('val', 0)} validation images, which chose its hyper-parameters and epoch), "
+        f"never shown fold {fold}'s {n.get('test', 0)}; the test accuracy above is the "
+        "procedure's, pooled over every image"
+    )

@@ -103,6 +103,7 @@ def recommend(
     *,
     train_images: int,
     num_classes: int,
+    tested_on: str = "the test split",
 ) -> Recommendation:
     """Place the run in the decision matrix and set the rule against the measured verdict.
 
@@ -146,13 +147,13 @@ def recommend(
     others = [m for m in ties if m != best]
     if others:
         lines.append(
-            f"The test split cannot separate it from {', '.join(others)} (paired tests, Holm-adjusted): "
+            f"{tested_on[0].upper() + tested_on[1:]} cannot separate it from {', '.join(others)} (paired tests, Holm-adjusted): "
             f"the data cannot tell these apart, so the cheapest of them is recommended: {pick} "
             f"({models[pick]['total_time_s']:.1f} s in total, extraction and probe included, against "
             f"{models[best]['total_time_s']:.1f} s for {best})."
         )
     else:
-        lines.append(f"Every other model is separably worse on the test split: {best} is recommended.")
+        lines.append(f"Every other model is separably worse on {tested_on}: {best} is recommended.")
     if agrees:
         named = ", ".join(m for m in ties if m in predicted)
         lines.append(f"The measurements agree with the rule: its strategies {named} tie with the best.")

@@ -21,6 +21,10 @@ they disagree carry information about which is better.
   (Bonferroni), so that all m intervals hold together with 95% probability. A pair is
   *separable* only when its Holm p is below 0.05 *and* its family-wise interval excludes 0:
   an interval shown next to the verdict never contradicts it.
+* :func:`corrected_resampled_t` - with k-fold cross-validation, the conservative
+  cross-check of the pooled test: a t-test on the per-fold accuracy differences whose
+  variance is inflated for the overlap of the folds' training sets (Nadeau and Bengio,
+  Machine Learning 2003; for repeated k-fold, Bouckaert and Frank, PAKDD 2004).
 * :func:`spread_components` - how much of the seed-to-seed spread of a score comes from
   the splitting and how much from the training seed (one-way random-effects ANOVA).
 * :func:`images_to_separate` - roughly how many test images a paired test would need to
@@ -233,3 +237,27 @@ def spread_components(scores: dict[int, float], splitting: dict[int, int]) -> di
         "seed_sd": math.sqrt(seed_var) if seed_var is not None else None,
         "split_sd": math.sqrt(split_var) if split_var is not None else None,
     }
+
+
+def corrected_resampled_t(diffs: Sequence[float], n_train: float, n_test: float) -> dict[str, float | int | None]:
+    """Nadeau and Bengio's corrected resampled t-test of ``diffs``, one accuracy difference
+    per cross-validation run (k folds times r repeats).
+
+    The runs' training sets overlap, so their differences are correlated and the plain
+    t-test's variance is too small; the correction multiplies it by 1/J + n_test/n_train
+    instead of 1/J (J runs), with t on J - 1 degrees of freedom. It asks whether the
+    *procedures* differ on data sets of this size, counting training-set variation, which
+    the image-level pooled test does not; with 5 or 10 runs it is much less powerful.
+    """
+    from scipy import stats as sps
+
+    d = np.asarray(diffs, dtype=float)
+    runs = len(d)
+    if runs < 2:
+        return {"t": None, "df": 0, "p": 1.0, "runs": runs}
+    mean, var = float(d.mean()), float(d.var(ddof=1))
+    scale = (1 / runs + n_test / n_train) * var
+    if scale <= 0:  # every run the same difference
+        return {"t": None, "df": runs - 1, "p": 1.0 if mean == 0 else 0.0, "runs": runs}
+    t = mean / math.sqrt(scale)
+    return {"t": t, "df": runs - 1, "p": float(2 * sps.t.sf(abs(t), runs - 1)), "runs": runs}

@@ -1,0 +1,95 @@
+"""Cross-validation through the real pipeline: `base.folds: 2` on a tiny project with two
+models (the probe and `full` over a two-rate grid), every image a test image once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from dvc_project import ONE_EPOCH, TINY, _merge, make_project, repro
+from transferlab.verdict.stats import mcnemar_exact, pair_of
+
+pytestmark = pytest.mark.slow
+
+FOLDS = _merge(
+    TINY,
+    {
+        "base": {"folds": 2, "seeds": [0, 1]},
+        "train_head": {"models": ["features"]},
+        "finetune": {
+            **{s: {"lr": []} for s in ("frozen", "partial", "scratch", "progressive", "lp-ft")},
+            "full": {"lr": [1e-3, 3e-3]},  # a grid: each fold must pick on its own validation
+        },
+    },
+)
+assert ONE_EPOCH  # TINY's one-epoch budget applies to full
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    dst = make_project(tmp_path_factory.mktemp("folds") / "project", FOLDS)
+    repro(dst)
+    return dst
+
+
+def _read(project: Path, rel: str) -> dict:
+    return json.loads((project / rel).read_text())
+
+
+class TestFolds:
+    def test_every_image_is_tested_exactly_once(self, project):
+        manifest = pl.read_parquet(project / "data/manifest.parquet")
+        details = _read(project, "results/evaluate/details.json")
+        assert sorted(details["test_ids"]) == sorted(manifest["path"].to_list())
+        assert len(details["test_ids"]) == len(set(details["test_ids"])) == manifest.height
+        fold_of = dict(zip(manifest["path"].to_list(), manifest["fold"].to_list(), strict=True))
+        assert details["folds"]["of_image"] == [fold_of[i] for i in details["test_ids"]]
+        for name, model in details["models"].items():
+            (row,) = model["pooled_predictions"]  # one repeat: one prediction per image
+            assert len(row) == manifest.height and min(row) >= 0, name
+            for seed, run in model["runs"].items():  # each from the run that never saw it
+                fold = details["folds"]["of_seed"][seed]
+                ids = details["splits"]["tests"][run["split"]]["test_ids"]
+                assert {fold_of[i] for i in ids} == {fold}
+                pred = json.loads((project / "results" / run["run"] / "predictions.json").read_text())
+                assert not set(ids) & set(pred["val"]["ids"])
+
+    def test_exact_mcnemar_recomputes_from_details(self, project):
+        details = _read(project, "results/evaluate/details.json")
+        comparisons = _read(project, "results/evaluate/comparisons.json")
+        labels = np.asarray(details["test_labels"])
+        right = {m: np.asarray(d["pooled_predictions"][0]) == labels for m, d in details["models"].items()}
+        assert comparisons["pairs"]
+        for pair in comparisons["pairs"]:
+            a, b = right[pair["a"]], right[pair["b"]]
+            assert pair["n"] == len(labels)
+            assert pair["p"] == mcnemar_exact(int(np.sum(a & ~b)), int(np.sum(~a & b)))
+            t = pair["corrected_t"]  # the cross-check, over the two folds
+            assert t["runs"] == 2 and 0 <= t["p_holm"] <= 1
+            assert isinstance(pair["tests_disagree"], bool)
+        metrics = _read(project, "results/evaluate/metrics.json")
+        for m, r in right.items():
+            assert metrics[m]["test_acc"] == round(float(r.mean()), 4)  # pooled accuracy
+
+    def test_each_fold_picks_its_rate_on_its_own_validation(self, project):
+        details = _read(project, "results/evaluate/details.json")
+        prot = details["models"]["full"]["protocol"]
+        assert set(prot["picked"]) == {"0", "1"}
+        for seed, picked in prot["picked"].items():
+            own = {
+                p["lr"]: _read(project, f"results/{p['runs'][seed]}/train.json")["val_acc"]
+                for p in prot["points"]
+            }
+            assert own[picked["lr"]] == max(own.values())
+            assert details["models"]["full"]["runs"][seed]["run"] == f"full-s{seed}-lr{picked['lr']:g}"
+
+    def test_report_and_model_card_say_what_was_compared_and_shipped(self, project):
+        report = (project / "reports/report.md").read_text()
+        assert "2-fold cross-validation" in report
+        assert "procedures" in report
+        assert "corrected t-test p (Holm)" in report
+        card = (project / "models/recommended/model_card.md").read_text()
+        assert "of 2-fold cross-validation, the fold model best on its own validation" in card
