@@ -115,9 +115,7 @@ def main(args: argparse.Namespace) -> None:
         with publish(layout.MANIFEST) as tmp:
             manifest.write_parquet(tmp)
     counts = dict(manifest.group_by("split").len().sort("split").iter_rows())
-    folds = (
-        dict(manifest.group_by(FOLD).len().sort(FOLD).iter_rows()) if FOLD in manifest.columns else None
-    )
+    folds = dict(manifest.group_by(FOLD).len().sort(FOLD).iter_rows()) if FOLD in manifest.columns else None
     write_json(
         layout.results_dir("download") / "download.json",
         {
@@ -131,7 +129,11 @@ def main(args: argparse.Namespace) -> None:
     )
     print(
         f"download: {manifest.height} images, {manifest['label'].n_unique()} classes; "
-        + (f"{len(folds)} folds of {min(folds.values())}-{max(folds.values())} images; fold 0's run: " if folds else "")
+        + (
+            f"{len(folds)} folds of {min(folds.values())}-{max(folds.values())} images; fold 0's run: "
+            if folds
+            else ""
+        )
         + ", ".join(f"{s}={counts.get(s, 0)}" for s in ("train", "val", "test"))
         + (
             f"; skipped {len(skipped)} bad file(s), listed in results/download/download.json"

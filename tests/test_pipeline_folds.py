@@ -10,7 +10,8 @@ import numpy as np
 import polars as pl
 import pytest
 from dvc_project import ONE_EPOCH, TINY, _merge, make_project, repro
-from transferlab.verdict.stats import mcnemar_exact, pair_of
+
+from transferlab.verdict.stats import mcnemar_exact
 
 pytestmark = pytest.mark.slow
 

@@ -444,7 +444,9 @@ def recommendation_section(doc: Document, r: Inputs) -> str:
         gap,
         train_images=r.sizes.get("train", 0),
         num_classes=len(r.details["classes"]),
-        tested_on=f"the pooled test over all {len(r.details['test_ids']):,} images" if r.folds else "the test split",
+        tested_on=f"the pooled test over all {len(r.details['test_ids']):,} images"
+        if r.folds
+        else "the test split",
     )
     doc.add("h2", "Recommendation")
     doc.add("p", rec.text)

@@ -249,7 +249,9 @@ def _cross_check(pairs: list[dict[str, Any]], runs: FoldRuns) -> None:
     the same family, and whether the two verdicts on the pair disagree."""
     for pair in pairs:
         a, b = runs.acc[pair["a"]], runs.acc[pair["b"]]
-        pair["corrected_t"] = corrected_resampled_t([a[s] - b[s] for s in sorted(a)], runs.n_train, runs.n_test)
+        pair["corrected_t"] = corrected_resampled_t(
+            [a[s] - b[s] for s in sorted(a)], runs.n_train, runs.n_test
+        )
     for pair, adj in zip(pairs, holm([p["corrected_t"]["p"] for p in pairs]), strict=True):
         pair["corrected_t"]["p_holm"] = adj
         pair["corrected_t"]["separable"] = adj < ALPHA
@@ -417,9 +419,16 @@ class Tests:
     def ids(self) -> list[str]:
         """The images the comparisons' columns stand for: every image (folds), or the base
         splitting's test images (runs on another splitting align with ``tests`` instead)."""
-        if self.pooled:
-            return self.pooled["test_ids"]
-        return (self.tests.get("split") or next(iter(self.tests.values())))["test_ids"]
+        return self._shown["test_ids"]
+
+    @property
+    def labels(self) -> list[int]:
+        """The labels of :attr:`ids`."""
+        return self._shown["test_labels"]
+
+    @property
+    def _shown(self) -> dict[str, list]:
+        return self.pooled or self.tests.get("split") or next(iter(self.tests.values()))
 
     def paired(self, predictions: dict[int, list[int]]) -> np.ndarray:
         """0/1 correctness of one model for the paired tests, from each seed's predictions in
@@ -502,7 +511,9 @@ def _per_run_picks(points: list[GridPoint], name: str, grid: list[float]) -> dic
         own = []
         for p in points:
             t = read_summary(layout.train_summary(p.runs[seed]))
-            own.append(GridPoint(p.lr, {seed: p.runs[seed]}, t.val_acc, t.val_loss, t.train_time_s, t.diverged))
+            own.append(
+                GridPoint(p.lr, {seed: p.runs[seed]}, t.val_acc, t.val_loss, t.train_time_s, t.diverged)
+            )
         picks[seed] = _pick(own, name, grid)
     return picks
 
@@ -516,11 +527,12 @@ def strategy_protocols(strategies: dict[str, list[float]], seeds: list[int], nes
         points = grid_runs(name, grid, seeds)
         pick = _pick(points, name, grid)
         runs, picked = pick.runs, {"lr": pick.lr}
+        picked_any: dict[str, Any] = picked
         selection = "validation accuracy (mean over seeds), ties to lower validation loss"
         if nested:
             per_run = _per_run_picks(points, name, grid)
             runs = {s: p.runs[s] for s, p in per_run.items()}
-            picked = {str(s): {"lr": p.lr} for s, p in per_run.items()}
+            picked_any = {str(s): {"lr": p.lr} for s, p in per_run.items()}
             selection = "per fold: validation accuracy of that fold's run, ties to lower validation loss"
         first = read_summary(layout.train_summary(runs[seeds[0]]))
         chosen[name] = (
@@ -529,7 +541,7 @@ def strategy_protocols(strategies: dict[str, list[float]], seeds: list[int], nes
                 "kind": "end to end",
                 "selection": selection,
                 "grid": {"lr": [p.lr for p in points]},
-                "picked": picked,
+                "picked": picked_any,
                 "points": [asdict(p) for p in points],
                 "diverged": [p.lr for p in points if p.diverged],
                 "budget": first.protocol["budget"],
@@ -657,7 +669,7 @@ def evaluate_all(
         # splits[<their split>] instead); with folds, every image, each model's
         # pooled_predictions aligned with them
         "test_ids": t.ids,
-        "test_labels": t.pooled["test_labels"] if t.pooled else t.tests[t.columns[seeds[0]]]["test_labels"],
+        "test_labels": t.labels,
         "splits": {
             "count": splits,
             "of_seed": {str(s): c for s, c in t.columns.items()},
@@ -718,7 +730,8 @@ def robustness(models: dict[str, Any], t: Tests, seeds: list[int], kinds: list[s
     correct: dict[str, np.ndarray] = {}
     per_kind: dict[str, dict[str, float]] = {}
     for name, model in models.items():
-        rows, accs = [], {}
+        rows: list[np.ndarray] = []
+        accs: dict[str, float] = {}
         for kind in kinds:
             preds = {}
             for s in seeds:

@@ -239,7 +239,9 @@ def spread_components(scores: dict[int, float], splitting: dict[int, int]) -> di
     }
 
 
-def corrected_resampled_t(diffs: Sequence[float], n_train: float, n_test: float) -> dict[str, float | int | None]:
+def corrected_resampled_t(
+    diffs: Sequence[float], n_train: float, n_test: float
+) -> dict[str, float | int | None]:
     """Nadeau and Bengio's corrected resampled t-test of ``diffs``, one accuracy difference
     per cross-validation run (k folds times r repeats).
 
