@@ -156,3 +156,43 @@ def test_rows_sorted_by_accuracy_then_time():
     metrics, _, _ = _inputs(["features", "frozen"])
     metrics["frozen"]["test_acc"] = metrics["features"]["test_acc"]
     assert [r["model"] for r in comparison_rows(metrics)] == ["features", "frozen"]
+
+
+def test_what_the_data_cannot_tell_says_whether_folds_would_help():
+    metrics, details, comparisons = _inputs(MODELS)
+    md = build(metrics, details, comparisons, title="T", code_version="abc", params_text="").markdown()
+    n_all = sum(details["split_sizes"].values())
+    unresolved = [u for u in details["verdict"]["unresolved"] if u["images_to_separate"]]
+    assert unresolved
+    for u in unresolved:
+        if u["images_to_separate"] <= n_all:
+            expected = f"cross-validation would test all {n_all:,} images (`base.folds`), enough for this one"
+        else:
+            expected = f"more than even cross-validation's {n_all:,} (every image) would give"
+        line = next(x for x in md.splitlines() if f"against {u['model']}: difference" in x)
+        assert expected in line, line
+    assert "Cross-validation (`base.folds: 5`" in md
+
+
+def test_a_cross_validated_report_names_folds_procedures_and_the_cross_check():
+    from transferlab.verdict.evaluation import FoldRuns
+
+    seeds = (0, 1, 2, 3, 4)
+    metrics, details, comparisons = _inputs(MODELS, seeds)
+    rng = np.random.default_rng(1)
+    runs = FoldRuns({m: {s: float(rng.random()) for s in seeds} for m in MODELS}, n_train=90.0, n_test=8.0)
+    correct = {m: (rng.random((1, 40)) < 0.6).astype(float) for m in MODELS}
+    comparisons = compare_all(correct, list(seeds), runs)
+    val = {m: (float(c.mean()), 0.5) for m, c in correct.items()}
+    details["verdict"] = verdict(val, comparisons, {m: metrics[m]["total_time_s"] for m in MODELS})
+    details["folds"] = {"count": 5, "of_seed": {str(s): s for s in seeds}}
+    md = build(metrics, details, comparisons, title="T", code_version="abc", params_text="").markdown()
+    assert "5-fold cross-validation: every image tested once per repeat" in md
+    assert "What they compare are procedures" in md
+    assert "| corrected t-test p (Holm) |" in md
+    assert all("corrected_t" in p and "tests_disagree" in p for p in comparisons["pairs"])
+    cross = details["verdict"]["cross_check"]
+    assert {c["model"] for c in cross} == set(MODELS) - {details["verdict"]["best_on_val"]}
+    disagree = [c["model"] for c in cross if c["disagree"]]
+    assert ("The two disagree on" in md) == bool(disagree)
+    assert "the pooled test has 40: every image" in md or not details["verdict"]["unresolved"]
