@@ -38,6 +38,7 @@ FIRST = [
     "test_distributed.py",
     "test_stage_errors.py",
     "test_bench.py",
+    "test_pipeline_folds.py",
     "test_pipeline_views.py",
     "test_pipeline_experiments.py",
     "test_pipeline_reruns.py",
