@@ -13,10 +13,11 @@ def _direct(path: Path) -> set[str]:
     mods: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module:
-            if node.module == "transferlab":
-                mods.update(f"transferlab.{a.name}" for a in node.names)
-            elif node.module.startswith("transferlab."):
-                mods.add(node.module)
+            if node.module == "transferlab" or node.module.startswith("transferlab."):
+                if node.module != "transferlab":
+                    mods.add(node.module)
+                # `from transferlab.report import sections` imports the module sections too
+                mods.update(f"{node.module}.{a.name}" for a in node.names)
         elif isinstance(node, ast.Import):
             mods.update(a.name for a in node.names if a.name.startswith("transferlab"))
     return {m for m in mods if _file(m).exists()}

@@ -457,7 +457,8 @@ def unresolved_section(doc: Document, r: Inputs) -> None:
     """The ties: each with its family-wise interval and the test images it would take."""
     doc.add("h2", "What the data cannot tell")
     if not r.verdict["unresolved"]:
-        doc.add("p", f"Nothing: every model is separably worse than {r.best} on the test split.")
+        where = "the pooled test" if r.folds else "the test split"
+        doc.add("p", f"Nothing: every model is separably worse than {r.best} on {where}.")
         return
     n_test = len(r.details.get("test_ids", [])) or r.sizes.get("test", 0)
     n_all = sum(r.sizes.values())
@@ -631,8 +632,9 @@ def protocol_section(doc: Document, r: Inputs) -> None:
         "of its grid, on the budget in the table below (`finetune.budget`, the same for every "
         "end-to-end strategy unless a row says it deviates; warm-up then cosine decay; the epoch "
         "with the lowest validation loss is kept), and the rate with the best "
-        "validation accuracy (ties: lower validation loss; averaged over seeds) is the one scored "
-        "on test. The two-stage heads are fitted to convergence (a head on fixed features costs "
+        "validation accuracy (ties: lower validation loss; "
+        + ("each fold's own, on its own validation split" if r.folds else "averaged over seeds")
+        + ") is the one scored on test. The two-stage heads are fitted to convergence (a head on fixed features costs "
         "seconds, so no step budget limits it) and their L2 strength is chosen the same way. "
         "'Total' is the chosen run plus what it needed first: the extraction for the two-stage "
         "models, the extraction and the probe's whole search for lp-ft. 'Whole grid' is the cost of "
