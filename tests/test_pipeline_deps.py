@@ -156,3 +156,21 @@ def test_params_read_finds_keys_through_names():
     """The checker above sees through aliases: else it would pass by seeing nothing."""
     assert {"base.seed", "base.splits", "download"} <= _params_read(ROOT / "stages/download.py")
     assert {"base.seeds", "train_head.models", "finetune"} <= _params_read(ROOT / "stages/evaluate.py")
+
+
+@pytest.mark.parametrize(
+    ("statement", "module"),
+    [
+        ("from transferlab.report import sections as S", "src/transferlab/report/sections.py"),
+        ("from transferlab import registry", "src/transferlab/registry.py"),
+        ("from transferlab.verdict.stats import holm", "src/transferlab/verdict/stats.py"),
+        ("import transferlab.training.lora", "src/transferlab/training/lora.py"),
+        ("def f():\n    from transferlab.training import wise", "src/transferlab/training/wise.py"),
+    ],
+)
+def test_every_import_form_counts_the_module_it_imports(tmp_path, statement, module):
+    """`from package import module` imports the module, not only the package: missing it
+    left the report without its sections as deps, and no change to them re-ran it."""
+    script = tmp_path / "stage.py"
+    script.write_text(statement + "\n")
+    assert module in module_closure(script)
