@@ -381,9 +381,9 @@ class Tests:
     columns: dict[int, str]  # seed -> splitting
     tests: dict[str, dict[str, list]]  # splitting -> {"test_ids", "test_labels"}
     index: dict[str, dict[str, int]]  # splitting -> image -> position
-    folds: int = 1
     pooled: dict[str, list] = field(default_factory=dict)  # folds: every image's id and label
     repeat: dict[int, int] = field(default_factory=dict)  # folds: seed -> its repeat
+    position: dict[str, int] = field(default_factory=dict)  # folds: image -> column
 
     @classmethod
     def of(cls, manifest: pl.DataFrame, seeds: list[int], splits: int, folds: int = 1) -> Tests:
@@ -406,7 +406,8 @@ class Tests:
             for seed in seeds:  # the config checked that every fold has as many seeds
                 repeat[seed] = seen.get(columns[seed], 0)
                 seen[columns[seed]] = repeat[seed] + 1
-            return cls(columns, tests, index, folds, pooled, repeat)
+            position = {image: i for i, image in enumerate(pooled["test_ids"])}
+            return cls(columns, tests, index, pooled, repeat, position)
         sizes = {c: len(t["test_ids"]) for c, t in tests.items()}
         if len(set(sizes.values())) > 1:  # stratified splittings draw equal counts per class
             raise FingerprintMismatch(f"data/manifest.parquet: splittings hold different test sizes {sizes}")
@@ -440,11 +441,9 @@ class Tests:
         }
         if not self.pooled:
             return np.array([right[s] for s in predictions], dtype=float)
-        n = len(self.pooled["test_ids"])
-        out = np.full((max(self.repeat.values()) + 1, n), np.nan)
-        position = {image: i for i, image in enumerate(self.pooled["test_ids"])}
+        out = np.full((max(self.repeat.values()) + 1, len(self.position)), np.nan)
         for s, r in right.items():
-            where = [position[image] for image in self.tests[self.columns[s]]["test_ids"]]
+            where = [self.position[image] for image in self.tests[self.columns[s]]["test_ids"]]
             out[self.repeat[s], where] = r
         assert not np.isnan(out).any(), "an image of the pooled test has no prediction"
         return out
@@ -452,11 +451,10 @@ class Tests:
     def pooled_predictions(self, predictions: dict[int, list[int]]) -> list[list[int]]:
         """Per repeat, every image's predicted class in ``ids`` order (folds only): what
         details.json keeps so that every pooled number can be recomputed."""
-        position = {image: i for i, image in enumerate(self.pooled["test_ids"])}
-        out = [[-1] * len(position) for _ in range(max(self.repeat.values()) + 1)]
+        out = [[-1] * len(self.position) for _ in range(max(self.repeat.values()) + 1)]
         for s, pred in predictions.items():
             for image, p in zip(self.tests[self.columns[s]]["test_ids"], pred, strict=True):
-                out[self.repeat[s]][position[image]] = int(p)
+                out[self.repeat[s]][self.position[image]] = int(p)
         return out
 
 
@@ -526,13 +524,13 @@ def strategy_protocols(strategies: dict[str, list[float]], seeds: list[int], nes
     for name, grid in strategies.items():
         points = grid_runs(name, grid, seeds)
         pick = _pick(points, name, grid)
-        runs, picked = pick.runs, {"lr": pick.lr}
-        picked_any: dict[str, Any] = picked
+        runs: dict[int, str] = pick.runs
+        picked: dict[str, Any] = {"lr": pick.lr}
         selection = "validation accuracy (mean over seeds), ties to lower validation loss"
         if nested:
             per_run = _per_run_picks(points, name, grid)
             runs = {s: p.runs[s] for s, p in per_run.items()}
-            picked_any = {str(s): {"lr": p.lr} for s, p in per_run.items()}
+            picked = {str(s): {"lr": p.lr} for s, p in per_run.items()}
             selection = "per fold: validation accuracy of that fold's run, ties to lower validation loss"
         first = read_summary(layout.train_summary(runs[seeds[0]]))
         chosen[name] = (
@@ -541,7 +539,7 @@ def strategy_protocols(strategies: dict[str, list[float]], seeds: list[int], nes
                 "kind": "end to end",
                 "selection": selection,
                 "grid": {"lr": [p.lr for p in points]},
-                "picked": picked_any,
+                "picked": picked,
                 "points": [asdict(p) for p in points],
                 "diverged": [p.lr for p in points if p.diverged],
                 "budget": first.protocol["budget"],
