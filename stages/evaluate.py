@@ -17,6 +17,7 @@ from transferlab._io import write_json
 from transferlab.cli import run_stage
 from transferlab.config import load_params
 from transferlab.data.manifest import read_manifest
+from transferlab.verdict.curves import learning_curves
 from transferlab.verdict.evaluation import evaluate_all, recommendation
 
 
@@ -30,6 +31,18 @@ def main(args: argparse.Namespace) -> None:
     metrics, details, comparisons = evaluate_all(
         heads, strategies, seeds, manifest, p.base.splits, list(p.shift.kinds), p.base.folds
     )
+    curves = learning_curves(
+        details,
+        heads,
+        list(p.curve.models),
+        list(p.curve.sizes),
+        seeds,
+        manifest,
+        p.base.splits,
+        p.base.folds,
+    )
+    if curves is not None:
+        details["curves"] = curves
     out = layout.results_dir("evaluate")
     write_json(out / "details.json", details)
     write_json(out / "comparisons.json", comparisons)
@@ -52,6 +65,13 @@ def main(args: argparse.Namespace) -> None:
         f"{', '.join(m for m in v['tie_set'] if m != v['best_on_val']) or 'no other model'}; "
         f"recommended (cheapest of those): {v['recommended']}"
     )
+    if curves is not None:
+        for name in curves["curve_models"]:
+            pts = curves["models"][name]["points"]
+            print(
+                f"evaluate: curve {name:18s} "
+                + "  ".join(f"{q['per_class']:g}/class {q['test_acc']:.4f}" for q in pts)
+            )
 
 
 if __name__ == "__main__":

@@ -4,10 +4,13 @@ One DVC stage per strategy, seed and point of the strategy's learning-rate grid
 (``finetune.<strategy>.lr``); evaluate picks each strategy's rate on validation. Each stage
 depends on its own params section only, so tuning one strategy never re-runs another.
 ``lp-ft`` trains with ``full``'s recipe from train-head's linear probe of the same seed.
+With ``--size`` the stage ``curve-finetune@<strategy>-<seed>-<size>``: one learning-curve
+point (params: curve.models, curve.sizes), the whole grid trained on that subset.
 Run through `dvc repro`; by hand: ``python stages/finetune.py full --seed 0 --lr 0.001``.
 """
 
 import argparse
+import dataclasses
 import sys
 import time
 from collections.abc import Callable
@@ -41,6 +44,7 @@ from transferlab.data.manifest import (
     split_column,
     split_view,
 )
+from transferlab.data.subsets import training_subset
 from transferlab.errors import ConfigError, FingerprintMismatch
 from transferlab.features.backbone_choice import arms_backbone
 from transferlab.features.backbones import backbone_fingerprint, create_backbone
@@ -54,13 +58,14 @@ from transferlab.runtime import (
     resolve_workers,
     seed_everything,
 )
+from transferlab.selection import AllDiverged, Scored, best_index
 from transferlab.training import lora, wise
 from transferlab.training.distributed import EpochSampler, per_rank_batch, replicate, sync_batchnorm
 from transferlab.training.loop import class_weights, fit, predict
 from transferlab.training.models import CheckpointMeta, TransferModel, load_checkpoint, make_head
 from transferlab.training.strategies import ProgressiveUnfreezer, apply_strategy, param_groups
 from transferlab.training.tracking import CurveLogger, finish_run, run_cost, training_summary
-from transferlab.verdict.scoring import split_record, write_predictions
+from transferlab.verdict.scoring import split_record, write_curve_point, write_predictions
 
 
 def probe_head(expected: dict, classes: list[str], seed: int) -> tuple[torch.nn.Module, HeadConfig]:
@@ -114,12 +119,22 @@ class Data:
     base.image_cache_mb for the three splits: what fits is decoded once per run, the rest per
     epoch, and memory never grows with the data."""
 
-    def __init__(self, p: Params, manifest: Any, column: str, pre: Preprocess, workers: int) -> None:
+    def __init__(
+        self,
+        p: Params,
+        manifest: Any,
+        column: str,
+        pre: Preprocess,
+        workers: int,
+        subset: Callable[[SplitView], SplitView] | None = None,
+    ) -> None:
         self.p, self.pre, self.workers = p, pre, workers
         self.paths = manifest["path"].to_list()
         self.train, self.val, self.test = (
             split_view(manifest, layout.RAW, s, column) for s in ("train", "val", "test")
         )
+        if subset is not None:  # a learning-curve point: a nested subset of the training split
+            self.train = subset(self.train)
         self.cache = DecodedCache(p.base.image_cache_mb * 2**20)
         self.cache.fill(self.train.paths + self.val.paths + self.test.paths)
         aug = p.augment
@@ -251,6 +266,14 @@ def start_job(args: argparse.Namespace) -> Job:
     """Params checked for this run, the device and threads set, torchrun's ranks joined."""
     p = load_params(args.params)
     cfg = p.finetune.strategy(args.strategy)
+    if args.size is not None:
+        if args.lr is not None:
+            raise ConfigError("finetune.py: --size trains the whole lr grid; drop --lr")
+        if not 0 < float(args.size) < 1:
+            raise ConfigError(f"finetune.py: --size {args.size} is not a fraction between 0 and 1")
+        args.lr = str(cfg.lr[0])  # each rate of the grid in turn (curve_point)
+    elif args.lr is None:
+        raise ConfigError("finetune.py: --lr (a rate of the grid) or --size (a curve point) is required")
     if float(args.lr) not in cfg.lr:
         raise ConfigError(f"finetune.{args.strategy}.lr: {args.lr} is not in the grid {cfg.lr}")
     device = resolve_device(p.base.device)
@@ -261,8 +284,11 @@ def start_job(args: argparse.Namespace) -> Job:
     return Job(p, args.strategy, args.seed, float(args.lr), args.lr, device, ranks, workers)
 
 
-def train(job: Job, model: TransferModel, data: Data, classes: list[str]) -> tuple[Any, DataLoader, Any]:
-    """Fit the model on the run's training images; (result, train loader, val loader)."""
+def train(
+    job: Job, model: TransferModel, data: Data, classes: list[str], log: bool = True
+) -> tuple[Any, DataLoader, Any]:
+    """Fit the model on the run's training images; (result, train loader, val loader).
+    ``log``: the dvclive curves of the run (not for a learning-curve point)."""
     cfg, ft, strategy = job.cfg, job.p.finetune, job.strategy
     where = (
         f"finetune.{job.spec.recipe_of or strategy}.budget"
@@ -277,7 +303,7 @@ def train(job: Job, model: TransferModel, data: Data, classes: list[str]) -> tup
     val_loader = data.eval_loader(data.val, cfg, pin=job.device.type == "cuda")
     optimizer = torch.optim.AdamW(param_groups(model, cfg, job.lr))
     unfreezer = ProgressiveUnfreezer(model, cfg, job.lr) if isinstance(cfg, ProgressiveConfig) else None
-    logger = CurveLogger(layout.results_dir(job.run)) if job.ranks.main else None
+    logger = CurveLogger(layout.results_dir(job.run)) if job.ranks.main and log else None
 
     def on_epoch_start(epoch: int, optimizer: torch.optim.Optimizer) -> list[str]:
         sampler.set_epoch(epoch)
@@ -305,6 +331,8 @@ def train(job: Job, model: TransferModel, data: Data, classes: list[str]) -> tup
 
 def main(args: argparse.Namespace) -> None:
     job = start_job(args)
+    if args.size is not None:
+        return curve_point(job, args.size)
     cfg, base, seed = job.cfg, job.p.base, job.seed
     seed_everything(seed)  # the same initial weights on every rank
     manifest = read_manifest(layout.MANIFEST)
@@ -380,6 +408,74 @@ def main(args: argparse.Namespace) -> None:
     finish_run(job.run, model.cpu(), meta, summary)
 
 
+def curve_point(job: Job, size: str) -> None:
+    """curve-finetune@<strategy>-<seed>-<size>: the strategy trained on the nested subset at
+    ``size`` of this seed's training split, once per rate of its grid, the rate picked on
+    validation at that size (the best rate depends on the number of images); its val and
+    test predictions and point.json (no checkpoint: a curve point is measured, not used)."""
+    if job.ranks.size > 1:
+        raise ConfigError("curve points train on one process; run curve-finetune stages without torchrun")
+    p, seed = job.p, job.seed
+    manifest = read_manifest(layout.MANIFEST)
+    classes = class_names(manifest)
+    column = split_column(seed, p.base.splittings)
+    point = layout.curve_point(job.strategy, seed, size)
+    data: Data | None = None
+    runs = []
+    for lr in job.cfg.lr:
+        run = dataclasses.replace(job, lr=float(lr), lr_text=str(lr))
+        seed_everything(seed)  # every rate from the same initial weights, as the main runs
+        model, _, _, fingerprint = build_model(p, run.strategy, seed, classes, manifest_fingerprint(manifest))
+        apply_strategy(model, run.strategy, run.cfg)
+        place(model, run.device)
+        if data is None:  # one decoded-image cache for the whole grid
+
+            def subset(view: SplitView) -> SplitView:
+                return training_subset(view, float(size), (p.base.seed, seed), classes)
+
+            data = Data(p, manifest, column, model.backbone.preprocess, run.workers, subset)
+        result, _, val_loader = train(run, model, data, classes, log=False)
+        loaders = {"val": (data.val, val_loader), "test": (data.test, data.eval_loader(data.test, run.cfg))}
+        scored = score_run(model, loaders, run.device, run.cfg.amp, data.paths)
+        runs.append((float(lr), result, scored, fingerprint))
+    assert data is not None
+    try:
+        picked = best_index([Scored(r[1].best.val_acc, r[1].best.val_loss, r[1].diverged) for r in runs])
+    except AllDiverged:
+        raise ConfigError(
+            f"finetune.{job.strategy}.lr: every rate diverged on the curve point at {size}; lower the rates"
+        ) from None
+    lr, result, scored, fingerprint = runs[picked]
+    write_predictions(
+        point,
+        manifest_sha256=fingerprint["manifest_sha256"],
+        classes=classes,
+        val=scored["val"],
+        test=scored["test"],
+        split=column,
+    )
+    summary = {
+        "val_acc": result.best.val_acc,
+        "val_loss": result.best.val_loss,
+        "train_time_s": result.seconds,
+        "search_time_s": sum(r[1].seconds for r in runs),
+        "protocol": {"grid": {"lr": list(job.cfg.lr)}, "picked": {"lr": lr}},
+    }
+    write_curve_point(
+        point,
+        model=job.strategy,
+        seed=seed,
+        size=float(size),
+        labels=data.train.labels,
+        ids=[data.paths[r] for r in data.train.rows],
+        classes=classes,
+        summary=summary,
+    )
+    print(
+        f"{point}: {len(data.train.rows)} training images, lr {lr:g} picked, val acc {result.best.val_acc:.4f}"
+    )
+
+
 def write_wise(
     run: str,
     model: torch.nn.Module,
@@ -442,6 +538,9 @@ if __name__ == "__main__":
     )
     parser.add_argument("--seed", type=int, default=0, help="training seed (one of params: base.seeds)")
     parser.add_argument(
-        "--lr", required=True, help="a learning rate of the strategy's grid (params: finetune.<strategy>.lr)"
+        "--lr", help="a learning rate of the strategy's grid (params: finetune.<strategy>.lr)"
+    )
+    parser.add_argument(
+        "--size", help="a learning-curve point (one of params: curve.sizes): the whole grid on that subset"
     )
     run_stage(main, parser)

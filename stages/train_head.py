@@ -4,12 +4,15 @@ The two-stage path: epochs cost milliseconds because the backbone ran once, in
 extract-features. ``features`` trains on the training images' features; ``features-augmented``
 also on the K augmented views extract-features stored. Changing a parameter here re-runs only
 these stages, evaluate and report.
-One stage per model and seed (``train-head@features-0``).
+One stage per model and seed (``train-head@features-0``). With ``--curve`` the stage
+``curve-head@features-0``: the same head on every nested subset of params: curve.sizes
+(seconds each: the features are cached), for the report's learning curves.
 Run through `dvc repro`; by hand: ``python stages/train_head.py features --seed 0``.
 """
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run the code DVC hashed
@@ -27,6 +30,7 @@ from transferlab.data.manifest import (
     split_column,
     split_view,
 )
+from transferlab.data.subsets import subset_mask
 from transferlab.errors import ConfigError
 from transferlab.features.backbone_choice import arms_backbone
 from transferlab.features.backbones import backbone_fingerprint, create_backbone
@@ -42,15 +46,16 @@ from transferlab.training.models import CheckpointMeta, make_head
 from transferlab.training.probe import fit_linear_probe
 from transferlab.training.strategies import head_param_groups
 from transferlab.training.tracking import CurveLogger, finish_run, run_cost, training_summary
-from transferlab.verdict.scoring import write_predictions
+from transferlab.verdict.scoring import write_curve_point, write_predictions
 
 # Rows per chunk when the in-memory features are standardized for the probe: bounds the
 # temporary copy, not the data.
 CHUNK = 65536
 
 
-def fit_linear(cfg: TrainHeadConfig, chunks, x_val, y_val, n_classes, weight, device, run):
-    """The probe's L2 grid, picked on validation; dvclive logs one step per grid point."""
+def fit_linear(cfg: TrainHeadConfig, chunks, x_val, y_val, n_classes, weight, device, run, log=True):
+    """The probe's L2 grid, picked on validation; dvclive logs one step per grid point
+    (``log``: not for a learning-curve point, whose folder holds no dvclive run)."""
     res = fit_linear_probe(
         chunks,
         x_val,
@@ -61,18 +66,19 @@ def fit_linear(cfg: TrainHeadConfig, chunks, x_val, y_val, n_classes, weight, de
         class_weight=weight,
         device=device,
     )
-    logger = CurveLogger(layout.results_dir(run))
-    for pt in res.grid:
-        logger.log_point(
-            {
-                "grid/l2": pt.l2,
-                "train/loss": pt.train_loss,
-                "train/acc": pt.train_acc,
-                "val/loss": pt.val_loss,
-                "val/acc": pt.val_acc,
-            }
-        )
-    logger.close()
+    if log:
+        logger = CurveLogger(layout.results_dir(run))
+        for pt in res.grid:
+            logger.log_point(
+                {
+                    "grid/l2": pt.l2,
+                    "train/loss": pt.train_loss,
+                    "train/acc": pt.train_acc,
+                    "val/loss": pt.val_loss,
+                    "val/acc": pt.val_acc,
+                }
+            )
+        logger.close()
     best = res.best
     passes = sum(p.function_evals for p in res.grid)
     summary = {
@@ -119,6 +125,7 @@ def fit_mlp(
     device,
     run,
     seed,
+    log=True,
 ):
     """The MLP head by mini-batch AdamW, one run per rate in the grid, picked on validation.
     Every rate starts from the same initialization (the run's seed): only the rate differs."""
@@ -147,10 +154,11 @@ def fit_mlp(
             "became non-finite); lower the rates"
         ) from None
     lr, head, result = runs[picked]
-    logger = CurveLogger(layout.results_dir(run))
-    for rec in result.history:
-        logger(rec)
-    logger.close()
+    if log:
+        logger = CurveLogger(layout.results_dir(run))
+        for rec in result.history:
+            logger(rec)
+        logger.close()
     steps = len(make_batches()) * len(result.history)
     summary = training_summary(result, model=run.rsplit("-s", 1)[0], n_train=n_train)
     summary.update(
@@ -208,10 +216,13 @@ def training_features(
     return make_batches, chunks, y_train, n_train, streamed
 
 
-def score_head(head, store: FeatureStore, split_rows: dict, paths: list[str], device) -> dict[str, tuple]:
-    """The chosen head on val, test and each shifted test group, image by image."""
+def score_head(
+    head, store: FeatureStore, split_rows: dict, paths: list[str], device, shifts=True
+) -> dict[str, tuple]:
+    """The chosen head on val, test and (``shifts``) each shifted test group, image by image."""
     scored = {}
-    for split, group in (("val", IMAGES), ("test", IMAGES), *((k, shifted_group(k)) for k in store.shifts())):
+    shifted = [(k, shifted_group(k)) for k in store.shifts()] if shifts else []
+    for split, group in (("val", IMAGES), ("test", IMAGES), *shifted):
         rows_of = split_rows["test" if group != IMAGES else split]
         x, y, rows = store.load(group, store.select(group, rows_of))
         logits, labels = predict(head.to(device), TensorBatches(x, y, 4096), device)
@@ -230,6 +241,69 @@ def open_store(p, manifest) -> FeatureStore:
     return FeatureStore.open(layout.FEATURES, expect=expect)
 
 
+@dataclass
+class HeadData:
+    """What every fit of one model and seed shares: the store, this seed's splitting and its
+    validation features."""
+
+    store: FeatureStore
+    groups: list[str]
+    column: str
+    split_rows: dict[str, np.ndarray]
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    classes: list[str]
+    paths: list[str]
+    labels: np.ndarray  # every manifest row's class
+
+
+def head_data(p, model: str, seed: int) -> HeadData:
+    manifest = read_manifest(layout.MANIFEST)
+    store = open_store(p, manifest)
+    # This seed's splitting (base.splits): its train, val and test rows of the one store.
+    column = split_column(seed, p.base.splittings)
+    split_rows = {s: split_view(manifest, layout.RAW, s, column).rows for s in ("train", "val", "test")}
+    groups = [IMAGES]
+    if registry.get(model).augmented_views:
+        if AUGMENTED not in store.groups():
+            raise ConfigError(
+                f"train_head.models: {model} needs augmented views, but extract_features.augment_views is 0"
+            )
+        groups.append(AUGMENTED)
+    x_val, y_val, _ = store.load(IMAGES, store.select(IMAGES, split_rows["val"]))
+    classes = class_names(manifest)
+    labels = manifest["label"].to_numpy().astype(np.int64)
+    return HeadData(
+        store, groups, column, split_rows, x_val, y_val, classes, manifest["path"].to_list(), labels
+    )
+
+
+def fit_head(cfg: TrainHeadConfig, d: HeadData, train_rows, device, run, seed, generator, log=True):
+    """The head of ``cfg`` fitted on the features of ``train_rows`` (its grid searched and
+    picked on validation). Returns (head, summary, n_train, streamed)."""
+    make_batches, chunks, y_train, n_train, streamed = training_features(
+        d.store, d.groups, train_rows, cfg, generator
+    )
+    weight = class_weights(y_train, len(d.classes)) if cfg.class_balance == "loss" else None
+    if cfg.head == "linear":
+        head, summary = fit_linear(cfg, chunks, d.x_val, d.y_val, len(d.classes), weight, device, run, log)
+    else:
+        head, summary = fit_mlp(
+            cfg,
+            make_batches,
+            TensorBatches(d.x_val, d.y_val, 4096),
+            d.store.arrays(IMAGES)[0].shape[1],
+            n_train,
+            len(d.classes),
+            weight,
+            device,
+            run,
+            seed,
+            log,
+        )
+    return head, summary, n_train, streamed
+
+
 def main(args: argparse.Namespace) -> None:
     p = load_params(args.params)
     base, cfg = p.base, p.train_head
@@ -237,65 +311,36 @@ def main(args: argparse.Namespace) -> None:
     configure_runtime(base.num_threads, device)
     run = layout.run_name(args.model, args.seed)
     generator = seed_everything(args.seed)
-    manifest = read_manifest(layout.MANIFEST)
-    store = open_store(p, manifest)
-    # This seed's splitting (base.splits): its train, val and test rows of the one store.
-    column = split_column(args.seed, base.splittings)
-    split_rows = {s: split_view(manifest, layout.RAW, s, column).rows for s in ("train", "val", "test")}
-    groups = [IMAGES]
-    if registry.get(args.model).augmented_views:
-        if AUGMENTED not in store.groups():
-            raise ConfigError(
-                f"train_head.models: {args.model} needs augmented views, but "
-                "extract_features.augment_views is 0"
-            )
-        groups.append(AUGMENTED)
-    make_batches, chunks, y_train, n_train, streamed = training_features(
-        store, groups, split_rows["train"], cfg, generator
+    d = head_data(p, args.model, args.seed)
+    if args.curve:
+        return curve(p, d, args.model, args.seed, device)
+    head, summary, n_train, streamed = fit_head(
+        cfg, d, d.split_rows["train"], device, run, args.seed, generator
     )
-    in_features = store.arrays(IMAGES)[0].shape[1]
-    x_val, y_val, _ = store.load(IMAGES, store.select(IMAGES, split_rows["val"]))
-    classes = class_names(manifest)
-    weight = class_weights(y_train, len(classes)) if cfg.class_balance == "loss" else None
-    if cfg.head == "linear":
-        head, summary = fit_linear(cfg, chunks, x_val, y_val, len(classes), weight, device, run)
-    else:
-        head, summary = fit_mlp(
-            cfg,
-            make_batches,
-            TensorBatches(x_val, y_val, 4096),
-            in_features,
-            n_train,
-            len(classes),
-            weight,
-            device,
-            run,
-            args.seed,
-        )
     # Score the chosen head on val and test, image by image: the verdict's raw material.
-    scored = score_head(head, store, split_rows, manifest["path"].to_list(), device)
+    scored = score_head(head, d.store, d.split_rows, d.paths, device)
     write_predictions(
         run,
-        manifest_sha256=store.fingerprint["manifest_sha256"],
-        classes=classes,
+        manifest_sha256=d.store.fingerprint["manifest_sha256"],
+        classes=d.classes,
         val=scored["val"],
         test=scored["test"],
-        split=column,
-        shifted={k: scored[k] for k in store.shifts()},
+        split=d.column,
+        shifted={k: scored[k] for k in d.store.shifts()},
     )
     meta = CheckpointMeta(
         kind="head",
         model=args.model,
         head=cfg.head_config,
-        in_features=int(in_features),
-        classes=classes,
-        fingerprint=store.fingerprint,
+        in_features=int(d.store.arrays(IMAGES)[0].shape[1]),
+        classes=d.classes,
+        fingerprint=d.store.fingerprint,
         init={"head": "random, trained on the cached features"},
     )
     summary.update(
         {
             "seed": args.seed,
-            "split": column,
+            "split": d.column,
             "streamed": streamed,
             "n_train": n_train,
             **run_cost(head, device),
@@ -304,10 +349,45 @@ def main(args: argparse.Namespace) -> None:
     finish_run(run, head.cpu(), meta, summary)
 
 
+def curve(p, d: HeadData, model: str, seed: int, device) -> None:
+    """curve-head@<model>-<seed>: the head trained again on each nested subset of this
+    seed's training split (params: curve.sizes), scored on the same val and test images."""
+    train_rows = d.split_rows["train"]
+    for size in p.curve.sizes:
+        keep = subset_mask(d.labels[train_rows], size, (p.base.seed, seed), d.classes)
+        point = layout.curve_point(model, seed, str(size))
+        generator = seed_everything(seed)  # every point starts as the main run did
+        head, summary, _, _ = fit_head(
+            p.train_head, d, train_rows[keep], device, point, seed, generator, log=False
+        )
+        scored = score_head(head, d.store, d.split_rows, d.paths, device, shifts=False)
+        write_predictions(
+            point,
+            manifest_sha256=d.store.fingerprint["manifest_sha256"],
+            classes=d.classes,
+            val=scored["val"],
+            test=scored["test"],
+            split=d.column,
+        )
+        write_curve_point(
+            point,
+            model=model,
+            seed=seed,
+            size=size,
+            labels=d.labels[train_rows[keep]],
+            ids=[d.paths[r] for r in train_rows[keep]],
+            classes=d.classes,
+            summary=summary,
+        )
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         "model", choices=registry.names("two-stage"), help="a model listed in params: train_head.models"
     )
     parser.add_argument("--seed", type=int, default=0, help="training seed (one of params: base.seeds)")
+    parser.add_argument(
+        "--curve", action="store_true", help="the learning curve (params: curve.sizes), not the main run"
+    )
     run_stage(main, parser)

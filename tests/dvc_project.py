@@ -28,12 +28,17 @@ TINY = {
         "progressive": {**ONE_EPOCH, "budget": {"epochs": 2}, "unfreeze_epochs": [1]},
     },
     "shift": {"kinds": ["blur", "noise"]},  # the robustness view, on every test project
+    # 4 training images per class: 2 and 3 at these sizes (0.1 would leave none); frozen,
+    # the cheapest end-to-end arm, has a curve too
+    "curve": {"sizes": [0.5, 0.75], "models": ["frozen"]},
 }
 HEADS = {"train-head@features-0", "train-head@features-augmented-0"}
 END_TO_END = {f"finetune-{s}@0-0.001" for s in ("frozen", "partial", "full", "progressive", "scratch")} | {
     "finetune-full@0-0.003"
 }
 LP_FT = "finetune-lp-ft@0-0.001"
+CURVES = {"curve-head@features-0", "curve-head@features-augmented-0"}
+CURVE_POINTS = {"curve-finetune@frozen-0-0.5", "curve-finetune@frozen-0-0.75"}
 ALL_MODELS = {
     "features",
     "features-augmented",
@@ -112,9 +117,11 @@ def make_project(dst: Path, params: dict | None = None) -> Path:
     for generated in ("dvc.lock", "results", "reports"):
         path = dst / generated
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    # placeholders a clone always has (results/screen: the report's dependency on screens)
-    (dst / "results/screen").mkdir(parents=True)
-    (dst / "results/screen/.gitkeep").touch()
+    # placeholders a clone always has (results/screen: the report's dependency on screens;
+    # results/curve: evaluate's on the learning curves)
+    for placeholder in ("results/screen", "results/curve"):
+        (dst / placeholder).mkdir(parents=True)
+        (dst / placeholder / ".gitkeep").touch()
     set_params(dst, TINY if params is None else params)
     run(dst, "git", "init", "-q")
     run(dst, "git", "add", "-A")

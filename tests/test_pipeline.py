@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from dvc_project import (
     ALL_MODELS,
+    CURVE_POINTS,
+    CURVES,
     END_TO_END,
     HEADS,
     LP_FT,
@@ -43,6 +45,8 @@ class TestFirstRun:
             *HEADS,
             *END_TO_END,
             LP_FT,
+            *CURVES,
+            *CURVE_POINTS,
             "evaluate",
             "report",
         }
@@ -175,6 +179,42 @@ class TestFirstRun:
         assert card["run"] == rec["run"] and card["classes"] == details["classes"]
         assert card["exports"]["model.ts"]["max_abs_logit_diff"] <= 1e-3
         assert "changed" not in dvc(project, "status").stdout  # everything up to date
+
+    def test_learning_curves_pair_every_point_on_the_same_test_images(self, base):
+        """Every curve point trained on its nested subset and was scored on the main run's
+        test images; evaluate reads them, compares, and the report has its section."""
+        project, _ = base
+        details = json.loads((project / "results/evaluate/details.json").read_text())
+        curves = details["curves"]
+        assert curves["sizes"] == [0.5, 0.75, 1.0]
+        assert curves["curve_models"] == ["features", "features-augmented", "frozen"]
+        for size, per_class in ((0.5, 2), (0.75, 3)):
+            for model in curves["curve_models"]:
+                point = project / f"results/curve/{model}-s0/f{size}"
+                meta = json.loads((point / "point.json").read_text())
+                assert meta["per_class"] == [per_class] * 10  # stratified: every class alike
+                pred = json.loads((point / "predictions.json").read_text())
+                assert sorted(pred["test"]["ids"]) == sorted(details["test_ids"])
+        # nested (size 0.5's images among 0.75's), and every model of the seed on one subset
+        ids = {
+            (m, s): json.loads((project / f"results/curve/{m}-s0/f{s}/point.json").read_text())["train_ids"]
+            for m in curves["curve_models"]
+            for s in (0.5, 0.75)
+        }
+        assert set(ids["features", 0.5]) < set(ids["features", 0.75])
+        assert all(ids[m, s] == ids["features", s] for m, s in ids)
+        full = curves["models"]["frozen"]["points"][-1]
+        assert (
+            full["size"] == 1.0
+            and full["test_acc"] == details["models"]["frozen"]["runs"]["0"]["scores"]["accuracy"]
+        )
+        # one fine-tuned curve: one comparison per size, Holm over the three
+        assert [c["size"] for c in curves["comparisons"]] == [0.5, 0.75, 1.0]
+        assert all(c["finetuned"] == "frozen" and c["family"] == 3 for c in curves["comparisons"])
+        assert len(curves["rules"]) == 3
+        report = (project / "reports/report.md").read_text()
+        assert "## If you had more (or less) data" in report and "size_curves.png" in report
+        assert (project / "reports/size_curves.png").stat().st_size > 0
 
     def test_predict_recommended_as_the_pipeline_scored_it(self, base, tmp_path):
         project, _ = base

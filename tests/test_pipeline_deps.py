@@ -143,8 +143,12 @@ def test_stage_lists_every_param_its_script_reads(name, stage):
     re-running it (and would be missing from `dvc exp show`'s view of that stage)."""
     script = ROOT / stage["cmd"].split()[1]
     listed = [k.replace("lp-ft", "lp_ft") for k in stage.get("params", [])]
-    # finetune.py reads finetune.head only for models that do not start from the probe
-    unread = {"finetune-lp-ft": {"finetune.head"}}.get(name, set())
+    # finetune.py reads finetune.head only for models that do not start from the probe;
+    # train_head.py reads curve.sizes and base.seed (the subsets' draw) only as curve-head
+    # (--curve), not as train-head
+    unread = {"finetune-lp-ft": {"finetune.head"}, "train-head": {"curve", "curve.sizes", "base.seed"}}.get(
+        name, set()
+    )
     read = _params_read(script) - unread
     assert read or not listed, f"{script} reads none of the params its stage lists?"
     for key in read:

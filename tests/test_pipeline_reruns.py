@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from dvc_project import (
     ALL_MODELS,
+    CURVE_POINTS,
+    CURVES,
     END_TO_END,
     HEADS,
     LP_FT,
@@ -35,10 +37,11 @@ class TestReruns:
     def test_head_param_change_reruns_only_heads_evaluate_report(self, project):
         set_params(project, {"train_head": {"linear": {"l2": [0.1, 1.0]}}})
         res = repro(project)
-        # lp-ft starts from the head's checkpoint, so it (and no other strategy) follows the head.
-        assert ran(res.stdout) == {*HEADS, LP_FT, "evaluate", "report"}
+        # lp-ft starts from the head's checkpoint, so it (and no other strategy) follows the
+        # head; the heads' curves re-train with it, no end-to-end curve point does
+        assert ran(res.stdout) == {*HEADS, *CURVES, LP_FT, "evaluate", "report"}
         assert "Stage 'extract-features' didn't change, skipping" in res.stdout
-        for stage in END_TO_END:
+        for stage in END_TO_END | CURVE_POINTS:
             assert f"Stage '{stage}' didn't change, skipping" in res.stdout
         run(project, "git", "commit", "-qam", "head lr")
 
@@ -52,7 +55,7 @@ class TestReruns:
         finally:
             set_params(project, {"finetune": {"budget": {"epochs": 1}}})
         # evaluate and report read every params section they print or aggregate
-        assert stale == END_TO_END | {LP_FT, "evaluate", "report"}
+        assert stale == END_TO_END | CURVE_POINTS | {LP_FT, "evaluate", "report"}
         assert not json.loads(dvc(project, "status", "--json").stdout)
         # progressive's own deviation (TINY: epochs 2) is in its protocol and the report
         prot = json.loads((project / "results/evaluate/details.json").read_text())["models"]
@@ -71,6 +74,23 @@ class TestReruns:
         run(project, "git", "add", "-A")
         run(project, "git", "commit", "-qm", "partial lr")
 
+    def test_adding_a_size_trains_only_the_new_end_to_end_point(self, project):
+        """A new size: the heads' curves re-train (seconds, one process each), of the
+        end-to-end curves only the new point, and evaluate reads every point."""
+        set_params(project, {"curve": {"sizes": [0.5, 0.75, 0.6]}})
+        res = repro(project)
+        assert ran(res.stdout) == {*CURVES, "curve-finetune@frozen-0-0.6", "evaluate", "report"}
+        curves = json.loads((project / "results/evaluate/details.json").read_text())["curves"]
+        assert curves["sizes"] == [0.5, 0.6, 0.75, 1.0]
+        per_class = [p["per_class"] for p in curves["models"]["frozen"]["points"]]
+        assert per_class == [2, 2, 3, 4]  # round(0.6 x 4) = 2: the TINY split has 4 per class
+        # 4 sizes: the power law is fitted, and back-tested on the largest
+        fit = curves["models"]["features"]["fit"]
+        assert "params" in fit and "error" in fit["back_test"]
+        assert "back-test error" in (project / "reports/report.md").read_text()
+        run(project, "git", "add", "-A")
+        run(project, "git", "commit", "-qm", "a size")
+
     def test_adding_a_seed_runs_only_the_new_seed(self, project):
         set_params(project, {"base": {"seeds": [0, 1]}})
         res = repro(project)
@@ -78,6 +98,8 @@ class TestReruns:
             {s[:-1] + "1" for s in HEADS}
             | {s.replace("@0-", "@1-") for s in (*END_TO_END, LP_FT) if "partial" not in s}
             | {"finetune-partial@1-0.002"}
+            | {s.replace("-0", "-1") for s in CURVES}
+            | {s.replace("-0-", "-1-") for s in (*CURVE_POINTS, "curve-finetune@frozen-0-0.6")}
         )
         assert ran(res.stdout) == new | {"evaluate", "report"}
         metrics = json.loads((project / "results/evaluate/metrics.json").read_text())

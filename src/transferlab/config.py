@@ -627,6 +627,40 @@ class ShiftConfig(_Strict):
         return self
 
 
+class CurveConfig(_Strict):
+    """Learning curves, the report's "If you had more (or less) data": the two-stage models
+    (train_head.models), and the end-to-end strategies named in ``models``, trained again on
+    nested, stratified fractions of each run's training split (transferlab.data.subsets),
+    scored on the same validation and test images. The full split is the main run. Empty
+    ``sizes``: no curves."""
+
+    sizes: list[Annotated[float, Field(gt=0, lt=1)]] = [0.1, 0.25, 0.5]
+    # end-to-end strategies with a curve too (opt-in: each point trains its lr grid)
+    models: list[str] = []
+
+    @model_validator(mode="after")
+    def _check(self) -> CurveConfig:
+        if len(set(self.sizes)) != len(self.sizes):
+            raise ValueError(f"sizes lists a fraction twice: {self.sizes}")
+        if len(set(self.models)) != len(self.models):
+            raise ValueError(f"models lists a strategy twice: {self.models}")
+        for name in self.models:
+            if name not in registry.names("end-to-end"):
+                known = ", ".join(registry.names("end-to-end"))
+                raise ValueError(
+                    f"models: {name!r} is not an end-to-end strategy (known: {known}); "
+                    "the two-stage models have their curve without being listed"
+                )
+            if registry.get(name).from_probe:
+                raise ValueError(
+                    f"models: {name} starts from the full-size linear probe, so its points would "
+                    "not train on the subset alone; it has no curve"
+                )
+        if self.models and not self.sizes:
+            raise ValueError(f"models lists {self.models}, but sizes is empty")
+        return self
+
+
 class ReportConfig(_Strict):
     title: str = "Transfer strategies compared"
 
@@ -640,6 +674,7 @@ SECTIONS: dict[str, type[_Strict]] = {
     "augment": AugmentConfig,
     "finetune": FinetuneConfig,
     "shift": ShiftConfig,
+    "curve": CurveConfig,
     "report": ReportConfig,
 }
 
@@ -676,8 +711,15 @@ def parse_section(section: str, raw: Any) -> _Strict:
 
 def _cross_check(parsed: dict[str, _Strict]) -> None:
     """Rules that span sections: checked by every stage, so the first one to run says it."""
-    ft, th = parsed["finetune"], parsed["train_head"]
+    ft, th, curve = parsed["finetune"], parsed["train_head"], parsed["curve"]
     assert isinstance(ft, _FinetuneBase) and isinstance(th, TrainHeadConfig)
+    assert isinstance(curve, CurveConfig)
+    for name in curve.models:
+        if name not in ft.runs:
+            raise ConfigError(
+                f"curve.models: {name} does not run (finetune.{name}.lr is empty); give it a "
+                "grid, or drop it from curve.models"
+            )
     for name in ft.runs:
         if registry.get(name).from_probe and "features" not in th.models:
             raise ConfigError(
@@ -698,6 +740,7 @@ class Params:
     augment: AugmentConfig
     finetune: _FinetuneBase
     shift: ShiftConfig
+    curve: CurveConfig
     report: ReportConfig
 
     def sections(self) -> dict[str, _Strict]:

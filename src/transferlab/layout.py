@@ -67,3 +67,20 @@ def train_summary(name: str) -> Path:
 def predictions(name: str) -> Path:
     """Per-image predictions of run ``name`` on val and test, with its test metrics."""
     return results_dir(name) / "predictions.json"
+
+
+# Learning curves (params: curve): per model and seed a folder, per size a point in it.
+CURVES = RESULTS / "curve"
+
+
+def curve_dir(model: str, seed: int) -> Path:
+    """The curve of one model and seed: the two-stage models' curve-head stage writes it
+    whole; an end-to-end strategy's points are stages of their own, one folder each in it."""
+    return CURVES / run_name(model, seed)
+
+
+def curve_point(model: str, seed: int, size: str) -> str:
+    """The run name of one curve point (``curve/full-s0/f0.25``), for :func:`results_dir`
+    and :func:`predictions`; ``size`` spelled as DVC writes it in the stage (``str`` of the
+    float)."""
+    return str((CURVES / run_name(model, seed) / f"f{size}").relative_to(RESULTS))

@@ -13,6 +13,7 @@ from typing import Any
 
 from transferlab.report import sections as S
 from transferlab.report.format import Document
+from transferlab.report.size import size_section
 
 
 def build(
@@ -44,6 +45,8 @@ def build(
         S.robustness_section(doc, details["robustness"], r.by, r.val)
     S.backbone_section(doc, details, screens or [])
     S.rules_section(doc, r)
+    if "curves" in details:
+        size_section(doc, details["curves"])
     S.figures_section(doc, r)
     S.provenance_section(doc, r, params_text)
     return doc

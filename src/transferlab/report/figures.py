@@ -7,6 +7,7 @@ import io
 from typing import Any
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")  # headless: CI and servers have no display
 import matplotlib.pyplot as plt  # noqa: E402
@@ -112,4 +113,50 @@ def plot_per_class_f1(details: dict[str, Any]) -> bytes:
                 ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="w" if v < 0.6 else "k")
     ax.set(xlabel="class", title="Per-class F1 (test, all seeds pooled)")
     fig.colorbar(im, ax=ax, shrink=0.8)
+    return _png(fig)
+
+
+def plot_size_curves(curves: dict[str, Any]) -> bytes:
+    """Test accuracy against training images per class (log scale), one line per model with
+    a curve, its 95% interval at every point; the fitted power law dotted, carried on to 4x
+    today's training set, where its predictions stand with their bootstrap band."""
+    from transferlab.verdict.curves import power_law
+
+    fig, ax = plt.subplots(figsize=(8, 4.8), constrained_layout=True)
+    for i, name in enumerate(curves["curve_models"]):
+        c, color = curves["models"][name], f"C{i % 10}"
+        pts = c["points"]
+        x = np.array([p["per_class"] for p in pts])
+        y = np.array([p["test_acc"] for p in pts])
+        err = np.array(
+            [[p["test_acc"] - p["ci95"][0] for p in pts], [p["ci95"][1] - p["test_acc"] for p in pts]]
+        )
+        ax.errorbar(x, y, yerr=err, fmt="o-", color=color, capsize=3, ms=4, label=name)
+        fit = c.get("fit") or {}
+        if "params" in fit:
+            grid = np.geomspace(x.min(), 4 * x.max(), 60)
+            ax.plot(grid, power_law(grid, **fit["params"]), ":", color=color, lw=1)
+            for q in fit["predicted"]:
+                lo, hi = q["band95"]
+                ax.errorbar(
+                    q["per_class"],
+                    q["test_acc"],
+                    yerr=[[q["test_acc"] - lo], [hi - q["test_acc"]]],
+                    fmt="s",
+                    mfc="none",
+                    color=color,
+                    capsize=3,
+                    ms=5,
+                )
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())  # 10, 100: not 10^1
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set(
+        xlabel="training images per class (log scale)",
+        ylabel="test accuracy",
+        title="If you had more (or less) data: measured (filled), power law (dotted), extrapolated (open)",
+    )
+    ax.title.set_fontsize(10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
     return _png(fig)

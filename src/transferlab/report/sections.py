@@ -691,7 +691,7 @@ def rules_section(doc: Document, r: Inputs) -> None:
 
 def figures_section(doc: Document, r: Inputs) -> None:
     """Cost against accuracy with the Pareto front, learning curves, confusions, per-class F1."""
-    doc.figures = {
+    doc.figures |= {
         "accuracy_vs_time.png": plot_cost(r.rows),
         "learning_curves.png": plot_curves(r.details),
         "confusion.png": plot_confusions(r.details),

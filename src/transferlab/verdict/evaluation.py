@@ -7,6 +7,7 @@ see :mod:`transferlab.verdict.scoring`), so a head-only change re-scores only th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -193,11 +194,12 @@ class RunRecord:
         return {**asdict(self), "train": self.train.model_dump(mode="json")}
 
 
-def _run_record(
+def read_aligned(
     run: str, manifest_sha: str, column: str, test_index: dict[str, int]
-) -> tuple[RunRecord, list[str]]:
-    """A run's predictions (aligned with the test ids of its splitting ``column``), test
-    scores, summary and curves."""
+) -> tuple[dict[str, Any], Callable[[dict[str, Any]], list[int]]]:
+    """A run's predictions.json, checked to come from this manifest and splitting
+    ``column``, and the function that aligns one of its split records with the splitting's
+    test ids (``test_index``: image -> position)."""
     source = layout.predictions(run)
     if not source.is_file():
         raise FileNotFoundError(f"{source}: no predictions for run {run}; run dvc repro")
@@ -208,7 +210,6 @@ def _run_record(
             f"{source}: scored on splitting {pred.get('split')!r}, but base.splits gives this seed "
             f"{column!r}; re-run it (dvc repro)"
         )
-    test = pred["test"]
 
     def align(record: dict[str, Any]) -> list[int]:
         if sorted(record["ids"]) != sorted(test_index):
@@ -220,13 +221,21 @@ def _run_record(
             out[test_index[image]] = p
         return out
 
-    aligned = align(test)
+    return pred, align
+
+
+def _run_record(
+    run: str, manifest_sha: str, column: str, test_index: dict[str, int]
+) -> tuple[RunRecord, list[str]]:
+    """A run's predictions (aligned with the test ids of its splitting ``column``), test
+    scores, summary and curves."""
+    pred, align = read_aligned(run, manifest_sha, column, test_index)
     record = RunRecord(
         run=run,
         split=column,
         scores=pred["test_metrics"],
         val={"accuracy": pred["val"]["accuracy"], "nll": pred["val"]["nll"]},
-        predictions=aligned,
+        predictions=align(pred["test"]),
         train=read_summary(layout.train_summary(run)),
         curves=read_curves(layout.results_dir(run)),
         shifted={kind: align(r) for kind, r in pred.get("shifted", {}).items()},

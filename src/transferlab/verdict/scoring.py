@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -64,3 +65,37 @@ def write_predictions(
         },
     )
     return test_metrics
+
+
+def write_curve_point(
+    point: str,
+    *,
+    model: str,
+    seed: int,
+    size: float,
+    labels: Any,
+    ids: list[str],
+    classes: list[str],
+    summary: dict[str, Any],
+) -> None:
+    """``results/<point>/point.json`` beside a learning-curve point's predictions: the
+    fraction, the images it trained on (in all and per class), and what its own grid search
+    on validation picked."""
+    per_class = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(classes))
+    write_json(
+        layout.results_dir(point) / "point.json",
+        {
+            "model": model,
+            "seed": seed,
+            "size": size,
+            "n_train": int(per_class.sum()),
+            "per_class": per_class.tolist(),
+            "train_ids": list(ids),  # the subset's images (manifest paths): nested, seeded
+            "val_acc": summary["val_acc"],
+            "val_loss": summary["val_loss"],
+            "train_time_s": summary["train_time_s"],
+            "search_time_s": summary.get("search_time_s"),
+            "grid": summary["protocol"]["grid"],
+            "picked": summary["protocol"]["picked"],
+        },
+    )
