@@ -5,7 +5,7 @@ extract-features. ``features`` trains on the training images' features; ``featur
 also on the K augmented views extract-features stored. Changing a parameter here re-runs only
 these stages, evaluate and report.
 One stage per model and seed (``train-head@features-0``). With ``--curve`` the stage
-``curve-head@features-0``: the same head on every nested subset of params: curve.sizes
+``curve-head@<seed>``: every two-stage model on each nested subset of params: curve.sizes
 (seconds each: the features are cached), for the report's learning curves.
 Run through `dvc repro`; by hand: ``python stages/train_head.py features --seed 0``.
 """
@@ -309,11 +309,13 @@ def main(args: argparse.Namespace) -> None:
     base, cfg = p.base, p.train_head
     device = resolve_device(base.device)
     configure_runtime(base.num_threads, device)
+    if args.curve:
+        return curves(p, args.seed, device)
+    if args.model is None:
+        raise ConfigError("train_head.py: name a model of train_head.models (or --curve for their curves)")
     run = layout.run_name(args.model, args.seed)
     generator = seed_everything(args.seed)
     d = head_data(p, args.model, args.seed)
-    if args.curve:
-        return curve(p, d, args.model, args.seed, device)
     head, summary, n_train, streamed = fit_head(
         cfg, d, d.split_rows["train"], device, run, args.seed, generator
     )
@@ -349,9 +351,17 @@ def main(args: argparse.Namespace) -> None:
     finish_run(run, head.cpu(), meta, summary)
 
 
+def curves(p, seed: int, device) -> None:
+    """curve-head@<seed>: every two-stage model of train_head.models trained again on each
+    nested subset of this seed's training split (params: curve.sizes), scored on the same
+    val and test images; one process for all of them (each point takes seconds)."""
+    layout.heads_curve_dir(seed).mkdir(parents=True, exist_ok=True)  # the output, if no size
+    for model in p.train_head.models:
+        curve(p, head_data(p, model, seed), model, seed, device)
+
+
 def curve(p, d: HeadData, model: str, seed: int, device) -> None:
-    """curve-head@<model>-<seed>: the head trained again on each nested subset of this
-    seed's training split (params: curve.sizes), scored on the same val and test images."""
+    """One model's points: the main run's recipe and grid search on each subset."""
     train_rows = d.split_rows["train"]
     for size in p.curve.sizes:
         keep = subset_mask(d.labels[train_rows], size, (p.base.seed, seed), d.classes)
@@ -384,10 +394,15 @@ def curve(p, d: HeadData, model: str, seed: int, device) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
-        "model", choices=registry.names("two-stage"), help="a model listed in params: train_head.models"
+        "model",
+        nargs="?",
+        choices=registry.names("two-stage"),
+        help="a model listed in params: train_head.models (none with --curve)",
     )
     parser.add_argument("--seed", type=int, default=0, help="training seed (one of params: base.seeds)")
     parser.add_argument(
-        "--curve", action="store_true", help="the learning curve (params: curve.sizes), not the main run"
+        "--curve",
+        action="store_true",
+        help="the learning curves of every model of train_head.models (params: curve.sizes)",
     )
     run_stage(main, parser)

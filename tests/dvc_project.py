@@ -37,7 +37,7 @@ END_TO_END = {f"finetune-{s}@0-0.001" for s in ("frozen", "partial", "full", "pr
     "finetune-full@0-0.003"
 }
 LP_FT = "finetune-lp-ft@0-0.001"
-CURVES = {"curve-head@features-0", "curve-head@features-augmented-0"}
+CURVES = {"curve-head@0"}  # every two-stage model's curve of seed 0, one process
 CURVE_POINTS = {"curve-finetune@frozen-0-0.5", "curve-finetune@frozen-0-0.75"}
 ALL_MODELS = {
     "features",

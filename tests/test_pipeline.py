@@ -24,6 +24,8 @@ from dvc_project import (
     run,
 )
 
+from transferlab import layout
+
 pytestmark = pytest.mark.slow
 
 
@@ -190,14 +192,16 @@ class TestFirstRun:
         assert curves["curve_models"] == ["features", "features-augmented", "frozen"]
         for size, per_class in ((0.5, 2), (0.75, 3)):
             for model in curves["curve_models"]:
-                point = project / f"results/curve/{model}-s0/f{size}"
+                point = project / "results" / layout.curve_point(model, 0, str(size))
                 meta = json.loads((point / "point.json").read_text())
                 assert meta["per_class"] == [per_class] * 10  # stratified: every class alike
                 pred = json.loads((point / "predictions.json").read_text())
                 assert sorted(pred["test"]["ids"]) == sorted(details["test_ids"])
         # nested (size 0.5's images among 0.75's), and every model of the seed on one subset
         ids = {
-            (m, s): json.loads((project / f"results/curve/{m}-s0/f{s}/point.json").read_text())["train_ids"]
+            (m, s): json.loads(
+                (project / "results" / layout.curve_point(m, 0, str(s)) / "point.json").read_text()
+            )["train_ids"]
             for m in curves["curve_models"]
             for s in (0.5, 0.75)
         }

@@ -69,13 +69,23 @@ def predictions(name: str) -> Path:
     return results_dir(name) / "predictions.json"
 
 
-# Learning curves (params: curve): per model and seed a folder, per size a point in it.
+# Learning curves (params: curve): the two-stage heads' curves of a seed in one folder (the
+# curve-head stage writes them whole), an end-to-end strategy's per seed, a point per size.
 CURVES = RESULTS / "curve"
 
 
+def heads_curve_dir(seed: int) -> Path:
+    """What curve-head@<seed> writes: every two-stage model's points of that seed."""
+    return CURVES / f"heads-s{seed}"
+
+
 def curve_dir(model: str, seed: int) -> Path:
-    """The curve of one model and seed: the two-stage models' curve-head stage writes it
-    whole; an end-to-end strategy's points are stages of their own, one folder each in it."""
+    """The curve of one model and seed; an end-to-end strategy's points are stages of their
+    own, one folder each in it."""
+    from transferlab import registry
+
+    if registry.get(model).two_stage:
+        return heads_curve_dir(seed) / model
     return CURVES / run_name(model, seed)
 
 
@@ -83,4 +93,4 @@ def curve_point(model: str, seed: int, size: str) -> str:
     """The run name of one curve point (``curve/full-s0/f0.25``), for :func:`results_dir`
     and :func:`predictions`; ``size`` spelled as DVC writes it in the stage (``str`` of the
     float)."""
-    return str((CURVES / run_name(model, seed) / f"f{size}").relative_to(RESULTS))
+    return str((curve_dir(model, seed) / f"f{size}").relative_to(RESULTS))
