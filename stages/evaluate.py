@@ -1,4 +1,4 @@
-"""evaluate: every model's runs aggregated -> results/evaluate/{metrics,details,comparisons}.json.
+"""evaluate: every model's runs aggregated -> results/evaluate/{headline,metrics,details,comparisons}.json.
 
 Picks each strategy's learning rate and the best model on validation, compares every pair
 of models on the same test images (comparisons.json), and names the models the test split
@@ -18,7 +18,7 @@ from transferlab.cli import run_stage
 from transferlab.config import load_params
 from transferlab.data.manifest import read_manifest
 from transferlab.verdict.curves import learning_curves
-from transferlab.verdict.evaluation import evaluate_all, recommendation
+from transferlab.verdict.evaluation import at_a_glance, evaluate_all, recommendation
 
 
 def main(args: argparse.Namespace) -> None:
@@ -47,6 +47,7 @@ def main(args: argparse.Namespace) -> None:
     write_json(out / "details.json", details)
     write_json(out / "comparisons.json", comparisons)
     write_json(out / "metrics.json", metrics)
+    write_json(out / "headline.json", at_a_glance(metrics, details))
     write_json(layout.RECOMMENDATION, recommendation(metrics, details))
     for name in [*heads, *strategies]:
         m = metrics[name]

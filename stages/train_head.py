@@ -53,7 +53,9 @@ from transferlab.verdict.scoring import write_curve_point, write_predictions
 CHUNK = 65536
 
 
-def fit_linear(cfg: TrainHeadConfig, chunks, x_val, y_val, n_classes, weight, device, run, log=True):
+def fit_linear(
+    cfg: TrainHeadConfig, chunks, x_val, y_val, n_classes, weight, device, run, log=True, streamed=False
+):
     """The probe's L2 grid, picked on validation; dvclive logs one step per grid point
     (``log``: not for a learning-curve point, whose folder holds no dvclive run)."""
     res = fit_linear_probe(
@@ -65,6 +67,7 @@ def fit_linear(cfg: TrainHeadConfig, chunks, x_val, y_val, n_classes, weight, de
         max_iter=cfg.linear.max_iter,
         class_weight=weight,
         device=device,
+        keep_standardized=not streamed,  # in memory: one standardized copy beside them
     )
     if log:
         logger = CurveLogger(layout.results_dir(run))
@@ -194,7 +197,9 @@ def training_features(
     block by block. Returns (make_batches, chunks, y_train, n_train, streamed)."""
     keep = {g: store.select(g, train_rows) for g in groups}
     n_train = sum(int(k.sum()) for k in keep.values())
-    streamed = sum(store.nbytes(g, keep[g]) for g in groups) > cfg.memory_budget_mb * 2**20
+    # the probe holds a standardized copy beside the features it fits: twice their size
+    copies = 2 if cfg.head == "linear" else 1
+    streamed = copies * sum(store.nbytes(g, keep[g]) for g in groups) > cfg.memory_budget_mb * 2**20
     y_train = torch.cat([torch.from_numpy(np.asarray(store.arrays(g)[1][:])[keep[g]]) for g in groups])
     sources = [(*store.arrays(g), keep[g]) for g in groups]
     if streamed:
@@ -286,7 +291,9 @@ def fit_head(cfg: TrainHeadConfig, d: HeadData, train_rows, device, run, seed, g
     )
     weight = class_weights(y_train, len(d.classes)) if cfg.class_balance == "loss" else None
     if cfg.head == "linear":
-        head, summary = fit_linear(cfg, chunks, d.x_val, d.y_val, len(d.classes), weight, device, run, log)
+        head, summary = fit_linear(
+            cfg, chunks, d.x_val, d.y_val, len(d.classes), weight, device, run, log, streamed
+        )
     else:
         head, summary = fit_mlp(
             cfg,

@@ -90,6 +90,28 @@ def test_probe_streamed_in_chunks_equals_the_probe_in_memory():
     assert torch.allclose(chunked.head.weight, whole.head.weight, atol=1e-3)
 
 
+def test_keeping_the_standardized_features_changes_no_number():
+    """keep_standardized (train-head's in-memory path) standardizes once instead of once per
+    function evaluation: the same arithmetic, so every grid point and the head are equal
+    to the last bit, not just close."""
+    x, y = _hard_features(per_class=60, dim=64, sep=0.5)
+    X, Y = torch.from_numpy(x), torch.from_numpy(y).long()
+
+    def chunks():
+        return ((X[i : min(i + 128, 500)], Y[i : min(i + 128, 500)]) for i in range(0, 500, 128))
+
+    fits = [
+        fit_linear_probe(chunks, X[500:], Y[500:], 10, [0.01, 1.0], keep_standardized=k)
+        for k in (False, True)
+    ]
+    assert [(p.val_acc, p.val_loss, p.train_loss, p.function_evals) for p in fits[0].grid] == [
+        (p.val_acc, p.val_loss, p.train_loss, p.function_evals) for p in fits[1].grid
+    ]
+    assert torch.equal(fits[0].head.weight, fits[1].head.weight) and torch.equal(
+        fits[0].head.bias, fits[1].head.bias
+    )
+
+
 def test_old_fixed_schedule_head_falls_short_of_the_probe():
     """The head the pipeline used to train (AdamW, 40 epochs, one rate, best val-loss epoch)
     is what the probe replaces; on over-fitting-prone features it scores clearly lower."""

@@ -866,3 +866,29 @@ def _trained_on(details: dict[str, Any], seed: int) -> str:
         f"never shown fold {fold}'s {n.get('test', 0)}; the test accuracy above is the "
         "procedure's, pooled over every image"
     )
+
+
+def at_a_glance(metrics: dict[str, Any], details: dict[str, Any]) -> dict[str, Any]:
+    """results/evaluate/headline.json: the verdict in a few numbers, the metrics file
+    `make exp-show` lists by default (metrics.json keeps every model's). What to use, how
+    good it is, what validation preferred, how many models the test images cannot tell
+    apart, and what the recommended and the best model cost."""
+    v = details["verdict"]
+    rec, best = v["recommended"], v["best_on_val"]
+    out: dict[str, Any] = {
+        "recommended": rec,
+        "test_acc": metrics[rec]["test_acc"],
+        "test_acc_ci_lo": metrics[rec]["test_acc_ci_lo"],
+        "test_acc_ci_hi": metrics[rec]["test_acc_ci_hi"],
+        "best_on_val": best,
+        "best_test_acc": metrics[best]["test_acc"],
+        "tie_set": len(v["tie_set"]),
+        "time_s": metrics[rec]["total_time_s"],
+        "best_time_s": metrics[best]["total_time_s"],
+    }
+    curves = details.get("curves")
+    if curves is not None and curves["comparisons"]:
+        # the learning curves' crossover: images per class from which fine-tuning is ahead
+        # (null: not within the measured sizes)
+        out["crossover_per_class"] = (curves["crossover"] or {}).get("per_class")
+    return out
