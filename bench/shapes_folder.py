@@ -25,7 +25,10 @@ CLASSES = ("circle", "square", "triangle", "cross", "ring", "bar")
 def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
     corners = {"square": 4, "triangle": 3}[kind]
     return [
-        (cx + r * math.cos(angle + 2 * math.pi * k / corners), cy + r * math.sin(angle + 2 * math.pi * k / corners))
+        (
+            cx + r * math.cos(angle + 2 * math.pi * k / corners),
+            cy + r * math.sin(angle + 2 * math.pi * k / corners),
+        )
         for k in range(corners)
     ]
 
@@ -63,7 +66,9 @@ def draw(kind: str, rng: np.random.Generator, size: int) -> Image.Image:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("out", type=Path, help="the folder to write <class>/<n>.png into (must not exist)")
     parser.add_argument("--per-class", type=int, default=300)
     parser.add_argument("--size", type=int, default=64, help="image side in pixels")

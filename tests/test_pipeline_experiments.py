@@ -82,6 +82,7 @@ class TestExperiments:
         show = json.loads(dvc(project, "exp", "show", "--json").stdout)
         files = show[0]["data"]["metrics"]
         assert {"results/evaluate/headline.json", "results/evaluate/metrics.json"} <= set(files)
-        assert files["results/evaluate/headline.json"]["data"]["recommended"] in files[
-            "results/evaluate/metrics.json"
-        ]["data"]
+        assert (
+            files["results/evaluate/headline.json"]["data"]["recommended"]
+            in files["results/evaluate/metrics.json"]["data"]
+        )
