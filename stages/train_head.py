@@ -363,6 +363,8 @@ def curves(p, seed: int, device) -> None:
     nested subset of this seed's training split (params: curve.sizes), scored on the same
     val and test images; one process for all of them (each point takes seconds)."""
     layout.heads_curve_dir(seed).mkdir(parents=True, exist_ok=True)  # the output, if no size
+    if not p.curve.sizes:
+        return
     for model in p.train_head.models:
         curve(p, head_data(p, model, seed), model, seed, device)
 

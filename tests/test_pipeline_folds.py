@@ -24,6 +24,9 @@ FOLDS = _merge(
             **{s: {"lr": []} for s in ("frozen", "partial", "scratch", "progressive", "lp-ft")},
             "full": {"lr": [1e-3, 3e-3]},  # a grid: each fold must pick on its own validation
         },
+        # each fold's training part holds 2 images per class: round(0.75 x 2) = 2 keeps them
+        # all, so the curve's point must equal the main run, pooled over the folds
+        "curve": {"sizes": [0.75], "models": []},
     },
 )
 assert ONE_EPOCH  # TINY's one-epoch budget applies to full
@@ -94,3 +97,18 @@ class TestFolds:
         assert "corrected t-test p (Holm)" in report
         card = (project / "models/recommended/model_card.md").read_text()
         assert "of 2-fold cross-validation, the fold model best on its own validation" in card
+
+    def test_learning_curves_pool_over_the_folds(self, project):
+        """A curve point under cross-validation is scored like the verdict: each fold's run
+        on its own fold, pooled over every image. Here the subset keeps every training
+        image (round(0.75 x 2) = 2 per class), so the point is the main run exactly."""
+        details = _read(project, "results/evaluate/details.json")
+        points = details["curves"]["models"]["features"]["points"]
+        assert [p["size"] for p in points] == [0.75, 1.0] and points[0]["per_class"] == 2
+        metrics = _read(project, "results/evaluate/metrics.json")
+        assert points[0]["test_acc"] == points[1]["test_acc"] == metrics["features"]["test_acc"]
+        for seed in (0, 1):
+            meta = _read(project, f"results/curve/heads-s{seed}/features/f0.75/point.json")
+            pred = _read(project, f"results/curve/heads-s{seed}/features/f0.75/predictions.json")
+            assert pred["split"] == ("split_1" if seed else "split")  # fold s mod 2
+            assert len(meta["train_ids"]) == 20  # 2 of each of the 10 classes

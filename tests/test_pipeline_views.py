@@ -71,6 +71,7 @@ class TestViews:
                 "extract_features": {"augment_views": 0},
                 "finetune": {s: skip for s in ("frozen", "partial", "progressive", "scratch", "lp-ft")}
                 | {"full": {"lr": [1e-3]}},
+                "curve": {"sizes": [], "models": []},
             },
         )
         res = repro(project)

@@ -21,7 +21,8 @@ FEW_ARMS = _merge(
         "finetune": {
             **{s: {"lr": []} for s in ("frozen", "partial", "scratch", "progressive", "lp-ft")},
             "full": ONE_EPOCH,
-        }
+        },
+        "curve": {"models": []},  # the heads' curves only: curve-head is cached like the rest
     },
 )
 EXPENSIVE = {  # every DVC-cached stage (choose-backbone is cheap, but cached like the others)
@@ -31,6 +32,7 @@ EXPENSIVE = {  # every DVC-cached stage (choose-backbone is cheap, but cached li
     "train-head@features-0",
     "train-head@features-augmented-0",
     "finetune-full@0-0.001",
+    "curve-head@0",
 }
 AGGREGATES = {"evaluate", "report"}  # outputs tracked by git, not by DVC: seconds to re-run
 
