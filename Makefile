@@ -81,16 +81,18 @@ exp-sweep: setup
 	$(MAKE) --no-print-directory exp-show
 
 # The experiments side by side, as a terminal can show them: the verdict's headline
-# (results/evaluate/headline.json, always kept) and the params that differ. ALL=1 adds every
-# model's metrics (metrics.json) and the changed dependencies; `dvc exp show --json` always
-# carries everything (tools such as the VS Code extension read it).
+# (results/evaluate/headline.json: what to use, its test accuracy, what validation preferred,
+# how many models tie, its cost; always kept) and the params that differ. headline.json also
+# holds the interval and the best model's accuracy and cost; ALL=1 shows those and every
+# model's metrics (metrics.json); `dvc exp show --json` always carries everything (tools
+# such as the VS Code extension read it).
 SECTIONS  := base|download|backbone|augment|extract_features|train_head|finetune|shift|curve|report
-HEADLINE  := (recommended|test_acc|test_acc_ci_lo|test_acc_ci_hi|best_on_val|best_test_acc|tie_set|time_s|best_time_s|crossover_per_class)$$
-NOT_PARAM := (?!($(SECTIONS))\.)[^:]*[./]
+HEADLINE  := (recommended|test_acc|best_on_val|tie_set|time_s|crossover_per_class)$$
+NOT_PARAM := (?!($(SECTIONS))\.)[^:]*[./]|test_acc_ci_|best_test_acc|best_time_s|State|Executor|Created
 ALL ?=
 exp-show: setup
 	$(BIN)/dvc exp show --only-changed --keep '$(HEADLINE)' \
-	  --drop '$(if $(ALL),.*_(std|ci_lo|ci_hi)$$|.*(nll|ece|epochs|total_params|peak_gpu_mb|seeds)$$,$(NOT_PARAM)|Created)'
+	  --drop '$(if $(ALL),.*_(std|ci_lo|ci_hi)$$|.*(nll|ece|epochs|total_params|peak_gpu_mb|seeds)$$,$(NOT_PARAM))'
 
 # Speed against the hardware and the obvious alternatives: bench/results/<machine>.{md,json}
 bench: setup

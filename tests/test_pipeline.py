@@ -162,7 +162,8 @@ class TestFirstRun:
         assert all(re.search(rf"\| (\*\*)?{re.escape(m)}(\*\*)? \|", report) for m in ALL_MODELS)
         assert (project / "reports/learning_curves.png").stat().st_size > 10_000
         page = (project / "reports/report.html").read_text()
-        assert page.count("data:image/png;base64,") == 4 and "Recommendation" in page
+        # cost, learning curves, confusions, per-class F1, and the size curves
+        assert page.count("data:image/png;base64,") == 5 and "Recommendation" in page
         # the recommended model, exported: checkpoint, TorchScript, ONNX, model card
         assert "export" in _stages_run(stdout)
         rec = json.loads((project / "results/evaluate/recommended.json").read_text())
