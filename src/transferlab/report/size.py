@@ -116,7 +116,10 @@ def size_section(doc: Document, curves: dict[str, Any]) -> None:
         "p",
         "Every point is scored on the same test images; the curve's points trained on nested "
         "subsets (the smaller inside the larger), each with its own grid search on validation. "
-        "Between points, the intervals say how far a difference may be the test split's noise.",
+        "Between points, the intervals say how far a difference may be the test split's noise. "
+        "An end-to-end point trains its strategy's budget in epochs, so at a tenth of the data "
+        "it takes a tenth of the optimizer steps: below the full split, read a fine-tuned "
+        "model's accuracy as what that budget reaches, not as the most a longer schedule could.",
     )
     doc.add("h2", "What more data would buy (extrapolated)")
     doc.add(
