@@ -206,5 +206,7 @@ def test_no_crossover_within_the_range_is_said_plainly():
     assert text.startswith(
         "Fine-tuning is **not separably ahead** of the linear probe within the measured range"
     )
+    # the probe (0.49 of 400 images) separably ahead of full (0.4) at the smallest size only
+    assert text.endswith("The probe is separably ahead at 12 per class (full − probe -0.0900).")
     no_ft = {"probe": "features", "comparisons": [], "crossover": None}
     assert "curve.models=[full]" in crossover_text(no_ft)

@@ -33,13 +33,24 @@ def crossover_text(curves: dict[str, Any]) -> str:
     c = curves["crossover"]
     n = len(comps)
     if c is None:
-        worst = max(comps, key=lambda r: r["p_holm"])
+        largest = comps[-1]
+        behind = [r for r in comps if r["separable"] and r["diff"] < 0]
+        probe_ahead = (
+            " The probe is separably ahead at "
+            + ", ".join(
+                f"{_per_class(r['per_class'])} per class ({r['finetuned']} − probe {r['diff']:+.4f})"
+                for r in behind
+            )
+            + "."
+            if behind
+            else ""
+        )
         return (
             f"Fine-tuning is **not separably ahead** of the linear probe within the measured range "
-            f"({_per_class(comps[0]['per_class'])} to {_per_class(comps[-1]['per_class'])} training images "
+            f"({_per_class(comps[0]['per_class'])} to {_per_class(largest['per_class'])} training images "
             f"per class; paired on the same test images, Holm over the {n} sizes; at "
-            f"{_per_class(worst['per_class'])} per class {worst['finetuned']} − probe is "
-            f"{worst['diff']:+.4f}, p (Holm) {worst['p_holm']:.3g})."
+            f"{_per_class(largest['per_class'])} per class {largest['finetuned']} − probe is "
+            f"{largest['diff']:+.4f}, p (Holm) {largest['p_holm']:.3g}).{probe_ahead}"
         )
     row = next(r for r in comps if r["size"] == c["size"])
     return (
