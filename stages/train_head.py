@@ -311,6 +311,19 @@ def fit_head(cfg: TrainHeadConfig, d: HeadData, train_rows, device, run, seed, g
     return head, summary, n_train, streamed
 
 
+def write_scored(run: str, d: HeadData, scored: dict[str, tuple], shifts: list[str]) -> None:
+    """A run's (or curve point's) per-image predictions on val, test and the ``shifts``."""
+    write_predictions(
+        run,
+        manifest_sha256=d.store.fingerprint["manifest_sha256"],
+        classes=d.classes,
+        val=scored["val"],
+        test=scored["test"],
+        split=d.column,
+        shifted={k: scored[k] for k in shifts},
+    )
+
+
 def main(args: argparse.Namespace) -> None:
     p = load_params(args.params)
     base, cfg = p.base, p.train_head
@@ -327,16 +340,7 @@ def main(args: argparse.Namespace) -> None:
         cfg, d, d.split_rows["train"], device, run, args.seed, generator
     )
     # Score the chosen head on val and test, image by image: the verdict's raw material.
-    scored = score_head(head, d.store, d.split_rows, d.paths, device)
-    write_predictions(
-        run,
-        manifest_sha256=d.store.fingerprint["manifest_sha256"],
-        classes=d.classes,
-        val=scored["val"],
-        test=scored["test"],
-        split=d.column,
-        shifted={k: scored[k] for k in d.store.shifts()},
-    )
+    write_scored(run, d, score_head(head, d.store, d.split_rows, d.paths, device), d.store.shifts())
     meta = CheckpointMeta(
         kind="head",
         model=args.model,
@@ -379,15 +383,7 @@ def curve(p, d: HeadData, model: str, seed: int, device) -> None:
         head, summary, _, _ = fit_head(
             p.train_head, d, train_rows[keep], device, point, seed, generator, log=False
         )
-        scored = score_head(head, d.store, d.split_rows, d.paths, device, shifts=False)
-        write_predictions(
-            point,
-            manifest_sha256=d.store.fingerprint["manifest_sha256"],
-            classes=d.classes,
-            val=scored["val"],
-            test=scored["test"],
-            split=d.column,
-        )
+        write_scored(point, d, score_head(head, d.store, d.split_rows, d.paths, device, shifts=False), [])
         write_curve_point(
             point,
             model=model,
