@@ -262,6 +262,14 @@ class Job:
         return layout.run_name(self.strategy, self.seed, self.lr_text)
 
 
+def _number(text: str, flag: str) -> float:
+    """A command-line number; the text itself stays the run's name (DVC's spelling of it)."""
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"finetune.py: {flag} {text!r} is not a number") from None
+
+
 def start_job(args: argparse.Namespace) -> Job:
     """Params checked for this run, the device and threads set, torchrun's ranks joined."""
     p = load_params(args.params)
@@ -269,16 +277,18 @@ def start_job(args: argparse.Namespace) -> Job:
     if args.size is not None:
         if args.lr is not None:
             raise ConfigError("finetune.py: --size trains the whole lr grid; drop --lr")
-        if not 0 < float(args.size) < 1:
+        if not 0 < _number(args.size, "--size") < 1:
             raise ConfigError(f"finetune.py: --size {args.size} is not a fraction between 0 and 1")
         args.lr = str(cfg.lr[0])  # each rate of the grid in turn (curve_point)
     elif args.lr is None:
         raise ConfigError("finetune.py: --lr (a rate of the grid) or --size (a curve point) is required")
-    if float(args.lr) not in cfg.lr:
+    if _number(args.lr, "--lr") not in cfg.lr:
         raise ConfigError(f"finetune.{args.strategy}.lr: {args.lr} is not in the grid {cfg.lr}")
     device = resolve_device(p.base.device)
     workers = resolve_workers(cfg.num_workers, device)
-    configure_runtime(p.base.num_threads, device, channels_last=p.base.channels_last, workers=workers)
+    configure_runtime(
+        p.base.num_threads, device, channels_last=p.base.channels_last, workers=workers, compiles=cfg.compile
+    )
     # under torchrun: data-parallel over the ranks, the batch shared among them (distributed.py)
     ranks, device = init_ranks(device, p.base.num_threads)
     return Job(p, args.strategy, args.seed, float(args.lr), args.lr, device, ranks, workers)
@@ -323,6 +333,7 @@ def train(
         else None,
         desc=f"finetune-{strategy} lr={job.lr_text}",
         replicate=(lambda m: replicate(m, job.device)) if job.ranks.size > 1 else None,
+        plan=(job.run if log else f"{job.run} on a learning-curve subset") if job.ranks.main else None,
     )
     if logger is not None:
         logger.close()

@@ -27,17 +27,9 @@ class TestExperiments:
     """Queued experiments on a copy of the first run."""
 
     def test_queued_experiments_compare_in_exp_show(self, project):
-        # the two kinds of two-stage head: the L-BFGS probe and the MLP over its rate grid
-        dvc(
-            project,
-            "exp",
-            "run",
-            "--queue",
-            "-S",
-            "train_head.head=linear,mlp",
-            "-S",
-            "train_head.mlp.epochs=3",
-        )
+        # the two kinds of two-stage head: the L-BFGS probe (the first run's own params:
+        # every stage of that experiment is restored, none trains) and the MLP
+        dvc(project, "exp", "run", "--queue", "-S", "train_head.head=linear,mlp")
         dvc(project, "exp", "run", "--run-all")
         show = json.loads(dvc(project, "exp", "show", "--json").stdout)
         exps = [
@@ -48,9 +40,8 @@ class TestExperiments:
             data = e.get("data") or {}
             th = data.get("params", {}).get("params.yaml", {}).get("data", {}).get("train_head", {})
             acc = data.get("metrics", {}).get("results/evaluate/metrics.json", {}).get("data", {})
-            if th.get("mlp", {}).get("epochs") == 3:
-                heads[th.get("head")] = acc.get("features", {}).get("test_acc")
-        assert set(heads) == {"linear", "mlp"}, json.dumps(show)[:2000]
+            heads[th.get("head")] = acc.get("features", {}).get("test_acc")
+        assert len(exps) == 2 and set(heads) == {"linear", "mlp"}, json.dumps(show)[:2000]
         assert all(isinstance(v, float) for v in heads.values())
 
     def test_exp_show_fits_a_terminal_and_json_keeps_everything(self, project):

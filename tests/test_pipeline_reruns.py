@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from dvc_project import (
-    ALL_MODELS,
     CURVE_POINTS,
     CURVES,
     END_TO_END,
@@ -23,6 +22,8 @@ from dvc_project import (
 )
 
 pytestmark = pytest.mark.slow
+
+KEPT = {"features", "features-augmented", "full"}  # the arms the last two tests keep
 
 
 @pytest.fixture(scope="module")
@@ -92,19 +93,38 @@ class TestReruns:
         run(project, "git", "add", "-A")
         run(project, "git", "commit", "-qm", "a size")
 
+    def test_dropping_arms_reruns_only_the_aggregates(self, project):
+        """Emptying strategies' grids and curve.models removes their stages: nothing trains,
+        evaluate and report re-run on the arms left (their params changed)."""
+        set_params(
+            project,
+            {
+                "finetune": {s: {"lr": []} for s in ("frozen", "partial", "progressive", "scratch", "lp-ft")},
+                "curve": {"models": []},
+            },
+        )
+        res = repro(project)
+        assert ran(res.stdout) == {"evaluate", "report"}
+        metrics = json.loads((project / "results/evaluate/metrics.json").read_text())
+        assert set(metrics) - {"extract"} == KEPT
+        run(project, "git", "add", "-A")
+        run(project, "git", "commit", "-qm", "fewer arms")
+
     def test_adding_a_seed_runs_only_the_new_seed(self, project):
+        """On the arms left above (a head of each kind, full over its two-rate grid, the
+        heads' curves): every stage of seed 1, none of seed 0."""
         set_params(project, {"base": {"seeds": [0, 1]}})
         res = repro(project)
-        new = (
-            {s[:-1] + "1" for s in HEADS}
-            | {s.replace("@0-", "@1-") for s in (*END_TO_END, LP_FT) if "partial" not in s}
-            | {"finetune-partial@1-0.002"}
-            | {"curve-head@1"}
-            | {s.replace("-0-", "-1-") for s in (*CURVE_POINTS, "curve-finetune@frozen-0-0.6")}
-        )
+        new = {s[:-1] + "1" for s in HEADS} | {
+            "finetune-full@1-0.001",
+            "finetune-full@1-0.003",
+            "curve-head@1",
+        }
         assert ran(res.stdout) == new | {"evaluate", "report"}
+        for stage in (*HEADS, "finetune-full@0-0.001", "finetune-full@0-0.003", *CURVES):
+            assert f"Stage '{stage}' didn't change, skipping" in res.stdout
         metrics = json.loads((project / "results/evaluate/metrics.json").read_text())
-        assert all(metrics[m]["seeds"] == 2 for m in ALL_MODELS)
+        assert set(metrics) - {"extract"} == KEPT and all(metrics[m]["seeds"] == 2 for m in KEPT)
         assert "test acc (mean ± sd)" in (project / "reports/report.md").read_text()
         run(project, "git", "add", "-A")
         run(project, "git", "commit", "-qm", "two seeds")

@@ -102,3 +102,15 @@ def test_export_before_evaluate_names_the_missing_file(project):
     assert res.stderr.strip().splitlines()[-1] == (
         "error: results/evaluate/recommended.json: not found; run dvc repro"
     )
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "expected"),
+    [("--size", "abc", "--size 'abc' is not a number"), ("--lr", "1e-3x", "--lr '1e-3x' is not a number")],
+)
+def test_a_command_line_number_that_is_not_one(project, flag, value, expected):
+    """The rate or size comes from dvc.yaml's matrix; typed by hand it can be anything."""
+    args = ["stages/finetune.py", "frozen", "--seed", "0", flag, value]
+    res = run(project, sys.executable, *args, check=False)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.strip().splitlines()[-1] == f"error: finetune.py: {expected}"

@@ -36,6 +36,7 @@ def configure_runtime(
     *,
     channels_last: bool | str = "auto",
     workers: int = 0,
+    compiles: bool = False,
 ) -> None:
     """Thread count and, on CPU, deterministic algorithms.
 
@@ -43,8 +44,13 @@ def configure_runtime(
     bit-identical results need the same count: ``base.num_threads`` fixes it (0 leaves
     torch's default, the number of cores). Deterministic algorithms cost little on CPU; on
     CUDA they would cost speed and need cuBLAS settings, so they are left off there.
+
+    ``compiles``: whether this process will call ``torch.compile``. A process that does not
+    never loads torch's compiler stack (:func:`_without_compiler_imports`).
     """
     global _CHANNELS_LAST
+    if not compiles:
+        _without_compiler_imports()
     _CHANNELS_LAST = channels_last
     if num_threads > 0:
         torch.set_num_threads(num_threads)
@@ -53,7 +59,42 @@ def configure_runtime(
         # benchmark measures the oversubscribed setting slower ("workers and threads")
         torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
     if device is None or device.type == "cpu":
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        if compiles:
+            torch.use_deterministic_algorithms(True, warn_only=True)  # the compiler's flag too
+        else:
+            torch._C._set_deterministic_algorithms(True, warn_only=True)
+
+
+def _without_compiler_imports() -> None:
+    """Keep a process that never compiles from importing ``torch._dynamo`` (3-4 s of every
+    stage's start-up on a 2-core CPU, measured with cProfile; the whole of a tiny stage's
+    work is less).
+
+    Two calls import it only to configure the compiler: ``torch.use_deterministic_algorithms``
+    also sets ``torch._inductor.config.deterministic`` (so :func:`configure_runtime` sets the
+    kernel flag alone when nothing compiles), and the optimizer methods torch wraps in
+    ``torch._disable_dynamo`` (``Optimizer.add_param_group``, ``zero_grad``, ...) import it on
+    their first call to mark themselves untraceable. Nothing traces in a process that does not
+    compile, so each wrapper is handed its own function as the marked one, the cache its first
+    call would fill. Wrappers are recognised by their code object, so a torch whose internals
+    differ is left as it is (slower, never wrong); tests/test_runtime.py checks that a probe
+    fit imports no compiler. This is what the probe's stages gain (train-head, curve-head:
+    7.5 s instead of 10.6 s on the tiny test project); fine-tuning pays the import anyway,
+    through torchvision and the AdamW/SGD step (torch's ``_use_grad_for_differentiable``).
+    """
+    import torch.optim
+
+    marker = torch._disable_dynamo(_without_compiler_imports).__code__
+    seen: set[int] = set()
+    for module in [m for name, m in sys.modules.items() if name.startswith("torch.optim") and m]:
+        for owner in vars(module).values():
+            members = vars(owner).values() if isinstance(owner, type) else (owner,)
+            for member in members:
+                if getattr(member, "__code__", None) is marker and id(member) not in seen:
+                    seen.add(id(member))
+                    original = member.__wrapped__
+                    if getattr(original, "__dynamo_disable", None) is None:
+                        setattr(original, "__dynamo_disable", original)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -236,3 +277,53 @@ def init_ranks(device: torch.device, num_threads: int = 0) -> tuple[Ranks, torch
 def close_ranks(ranks: Ranks) -> None:
     if ranks.size > 1 and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+class Plan:
+    """The line a training run prints before the wait: its images, batches and epochs, the
+    measured seconds of its first batches, and the training time they imply.
+
+    The first batch pays one-time costs (memory, kernel selection, the first decodes), so it
+    is timed apart and the estimate uses the next ``batches`` (or what the epoch has): the
+    first epoch costs the first batch plus the others at the measured pace, each later epoch
+    every batch at that pace. Validation passes are not in it (they are forward only).
+    Training runs (transferlab.training.loop.fit) and extraction print one.
+    """
+
+    def __init__(
+        self,
+        label: str,
+        images: int,
+        batches: int | None,
+        epochs: int,
+        sample: int = 3,
+        what: str = "training images",
+    ) -> None:
+        self.label, self.images, self.epochs, self.what = label, images, epochs, what
+        self.batches, self.sample = batches or 0, sample  # None: from the first batch's size
+        self.want = min(1 + sample, batches) if batches else 0
+        self.count, self.first, self.done = 0, 0.0, False
+
+    def __call__(self, seen: int, seconds: float) -> None:
+        """``seen`` images so far, ``seconds`` since the work started."""
+        if self.done:
+            return
+        self.count += 1
+        if self.count == 1:
+            self.first = seconds
+            if not self.batches:
+                self.batches = max(1, -(-self.images // max(seen, 1)))
+                self.want = min(1 + self.sample, self.batches)
+        if self.count >= self.want:
+            self.done = True
+            pace = (seconds - self.first) / (self.count - 1) if self.count > 1 else seconds
+            total = self.first + pace * (self.batches * self.epochs - 1)
+            print(self.line(pace, total), flush=True)
+
+    def line(self, pace: float, total: float) -> str:
+        return (
+            f"plan: {self.label}: {self.images:,} {self.what}, {self.batches:,} batches"
+            + (f"/epoch x {self.epochs} epochs" if self.epochs > 1 else "")
+            + f"; first batch {self.first:.2f} s, then {pace:.2f} s/batch "
+            f"(over {max(self.count - 1, 1)}): about {total:,.{0 if total >= 100 else 1}f} s of {'training' if self.what == 'training images' else 'work'}"
+        )

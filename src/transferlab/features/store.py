@@ -59,7 +59,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from transferlab._io import move_into_place, remove
 from transferlab.errors import DataError, FingerprintMismatch
 from transferlab.features.backbones import Backbone, backbone_fingerprint
-from transferlab.runtime import Ranks, memory_format, place, sync
+from transferlab.runtime import Plan, Ranks, memory_format, place, sync
 
 STORE_FORMAT = 3  # 3: one group of all images (and one of views), splits selected by readers
 IMAGES, AUGMENTED = "images", "augmented"
@@ -419,6 +419,7 @@ def _extract_run(
     amp: bool,
     overlap: bool,
     probe: bool,
+    clock: Callable[[int], None] | None = None,
 ) -> tuple[int, float, bool]:
     """Rows [start, end) of group ``g`` (whole shards) through the backbone into ``writer``.
     Returns (rows written, forward seconds, whether input ran in the prefetch thread).
@@ -464,6 +465,8 @@ def _extract_run(
             writer.append, feats.cpu().numpy(), labels.numpy().astype(np.int64), g.rows[pos : pos + k]
         )
         pos += k
+        if clock is not None:
+            clock(k)
         if probing and batches == PROBE_BATCHES:
             probing = False
             if waited > OVERLAP_WHEN * computed:  # input-bound: hide it
@@ -485,7 +488,7 @@ def _extract_shards(
     done_dir: Path,
     background: _BackgroundWriter,
     device: torch.device,
-    **run: bool,
+    **run: Any,
 ) -> tuple[int, float, bool]:
     """The ``pending`` shards of group ``name``, each contiguous run of them in one pass, each
     shard marked done in the staging store once written. Returns (rows, forward seconds,
@@ -526,6 +529,7 @@ def _extract_groups(
     # writes run in the writer thread only while the input runs in the prefetch thread: on a
     # CPU in series even a short-lived second thread slows the forward pass measurably
     background = _BackgroundWriter(depth=PIPELINE_DEPTH if overlap else 0)
+    clock = _plan_clock(groups, shard_rows, ranks, done_dir) if ranks.main else None
     try:
         for name, g in groups.items():
             t_split = time.perf_counter()
@@ -547,6 +551,7 @@ def _extract_groups(
                 amp=amp,
                 overlap=overlap,
                 probe=probe,
+                clock=clock,
             )
             stats.split_images[name] = rows
             stats.images += rows
@@ -555,6 +560,29 @@ def _extract_groups(
     finally:
         background.close()
     return stats
+
+
+def _plan_clock(
+    groups: Mapping[str, Group], shard_rows: int, ranks: Ranks, done_dir: Path
+) -> Callable[[int], None]:
+    """The extraction's plan line (:class:`~transferlab.runtime.Plan`) over every row this
+    process has left to extract (original images and augmented views), timed from here."""
+    rows = 0
+    for name, g in groups.items():
+        n = len(g.rows)
+        _, shard = geometry(n, shard_rows)
+        for s in owned_shards(n_shards(n, shard_rows), ranks):
+            if not (done_dir / f"{name}-{s}").exists():
+                rows += min(shard, n - s * shard)
+    plan = Plan("extract-features", rows, None, 1, what="rows (images and augmented views)")
+    start, seen = time.perf_counter(), 0
+
+    def clock(k: int) -> None:
+        nonlocal seen
+        seen += k
+        plan(seen, time.perf_counter() - start)
+
+    return clock
 
 
 def _publish(staging: Path, out: Path, groups: Mapping[str, Group], shard_rows: int) -> None:

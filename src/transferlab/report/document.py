@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from transferlab.report import sections as S
+from transferlab.report.card import verdict_card
 from transferlab.report.format import Document
 from transferlab.report.size import size_section
 
@@ -26,11 +27,13 @@ def build(
     params_text: str,
     screens: list[dict[str, Any]] | None = None,
 ) -> Document:
-    """The whole report, in the order a reader needs it: what to use and how sure, then the
-    numbers behind it, how they were obtained, the views beyond the verdict, provenance."""
+    """The whole report, in the order a reader needs it: the verdict card and its figure
+    (what to use, why, how sure, the cost), then the numbers behind it, how they were
+    obtained, the views beyond the verdict, provenance."""
     r = S.Inputs(metrics, details, comparisons)
     doc = Document()
     doc.add("h1", title)
+    verdict_card(doc, r, r.verdict["recommended"])  # the first screen: the answer, then its figure
     S.data_section(doc, r, code_version)
     recommended = S.recommendation_section(doc, r)
     S.unresolved_section(doc, r)

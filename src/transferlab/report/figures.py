@@ -44,7 +44,13 @@ def plot_curves(details: dict[str, Any]) -> bytes:
         ax_acc.plot(epochs, c.get("val/acc", []), color=color, marker="o", ms=3, label=name)
         ax_loss.plot(epochs, c.get("val/loss", []), color=color, marker="o", ms=3)
         ax_loss.plot(epochs, c.get("train/loss", []), color=color, ls="--", alpha=0.7)
-    ax_acc.set(xlabel="epoch", ylabel="validation accuracy", title="Validation accuracy")
+        kept = _kept_epoch(d)
+        if kept is not None and kept <= len(c.get("val/acc", [])):
+            ax_acc.plot(kept, c["val/acc"][kept - 1], "*", color=color, ms=12, mec="k", mew=0.6)
+            ax_loss.plot(kept, c["val/loss"][kept - 1], "*", color=color, ms=12, mec="k", mew=0.6)
+    ax_acc.set(
+        xlabel="epoch", ylabel="validation accuracy", title="Validation accuracy (star: the epoch kept)"
+    )
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="Loss (solid: validation, dashed: training)")
     ax_loss.set_yscale("log")
     for ax in (ax_acc, ax_loss):
@@ -53,20 +59,29 @@ def plot_curves(details: dict[str, Any]) -> bytes:
     return _png(fig)
 
 
+def _kept_epoch(model: dict[str, Any]) -> int | None:
+    """The epoch (1-based) whose weights the first seed's run kept: its lowest validation loss."""
+    runs: dict[str, Any] = model.get("runs") or {}
+    first: dict[str, Any] = next(iter(runs.values()), {})
+    return first.get("train", {}).get("best_epoch")
+
+
 def plot_cost(rows: list[dict[str, Any]]) -> bytes:
-    """Test accuracy against total training time, with the Pareto front."""
+    """Test accuracy (with its 95% interval) against total training time, with the Pareto
+    front of the point estimates."""
     points = {r["model"]: (max(r["total_time_s"], 1e-3), r["test_acc"]) for r in rows}
     front = pareto_front(points)
     fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
     for i, r in enumerate(rows):
         x, y = points[r["model"]]
-        ax.errorbar(x, y, yerr=r.get("test_acc_std", 0.0) or None, fmt="o", color=f"C{i % 10}", capsize=3)
+        err = [[y - r.get("test_acc_ci_lo", y)], [r.get("test_acc_ci_hi", y) - y]]
+        ax.errorbar(x, y, yerr=err, fmt="o", color=f"C{i % 10}", capsize=3)
         ax.annotate(r["model"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.plot([points[k][0] for k in front], [points[k][1] for k in front], "k--", lw=1, label="Pareto front")
     ax.set_xscale("log")
     ax.set(
         xlabel="total time, s (own training + extraction / probe it needs)",
-        ylabel="test accuracy",
+        ylabel="test accuracy (95% interval)",
         title="Accuracy against cost",
     )
     ax.grid(alpha=0.3, which="both")
@@ -159,4 +174,112 @@ def plot_size_curves(curves: dict[str, Any]) -> bytes:
     ax.title.set_fontsize(10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def plot_forest(rows: list[dict[str, Any]], *, best: str, recommended: str) -> bytes:
+    """The verdict as a figure: each model's test accuracy minus the best one's (the best on
+    validation, at 0) with its family-wise 95% interval, rows that tie with the best shaded,
+    and beside it each model's total time (log scale), so accuracy and cost read together."""
+    n = len(rows)
+    fig, (ax, ax_t) = plt.subplots(
+        1,
+        2,
+        figsize=(10, 0.32 * n + 1.3),
+        sharey=True,
+        gridspec_kw={"width_ratios": [2.2, 1]},
+        constrained_layout=True,
+    )
+    y = np.arange(n)[::-1]  # the best on top
+    for yi, row in zip(y, rows, strict=True):
+        color = "C0" if row["tie"] else "0.55"
+        if row["tie"]:
+            for a in (ax, ax_t):
+                a.axhspan(yi - 0.45, yi + 0.45, color="C0", alpha=0.08, lw=0)
+        lo, hi = row["ci"]
+        if row["best"]:
+            ax.plot(0, yi, "D", color="C0", ms=7)
+        else:
+            ax.errorbar(
+                row["diff"],
+                yi,
+                xerr=[[row["diff"] - lo], [hi - row["diff"]]],
+                fmt="o",
+                color=color,
+                capsize=3,
+            )
+        ax_t.barh(yi, row["time_s"], color="C2" if row["model"] == recommended else "0.7", height=0.6)
+        ax_t.annotate(
+            f" {row['time_s']:.1f} s" if row["time_s"] >= 1 else f" {row['time_s'] * 1000:.0f} ms",
+            (row["time_s"], yi),
+            va="center",
+            fontsize=8,
+        )
+    labels = [
+        row["model"]
+        + (" (best on val)" if row["best"] else "")
+        + (" ← use" if row["model"] == recommended else "")
+        for row in rows
+    ]
+    ax.set_yticks(y, labels, fontsize=9)
+    for tick, row in zip(ax.get_yticklabels(), rows, strict=True):
+        if row["model"] == recommended:
+            tick.set_fontweight("bold")
+    ax.axvline(0, color="k", lw=1)
+    ax.set_xlabel(f"test accuracy minus {best}'s (95% family-wise interval)")
+    ax.set_title("Against the best on validation (shaded: cannot be told apart)", fontsize=10)
+    ax.grid(alpha=0.3, axis="x")
+    ax_t.set_xscale("log")
+    ax_t.set_xlabel("total time, s (log)")
+    ax_t.set_title("Cost", fontsize=10)
+    ax_t.grid(alpha=0.3, axis="x", which="both")
+    hi_t = max(row["time_s"] for row in rows)
+    ax_t.set_xlim(min(row["time_s"] for row in rows) / 2, hi_t * 8)  # room for the labels
+    return _png(fig)
+
+
+def plot_wise(name: str, w: dict[str, Any]) -> bytes:
+    """The WiSE-FT curve: validation and test accuracy of the weights mixed between the probe
+    (alpha 0) and the fine-tuned run (alpha 1), the alpha validation picked marked."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.6), constrained_layout=True)
+    ax.plot(w["alphas"], w["val_acc"], "o-", ms=4, label="validation")
+    ax.plot(w["alphas"], w["test_acc"], "s--", ms=4, label="test")
+    ax.axvline(
+        w["picked_alpha"], color="k", lw=1, ls=":", label=f"picked on validation: {w['picked_alpha']:g}"
+    )
+    ax.set(
+        xlabel=f"alpha (0: the linear probe, 1: {name} fine-tuned)",
+        ylabel="accuracy",
+        title=f"Weight-space interpolation towards {name}",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def plot_screen(labels: list[str], screens: list[dict[str, Any]], best: int) -> bytes:
+    """The backbone screen: each candidate's probe test accuracy (95% interval) against the
+    time its extraction took, the best on validation marked."""
+    fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
+    for i, (name, s) in enumerate(zip(labels, screens, strict=True)):
+        probe = s["probe"]
+        lo, hi = probe["test_ci95"]
+        x, y = max(s["extract_time_s"], 1e-3), probe["test_acc"]
+        ax.errorbar(
+            x, y, yerr=[[y - lo], [hi - y]], fmt="D" if i == best else "o", color=f"C{i % 10}", capsize=3
+        )
+        ax.annotate(
+            name + (" (best on val)" if i == best else ""),
+            (x, y),
+            xytext=(5, 4),
+            textcoords="offset points",
+            fontsize=8,
+        )
+    ax.set_xscale("log")
+    ax.set(
+        xlabel="extraction time of every image, s (log)",
+        ylabel="linear probe test accuracy (95% interval)",
+        title="Backbone candidates, screened by a linear probe",
+    )
+    ax.grid(alpha=0.3, which="both")
     return _png(fig)

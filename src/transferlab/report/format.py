@@ -40,7 +40,9 @@ def _inline(text: str) -> str:
 @dataclass
 class Document:
     """Blocks: ("h1"|"h2"|"p"|"pre", text), ("list", items), ("table", header, rows),
-    ("img", name, alt). Text may use Markdown's **bold**, *emphasis* and `code`."""
+    ("img", name, alt), and ("card_begin",) ... ("card_end",) around the verdict card (a
+    framed box in HTML, a rule under it in Markdown). Text may use Markdown's **bold**,
+    *emphasis* and `code`."""
 
     blocks: list[tuple] = field(default_factory=list)
     figures: dict[str, bytes] = field(default_factory=dict)
@@ -67,6 +69,10 @@ class Document:
                 out += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
             elif kind == "img":
                 out.append(f"![{b[2]}]({b[1]})")
+            elif kind == "card_begin":
+                continue
+            elif kind == "card_end":
+                out.append("---")
             out.append("")
         return "\n".join(out)
 
@@ -92,11 +98,20 @@ class Document:
             elif kind == "img":
                 data = base64.b64encode(self.figures[b[1]]).decode()
                 body.append(f'<figure><img alt="{e(b[2])}" src="data:image/png;base64,{data}"></figure>')
+            elif kind == "card_begin":
+                body.append('<section class="card">')
+            elif kind == "card_end":
+                body.append("</section>")
         style = (
-            "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+            "body{font-family:system-ui,sans-serif;max-width:1100px;margin:1em auto;padding:0 1em;color:#222}"
             "table{border-collapse:collapse;font-size:13px}th,td{border:1px solid #ccc;padding:4px 8px}"
             "td{text-align:right}td:first-child,td:nth-child(2){text-align:left}th{background:#f3f3f3}"
             "img{max-width:100%}pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:12px}"
+            # the first screen (1280 x 800): the verdict card, then its figure at most 360 px high
+            # (in px, not vh: the layout must not depend on the window's height), whatever the models
+            ".card{border:2px solid #2a6;border-radius:8px;padding:.2em 1em .6em;background:#f6fbf8}"
+            ".card h2{margin:.3em 0}.card p{margin:.35em 0}.card table{margin-top:.4em}"
+            "h1{margin:.2em 0 .4em}.card+figure{margin:.6em 0}.card+figure img{max-height:360px}"
         )
         return (
             f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>'

@@ -14,6 +14,8 @@ from transferlab.report.figures import (
     plot_cost,
     plot_curves,
     plot_per_class_f1,
+    plot_screen,
+    plot_wise,
 )
 from transferlab.report.format import Document, _d, _fmt_s, _sd
 from transferlab.verdict.recommend import (
@@ -248,6 +250,9 @@ def claims(
 def wise_section(doc: Document, name: str, w: dict[str, Any]) -> None:
     """The WiSE-FT curve of ``name``: weights mixed between its start and its end."""
     doc.add("h2", f"Between the probe and {name}: weight-space interpolation")
+    figure = f"wise_{name}.png"
+    doc.figures[figure] = plot_wise(name, w)
+    doc.add("img", figure, f"validation and test accuracy between the probe and {name}, by alpha")
     picked = w["picked_alpha"]
     doc.add(
         "table",
@@ -347,6 +352,12 @@ def backbone_section(doc: Document, details: dict[str, Any], screens: list[dict[
     summary = screening.summarise(screens)
     doc.add("table", screening.HEADER, screening.rows(screens))
     best = summary["best"]
+    doc.figures["backbones.png"] = plot_screen(
+        [f"candidate{i}" for i in range(len(screens))], screens, summary["names"].index(best)
+    )
+    doc.add(
+        "img", "backbones.png", "probe test accuracy of every screened backbone against its extraction time"
+    )
     others = [n for n in summary["tie_set"] if n != best]
     text = (
         f"Every candidate: features of every image in its own store, then the linear probe of "

@@ -116,10 +116,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--weights", help="the backbone's weights file, for a head trained on a local weights file"
     )
+    q = sub.add_parser(
+        "plan", help="estimate how long dvc repro takes on this machine, from a few timed batches"
+    )
+    q.add_argument(
+        "--params", type=Path, default=Path("params.yaml"), help="params file (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
-    if args.top_k < 1 or args.batch_size < 1:
+    if args.command == "predict" and (args.top_k < 1 or args.batch_size < 1):
         parser.error("--top-k and --batch-size must be at least 1")
     try:
+        if args.command == "plan":
+            from transferlab.serve.plan import run_plan
+
+            sys.stdout.write(run_plan(args.params))
+            raise SystemExit(0)
         raise SystemExit(predict(args))
     except EXPECTED_ERRORS as err:
         print(f"error: {one_line(err)}", file=sys.stderr)

@@ -19,7 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from transferlab.config import OptimConfig
-from transferlab.runtime import memory_format, sync
+from transferlab.runtime import Plan, memory_format, sync
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -154,15 +154,18 @@ def train_one_epoch(
     desc: str = "train",
     amp: bool = False,
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    clock: Callable[[int, float], None] | None = None,
 ) -> tuple[float, float]:
     """One pass over ``loader``; returns (mean loss, accuracy).
 
     ``forward`` replaces ``model(x)`` (a compiled version of the model, say); ``model`` is
-    still what is put in train mode.
+    still what is put in train mode. ``clock(batches, seconds)``, if given, hears after every
+    batch how many have trained and the seconds since the pass started (:class:`Plan`).
     """
     model.train()
     forward = forward if forward is not None else model
     total_loss, correct, seen = 0.0, 0, 0
+    t0 = time.perf_counter()
     for x, y in _progress(loader, desc):
         x, y = _to(x, device), y.to(device, non_blocking=True)
         with _autocast(device, amp):
@@ -176,6 +179,8 @@ def train_one_epoch(
         total_loss += loss.item() * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         seen += len(y)
+        if clock is not None:
+            clock(seen, time.perf_counter() - t0)
     return total_loss / max(seen, 1), correct / max(seen, 1)
 
 
@@ -307,6 +312,7 @@ def fit(
     loss_weights: torch.Tensor | None = None,
     desc: str = "",
     replicate: Callable[[nn.Module], nn.Module] | None = None,
+    plan: str | None = None,
 ) -> FitResult:
     """Train for ``cfg.epochs`` (or until early stopping) and leave the best weights loaded.
 
@@ -335,6 +341,8 @@ def fit(
         return torch.compile(inner) if compile_ else inner
 
     forward = wrapped()
+    n_images = len(getattr(train_loader, "dataset", ())) or len(train_loader)  # type: ignore[arg-type]
+    clock = Plan(plan, n_images, len(train_loader), cfg.epochs) if plan else None  # type: ignore[arg-type]
     result, best = FitResult(), _BestEpoch()
     t_fit = time.perf_counter()
     for epoch in range(cfg.epochs):
@@ -354,6 +362,7 @@ def fit(
             desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}".strip(),
             amp=amp,
             forward=forward,
+            clock=clock if epoch == 0 else None,
         )
         sync(device)
         if replicate is not None:
