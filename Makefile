@@ -7,7 +7,7 @@ export DVC_NO_ANALYTICS := 1
 # The pipeline's stages call `python`: make it the environment's.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup lock repro ci-repro test test-fast lint browser exp-sweep exp-show bench clean-venv
+.PHONY: setup lock repro ci-repro plan test test-fast lint browser exp-sweep exp-show bench clean-venv
 
 setup: $(VENV)/.installed
 
@@ -93,6 +93,13 @@ ALL ?=
 exp-show: setup
 	$(BIN)/dvc exp show --only-changed --keep '$(HEADLINE)' \
 	  --drop '$(if $(ALL),.*_(std|ci_lo|ci_hi)$$|.*(nll|ece|epochs|total_params|peak_gpu_mb|seeds)$$,$(NOT_PARAM))'
+
+# How long `make repro` will take here, before it starts: the download stage lists and
+# checks the images (its manifest gives the counts), then a few timed batches per backbone
+# and strategy stand in for the work (src/transferlab/serve/plan.py). Trains nothing.
+plan: setup
+	$(BIN)/dvc repro download
+	$(BIN)/transferlab plan
 
 # Speed against the hardware and the obvious alternatives: bench/results/<machine>.{md,json}
 bench: setup

@@ -73,3 +73,34 @@ def test_bench_measurements_on_a_few_images(tmp_path):
     md = bench.markdown(result)
     assert "**extraction efficiency**" in md and "| 1x | 40 |" in md
     assert "## Image stages at scale" in md and "| 2x | 48 |" in md and "## Workers and threads" in md
+
+
+def test_overhead_is_wall_time_minus_the_work_the_runs_record(tmp_path):
+    """bench/overhead.py: extraction, each head's whole grid, each end-to-end run and each
+    learning-curve point's grid count as work; the rest of the wall time is overhead."""
+    spec = importlib.util.spec_from_file_location("overhead", ROOT / "bench" / "overhead.py")
+    assert spec is not None and spec.loader is not None
+    overhead = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(overhead)
+    import json
+
+    def write(rel: str, data: dict) -> None:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(json.dumps(data))
+
+    write("extract/extract.json", {"total_time_s": 10.0})
+    write("features-s0/train.json", {"train_time_s": 0.5, "search_time_s": 4.0})  # a head's grid
+    write("full-s0-lr0.001/train.json", {"train_time_s": 30.0, "search_time_s": None})
+    write("full-s0-lr0.003/train.json", {"train_time_s": 31.0})
+    write("curve/heads-s0/features/f0.5/point.json", {"train_time_s": 0.1, "search_time_s": 2.0})
+    write("curve/full-s0/f0.5/point.json", {"train_time_s": 9.0, "search_time_s": 18.0})
+    work = overhead.recorded_work(tmp_path)
+    assert work == {
+        "extraction": 10.0,
+        "probe grids": 4.0,
+        "end-to-end training": 61.0,
+        "learning-curve points": 20.0,
+    }
+    text = overhead.section(100.0, work)  # 95 s of work in 100 s: 5% overhead
+    assert "| **overhead** (wall minus work) | 5.0 | 5.0% |" in text and "met" in text
+    assert "NOT met" in overhead.section(200.0, work)

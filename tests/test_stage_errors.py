@@ -1,12 +1,17 @@
 """Every stage script, run as DVC runs it, on edge values a user can set: one line naming the
 key or file, exit 1, no traceback. The config loader's own tests (tests/test_config.py)
-cannot catch an error that a stage raises after loading (a device, a weights file)."""
+cannot catch an error that a stage raises after loading (a device, a weights file).
+
+Every case runs in one driver process (DRIVER): each stage script executed as ``__main__``
+with its own argv, as ``python stages/<x>.py ...`` would, stderr captured and any exception
+other than the stage's own exit recorded as the traceback it would print. One interpreter
+start-up instead of one per case: torch's import is most of a failing stage's time."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -37,27 +42,6 @@ STAGES = {
 }
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    """The tiny project with its images downloaded: later stages get past reading them."""
-    project = make_project(tmp_path_factory.mktemp("edges"))
-    run(project, sys.executable, "stages/download.py")
-    (project / "garbage.pt").write_bytes(os.urandom(2048))
-    return project
-
-
-def _fails_in_one_line(project: Path, stage: str, over: dict, *expected: str) -> None:
-    params = project / f"edge-{abs(hash(repr(over)))}.yaml"
-    params.write_text(yaml.safe_dump(_merge(TINY, over), sort_keys=False))
-    res = run(project, sys.executable, *STAGES[stage], "--params", str(params), check=False)
-    assert res.returncode == 1, f"{stage} {over}: exit {res.returncode}\n{res.stdout}\n{res.stderr}"
-    assert "Traceback" not in res.stderr, f"{stage} {over}:\n{res.stderr}"
-    errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, f"{stage} {over}:\n{res.stderr}"
-    for words in expected:
-        assert words in errors[0], f"{stage} {over}: {errors[0]}"
-
-
 BN_OF_ONE = (
     {"finetune": {"budget": {"batch_size": 1}, "full": {"bn": "train"}}},
     "finetune.full",
@@ -85,32 +69,83 @@ MATRIX = [
 ]
 NO_CUDA = not __import__("torch").cuda.is_available()
 
+DRIVER = """
+import contextlib, io, json, runpy, sys, traceback
+out = {}
+for key, argv in json.loads(sys.argv[1]).items():
+    err, code = io.StringIO(), 0
+    saved = list(sys.path)
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            sys.argv = argv
+            runpy.run_path(argv[0], run_name="__main__")
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    except BaseException:
+        code, _ = 1, err.write(traceback.format_exc())
+    sys.path[:] = saved
+    out[key] = [code, err.getvalue()]
+print(json.dumps(out))
+"""
+
+
+def _case_id(stage: str, i: int) -> str:
+    return f"{stage}-{i}"
+
+
+NUMBERS = [
+    ("--size", "abc", "--size 'abc' is not a number"),
+    ("--lr", "1e-3x", "--lr '1e-3x' is not a number"),
+]
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory) -> dict[str, tuple[int, str]]:
+    """The tiny project with its images downloaded (later stages get past reading them), and
+    (exit code, stderr) of every case below, each a stage script run on its edge values."""
+    project = make_project(tmp_path_factory.mktemp("edges"))
+    run(project, sys.executable, "stages/download.py")
+    (project / "garbage.pt").write_bytes(os.urandom(2048))
+    cases: dict[str, list[str]] = {}
+    for i, (stage, case) in enumerate(MATRIX):
+        over: dict = case[0]  # type: ignore[assignment]
+        params = project / f"edge-{i}.yaml"
+        params.write_text(yaml.safe_dump(_merge(TINY, over), sort_keys=False))
+        cases[_case_id(stage, i)] = [*STAGES[stage], "--params", str(params)]
+    cases["export-first"] = list(STAGES["export"])
+    for flag, value, _ in NUMBERS:
+        cases[f"number{flag}"] = ["stages/finetune.py", "frozen", "--seed", "0", flag, value]
+    res = run(project, sys.executable, "-c", DRIVER, json.dumps(cases))
+    return {k: (code, err) for k, (code, err) in json.loads(res.stdout.splitlines()[-1]).items()}
+
 
 @pytest.mark.parametrize(
-    ("stage", "case"), MATRIX, ids=[f"{stage}-{i}" for i, (stage, _) in enumerate(MATRIX)]
+    ("stage", "case"), MATRIX, ids=[_case_id(stage, i) for i, (stage, _) in enumerate(MATRIX)]
 )
-def test_edge_values_end_in_one_line_naming_the_key(project, stage, case):
+def test_edge_values_end_in_one_line_naming_the_key(outcomes, stage, case):
     if case is CUDA and not NO_CUDA:
         pytest.skip("needs a machine without CUDA")
     over, *expected = case
-    _fails_in_one_line(project, stage, over, *expected)
+    code, err = outcomes[_case_id(stage, MATRIX.index((stage, case)))]
+    assert code == 1, f"{stage} {over}: exit {code}\n{err}"
+    assert "Traceback" not in err, f"{stage} {over}:\n{err}"
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, f"{stage} {over}:\n{err}"
+    for words in expected:
+        assert words in errors[0], f"{stage} {over}: {errors[0]}"
 
 
-def test_export_before_evaluate_names_the_missing_file(project):
-    res = run(project, sys.executable, *STAGES["export"], check=False)
-    assert res.returncode == 1 and "Traceback" not in res.stderr
-    assert res.stderr.strip().splitlines()[-1] == (
-        "error: results/evaluate/recommended.json: not found; run dvc repro"
+def test_export_before_evaluate_names_the_missing_file(outcomes):
+    code, err = outcomes["export-first"]
+    assert code == 1 and "Traceback" not in err
+    assert (
+        err.strip().splitlines()[-1] == "error: results/evaluate/recommended.json: not found; run dvc repro"
     )
 
 
-@pytest.mark.parametrize(
-    ("flag", "value", "expected"),
-    [("--size", "abc", "--size 'abc' is not a number"), ("--lr", "1e-3x", "--lr '1e-3x' is not a number")],
-)
-def test_a_command_line_number_that_is_not_one(project, flag, value, expected):
+@pytest.mark.parametrize(("flag", "value", "expected"), NUMBERS)
+def test_a_command_line_number_that_is_not_one(outcomes, flag, value, expected):
     """The rate or size comes from dvc.yaml's matrix; typed by hand it can be anything."""
-    args = ["stages/finetune.py", "frozen", "--seed", "0", flag, value]
-    res = run(project, sys.executable, *args, check=False)
-    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
-    assert res.stderr.strip().splitlines()[-1] == f"error: finetune.py: {expected}"
+    code, err = outcomes[f"number{flag}"]
+    assert code == 1 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == f"error: finetune.py: {expected}"
