@@ -1,13 +1,20 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-import pytest
-import torch
-from helpers import make_image_folder
-
+# One CPU thread per process, set before torch starts its thread pool: pytest-xdist runs one
+# worker per core, and each worker's stage processes run beside another's. Two processes of
+# two threads each on two cores spin against each other: a pair of tiny fine-tuning stages
+# took 17 to 27 s that way against 9 to 10 s with one thread each (measured here). The stage
+# processes inherit it (tests/dvc_project.py: command_env); `make repro` keeps every core.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from helpers import make_image_folder  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -55,6 +55,7 @@ def command_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # stages call `python`
     env["DVC_NO_ANALYTICS"] = "1"
+    env.setdefault("OMP_NUM_THREADS", "1")  # one thread per stage process (tests/conftest.py)
     for who in ("AUTHOR", "COMMITTER"):
         env[f"GIT_{who}_NAME"] = "transferlab tests"
         env[f"GIT_{who}_EMAIL"] = "tests@transferlab.invalid"
