@@ -7,7 +7,7 @@ export DVC_NO_ANALYTICS := 1
 # The pipeline's stages call `python`: make it the environment's.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup lock repro ci-repro plan test test-fast lint browser exp-sweep exp-show bench clean-venv
+.PHONY: setup lock repro ci-repro plan test test-fast lint browser exp-sweep exp-show bench bench-overhead clean-venv
 
 setup: $(VENV)/.installed
 
@@ -104,6 +104,12 @@ plan: setup
 # Speed against the hardware and the obvious alternatives: bench/results/<machine>.{md,json}
 bench: setup
 	$(BIN)/python bench/bench.py
+
+# The pipeline's overhead: every stage re-run from scratch, timed, against the work the runs
+# record (bench/overhead.py; minutes: the whole default pipeline).
+bench-overhead: setup
+	@s=$$(date +%s); $(BIN)/dvc repro --force && \
+	  $(BIN)/python bench/overhead.py --wall $$(( $$(date +%s) - s ))
 
 # The same three checks run before every commit with pre-commit (.pre-commit-config.yaml):
 #   .venv/bin/pre-commit install

@@ -162,8 +162,10 @@ class TestFirstRun:
         assert all(re.search(rf"\| (\*\*)?{re.escape(m)}(\*\*)? \|", report) for m in ALL_MODELS)
         assert (project / "reports/learning_curves.png").stat().st_size > 10_000
         page = (project / "reports/report.html").read_text()
-        # cost, learning curves, confusions, per-class F1, and the size curves
-        assert page.count("data:image/png;base64,") == 5 and "Recommendation" in page
+        # the verdict's forest plot, lp-ft's WiSE-FT curve, the size curves, cost, learning
+        # curves, confusions, per-class F1
+        assert page.count("data:image/png;base64,") == 7 and "Recommendation" in page
+        assert (project / "reports/verdict.png").is_file() and (project / "reports/wise_lp-ft.png").is_file()
         # the recommended model, exported: checkpoint, TorchScript, ONNX, model card
         assert "export" in _stages_run(stdout)
         rec = json.loads((project / "results/evaluate/recommended.json").read_text())

@@ -91,6 +91,8 @@ class TestArms:
         assert screens[2]["weights_sha256"] is None and screens[2]["params"] > screens[0]["params"]
         report = (project / "reports/report.md").read_text()
         assert "Kendall's tau over 3 candidates" in report and "resnet18 @ 32 px (random)" in report
+        assert "![probe test accuracy of every screened backbone" in report  # the screen's figure
+        assert (project / "reports/backbones.png").stat().st_size > 10_000
         cands[1] = {**cands[1], "image_size": 40}
         set_params(project, {"backbone": {"candidates": cands}})
         assert ran(repro(project).stdout) == {"screen-backbone@candidate1", "choose-backbone", "report"}
@@ -111,6 +113,7 @@ class TestArms:
             for f in (project / d).glob("candidate*"):
                 shutil.rmtree(f) if f.is_dir() else f.unlink()
         (project / "results/screen/.gitignore").unlink()  # DVC's, listing the screens
+        run(project, "git", "clean", "-fdq", "reports")  # the screen's figure, untracked
         dvc(project, "checkout", "-q")
         assert "changed" not in dvc(project, "status").stdout
 
