@@ -31,6 +31,7 @@ def fixed_costs(monkeypatch):
 
     class Net:
         num_features = 8
+        preprocess = None  # read only by input_paces, fixed above
 
     monkeypatch.setattr("transferlab.features.backbones.create_backbone", lambda *a, **k: Net())
 
@@ -94,7 +95,10 @@ def test_plan_without_a_manifest_says_what_to_run(tmp_path):
 
 
 def test_the_input_pipeline_is_timed_on_the_datas_own_images(image_folder):
+    from transferlab.data.images import Preprocess
+
     root, items = image_folder
-    decoding, augmenting = P.input_paces(load_params(ROOT / "params.yaml"), [root / rel for rel, _ in items])
+    p, pre = load_params(ROOT / "params.yaml"), Preprocess(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    decoding, augmenting = P.input_paces(p, pre, [root / rel for rel, _ in items])
     assert 0 < decoding < 1 and 0 < augmenting < 1  # seconds per image, after a warm-up
-    assert P.input_paces(load_params(ROOT / "params.yaml"), []) == (0.0, 0.0)  # nothing to time
+    assert P.input_paces(p, pre, []) == (0.0, 0.0)  # nothing to time

@@ -35,6 +35,7 @@ import torch
 
 from transferlab import layout, registry
 from transferlab.config import Params, load_params
+from transferlab.data.images import Preprocess
 
 # What a stage imports before its work (a fresh interpreter: nothing is cached).
 STAGE_IMPORTS = (
@@ -114,8 +115,9 @@ def inference_pace(backbone: torch.nn.Module, size: int, batch: int) -> float:
     return _timed(step, TIMED_STEPS) / batch
 
 
-def training_pace(p: Params, strategy: str, classes: int) -> float:
-    """Seconds per image of one optimizer step of ``strategy`` at its batch size."""
+def training_pace(p: Params, arms: dict[str, Any], strategy: str, classes: int) -> float:
+    """Seconds per image of one optimizer step of ``strategy`` at its batch size, on the
+    arms' backbone ``arms`` (name, image_size, weights)."""
     from transferlab.features.backbones import create_backbone
     from transferlab.training.models import TransferModel, make_head
     from transferlab.training.strategies import apply_strategy, param_groups
@@ -123,9 +125,9 @@ def training_pace(p: Params, strategy: str, classes: int) -> float:
     cfg = p.finetune.strategy(strategy)
     spec = registry.get(strategy)
     backbone = create_backbone(
-        p.backbone.name,
-        p.backbone.image_size,
-        p.backbone.weights,
+        arms["name"],
+        arms["image_size"],
+        arms["weights"],
         pretrained=spec.pretrained,
         crop_pct=p.backbone.crop_pct,
     )
@@ -133,7 +135,7 @@ def training_pace(p: Params, strategy: str, classes: int) -> float:
     apply_strategy(model, strategy, cfg)
     model.to(memory_format=torch.channels_last).train()
     opt = torch.optim.AdamW(param_groups(model, cfg, cfg.lr[0]))
-    size, batch = p.backbone.image_size, cfg.batch_size
+    size, batch = arms["image_size"], cfg.batch_size
     x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, classes, (batch,))
 
@@ -160,10 +162,11 @@ def probe_pace(width: int, classes: int, rows: int = 2048) -> float:
     return _timed(lambda: opt.step(closure), 1) / (10 * rows)
 
 
-def input_paces(p: Params, paths: list[Path]) -> tuple[float, float]:
+def input_paces(p: Params, pre: Preprocess, paths: list[Path]) -> tuple[float, float]:
     """Seconds per image to decode one of ``paths`` (a sample of the data) and to augment a
-    decoded one as training does (crop, rotation, flip, normalization)."""
-    from transferlab.data.images import Preprocess, decode, train_transform
+    decoded one as training does (crop, rotation, flip, normalization; ``pre``: the
+    backbone's preprocessing)."""
+    from transferlab.data.images import decode, train_transform
 
     sample = paths[:SAMPLE]
     if not sample:
@@ -172,9 +175,6 @@ def input_paces(p: Params, paths: list[Path]) -> tuple[float, float]:
     t = time.perf_counter()
     images = [decode(path) for path in sample]
     decoding = (time.perf_counter() - t) / len(sample)
-    pre = Preprocess(
-        p.backbone.image_size, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), crop_pct=p.backbone.crop_pct or 0.875
-    )
     aug = p.augment
     transform = train_transform(
         pre, crop_scale=aug.crop_scale, rotation_degrees=aug.rotation_degrees, hflip=aug.hflip
@@ -187,21 +187,25 @@ def input_paces(p: Params, paths: list[Path]) -> tuple[float, float]:
 
 
 def plan(p: Params, counts: dict[str, int], classes: int, paths: list[Path] | None = None) -> Estimate:
-    """The estimate for params ``p`` on splits of ``counts`` images (train, val, test)."""
+    """The estimate for params ``p`` on splits of ``counts`` images (train, val, test), its
+    input pipeline timed on ``paths`` (a sample of the data's images)."""
+    from transferlab.features.backbone_choice import choose
     from transferlab.features.backbones import create_backbone
 
-    torch.set_num_threads(p.base.num_threads or torch.get_num_threads())
+    if p.base.num_threads:
+        torch.set_num_threads(p.base.num_threads)
+    arms = choose(p.backbone)  # backbone.name, or with best-probe the screens' pick
     est = Estimate()
     seeds, views = len(p.base.seeds), p.extract_features.augment_views
     n_train, n_val, n_test = counts["train"], counts["val"], counts["test"]
     start = startup_seconds() + STAGE_EXTRA
-    decoding, augmenting = input_paces(p, paths or [])
+    backbone = create_backbone(
+        arms["name"], arms["image_size"], arms["weights"], crop_pct=p.backbone.crop_pct
+    )
+    decoding, augmenting = input_paces(p, backbone.preprocess, paths or [])
     n_all = n_train + n_val + n_test
     fill = n_all * decoding  # an image stage's cache: every image of its splits, once
-    backbone = create_backbone(
-        p.backbone.name, p.backbone.image_size, p.backbone.weights, crop_pct=p.backbone.crop_pct
-    )
-    infer = inference_pace(backbone, p.backbone.image_size, p.extract_features.batch_size)
+    infer = inference_pace(backbone, arms["image_size"], p.extract_features.batch_size)
     shifts = len(p.shift.kinds)
     score = (n_val + n_test * (1 + shifts)) * infer  # one run's predictions on val, test, shifted test
 
@@ -230,7 +234,7 @@ def plan(p: Params, counts: dict[str, int], classes: int, paths: list[Path] | No
         curve = strategy in p.curve.models
         if not rates:
             continue
-        step = training_pace(p, strategy, classes) + augmenting
+        step = training_pace(p, arms, strategy, classes) + augmenting
         epoch = n_train * step + n_val * infer
         run = fill + cfg.epochs * epoch + score
         est.add(f"finetune-{strategy}", rates * seeds, rates * seeds * (start + run))
@@ -245,8 +249,8 @@ def plan(p: Params, counts: dict[str, int], classes: int, paths: list[Path] | No
     est.notes = [
         f"Measured here: stage start-up {start - STAGE_EXTRA:.1f} s (+ {STAGE_EXTRA:.0f} s per stage besides "
         f"its work); decoding {decoding * 1000:.2f} ms and augmenting {augmenting * 1000:.2f} ms per image; "
-        f"inference {infer * 1000:.2f} ms/image at "
-        f"{p.backbone.image_size} px; a training step per image: {', '.join(budget_notes) or 'none'}; "
+        f"inference {infer * 1000:.2f} ms/image ({arms['name']} at "
+        f"{arms['image_size']} px); a training step per image: {', '.join(budget_notes) or 'none'}; "
         f"the probe {probe * 1e6:.2f} us per row and iteration.",
         f"Work: {n_train:,} training, {n_val:,} validation, {n_test:,} test images, {seeds} seed(s), "
         f"{views} augmented view(s) per training image, {shifts} shift(s) of the test split.",
