@@ -78,15 +78,21 @@ def plot_cost(rows: list[dict[str, Any]]) -> bytes:
         ax.errorbar(x, y, yerr=err, fmt="o", color=f"C{i % 10}", capsize=3)
         ax.annotate(r["model"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.plot([points[k][0] for k in front], [points[k][1] for k in front], "k--", lw=1, label="Pareto front")
-    ax.set_xscale("log")
-    ax.set(
-        xlabel="total time, s (own training + extraction / probe it needs)",
-        ylabel="test accuracy (95% interval)",
-        title="Accuracy against cost",
+    _accuracy_against_seconds(
+        ax,
+        "total time, s (own training + extraction / probe it needs)",
+        "test accuracy",
+        "Accuracy against cost",
     )
-    ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     return _png(fig)
+
+
+def _accuracy_against_seconds(ax: plt.Axes, xlabel: str, ylabel: str, title: str) -> None:
+    """Seconds on a log scale against an accuracy shown with its 95% interval."""
+    ax.set_xscale("log")
+    ax.set(xlabel=xlabel, ylabel=f"{ylabel} (95% interval)", title=title)
+    ax.grid(alpha=0.3, which="both")
 
 
 def plot_confusions(details: dict[str, Any]) -> bytes:
@@ -275,11 +281,10 @@ def plot_screen(labels: list[str], screens: list[dict[str, Any]], best: int) -> 
             textcoords="offset points",
             fontsize=8,
         )
-    ax.set_xscale("log")
-    ax.set(
-        xlabel="extraction time of every image, s (log)",
-        ylabel="linear probe test accuracy (95% interval)",
-        title="Backbone candidates, screened by a linear probe",
+    _accuracy_against_seconds(
+        ax,
+        "extraction time of every image, s (log)",
+        "linear probe test accuracy",
+        "Backbone candidates, screened by a linear probe",
     )
-    ax.grid(alpha=0.3, which="both")
     return _png(fig)
