@@ -125,7 +125,7 @@ def _how_sure(r: Any, recommended: str, ties: list[str], n_test: int) -> str:
         need = gap["images_to_separate"]
         text += (
             f" {r.best} minus {recommended} is {_d(gap['diff'])} [{_d(gap['ci_family'][0])}, "
-            f"{_d(gap['ci_family'][1])}]"
+            f"{_d(gap['ci_family'][1])}] (family-wise 95%)"
             + (
                 f"; telling them apart would take about {need:,} test images (there are {n_test:,})."
                 if need
