@@ -107,8 +107,8 @@ def outcomes(tmp_path_factory) -> dict[str, tuple[int, str]]:
     run(project, sys.executable, "stages/download.py")
     (project / "garbage.pt").write_bytes(os.urandom(2048))
     cases: dict[str, list[str]] = {}
-    for i, (stage, case) in enumerate(MATRIX):
-        over: dict = case[0]  # type: ignore[assignment]
+    for i, (stage, (over, *_)) in enumerate(MATRIX):
+        assert isinstance(over, dict)
         params = project / f"edge-{i}.yaml"
         params.write_text(yaml.safe_dump(_merge(TINY, over), sort_keys=False))
         cases[_case_id(stage, i)] = [*STAGES[stage], "--params", str(params)]
@@ -120,13 +120,15 @@ def outcomes(tmp_path_factory) -> dict[str, tuple[int, str]]:
 
 
 @pytest.mark.parametrize(
-    ("stage", "case"), MATRIX, ids=[_case_id(stage, i) for i, (stage, _) in enumerate(MATRIX)]
+    ("i", "stage", "case"),
+    [(i, stage, case) for i, (stage, case) in enumerate(MATRIX)],
+    ids=[_case_id(stage, i) for i, (stage, _) in enumerate(MATRIX)],
 )
-def test_edge_values_end_in_one_line_naming_the_key(outcomes, stage, case):
+def test_edge_values_end_in_one_line_naming_the_key(outcomes, i, stage, case):
     if case is CUDA and not NO_CUDA:
         pytest.skip("needs a machine without CUDA")
     over, *expected = case
-    code, err = outcomes[_case_id(stage, MATRIX.index((stage, case)))]
+    code, err = outcomes[_case_id(stage, i)]
     assert code == 1, f"{stage} {over}: exit {code}\n{err}"
     assert "Traceback" not in err, f"{stage} {over}:\n{err}"
     errors = [line for line in err.splitlines() if line.startswith("error: ")]

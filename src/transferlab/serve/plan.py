@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import torch
 
 from transferlab import layout, registry
@@ -264,27 +265,25 @@ def plan(p: Params, counts: dict[str, int], classes: int, paths: list[Path] | No
     return est
 
 
-def split_counts(manifest_path: Path) -> tuple[dict[str, int], int]:
+def split_counts(manifest: pl.DataFrame) -> tuple[dict[str, int], int]:
     """Images per split of the base splitting (with base.folds, of the first fold's run, as
-    the manifest's ``split`` column holds it) and the number of classes, from the download
-    stage's manifest."""
-    from transferlab.data.manifest import read_manifest
-
-    m = read_manifest(manifest_path)
-    counts = {s: int((m["split"] == s).sum()) for s in ("train", "val", "test")}
-    return counts, int(m["label"].n_unique())
+    the manifest's ``split`` column holds it) and the number of classes."""
+    counts = {s: int((manifest["split"] == s).sum()) for s in ("train", "val", "test")}
+    return counts, int(manifest["label"].n_unique())
 
 
-def sample_paths(manifest_path: Path, n: int = SAMPLE) -> list[Path]:
+def sample_paths(manifest: pl.DataFrame, n: int = SAMPLE) -> list[Path]:
     """``n`` of the data's images, spread over the manifest (every class, not the first one)."""
-    from transferlab.data.manifest import read_manifest
-
-    paths = read_manifest(manifest_path)["path"].to_list()
+    paths = manifest["path"].to_list()
     step = max(1, len(paths) // n)
     return [layout.RAW / x for x in paths[::step][:n]]
 
 
 def run_plan(params: Path) -> str:
-    """The estimate as text, for the params file ``params`` and the manifest download wrote."""
-    counts, classes = split_counts(layout.MANIFEST)
-    return plan(load_params(params), counts, classes, sample_paths(layout.MANIFEST)).text()
+    """The estimate as text, for the params file ``params`` and the manifest download wrote
+    (read once: the counts and the sample both come from it)."""
+    from transferlab.data.manifest import read_manifest
+
+    manifest = read_manifest(layout.MANIFEST)
+    counts, classes = split_counts(manifest)
+    return plan(load_params(params), counts, classes, sample_paths(manifest)).text()
