@@ -38,6 +38,7 @@ from transferlab.data.sources import (
     write_torchvision,
 )
 from transferlab.data.splitting import build_manifest
+from transferlab.errors import DataError
 
 DOWNLOADS = layout.DATA / "downloads"  # kept between runs: a broken download resumes
 
@@ -85,6 +86,25 @@ def source_name(cfg) -> str:
     }.get(cfg.source, "scikit-learn digits")
 
 
+def left_enough(manifest: pl.DataFrame, where: str, skipped: list) -> None:
+    """After files are skipped past the split (duplicates across classes or splits), what is
+    left must still be a data set: two classes or more, each in train, val and test."""
+    classes = manifest["class_name"].unique().sort().to_list()
+    if len(classes) < 2:
+        raise DataError(
+            f"{where}: {len(skipped)} bad file(s) skipped leave {len(classes)} class(es) with images; "
+            "need at least 2 (results/download/download.json is not written: fix or remove the files)"
+        )
+    have = set(manifest.select("class_name", "split").unique().iter_rows())
+    for c in classes:
+        missing = [s for s in ("train", "val", "test") if (c, s) not in have]
+        if missing:
+            raise DataError(
+                f"{where}: after skipping {len(skipped)} bad file(s), class {c!r} has no "
+                f"{'/'.join(missing)} image left; fix or remove the files, or give it more images"
+            )
+
+
 def main(args: argparse.Namespace) -> None:
     p = load_params(args.params)
     cfg = p.download
@@ -112,6 +132,9 @@ def main(args: argparse.Namespace) -> None:
                 dropped = {Path(path).relative_to(shown).as_posix() for path, _ in problems}
                 manifest = manifest.filter(~pl.col("path").is_in(list(dropped)))
                 skipped += problems
+                left_enough(
+                    manifest, f"download.path {shown}" if cfg.source == "folder" else "download", skipped
+                )
         with publish(layout.MANIFEST) as tmp:
             manifest.write_parquet(tmp)
     counts = dict(manifest.group_by("split").len().sort("split").iter_rows())

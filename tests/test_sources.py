@@ -468,3 +468,21 @@ def test_tar_gz_bomb_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(DataError, match="refused as a decompression bomb"):
         extract_archive(bomb, dest)
     assert not any(p.is_file() for p in dest.rglob("*"))
+
+
+def test_skipping_every_copy_must_leave_a_data_set(tmp_path):
+    """Every image of a class duplicated in the other: skipping the copies leaves no class
+    at all, which is one line naming the folder, and no manifest a later stage could read."""
+    src = folder(tmp_path / "src", n=4)
+    for image in (src / "cat").glob("*.png"):
+        (src / "dog" / f"copy-{image.name}").write_bytes(image.read_bytes())
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    res = _stage(proj, {"source": "folder", "path": str(src), "on_bad": "skip"})
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert (
+        res.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"error: download.path {src}: 8 bad file(s) skipped leave 1 class(es)")
+    )
+    assert not (proj / "data" / "manifest.parquet").exists() and not (proj / "data" / "raw").exists()
