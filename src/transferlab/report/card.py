@@ -127,7 +127,8 @@ def _how_sure(r: Any, recommended: str, ties: list[str], n_test: int) -> str:
             f" {r.best} minus {recommended} is {_d(gap['diff'])} [{_d(gap['ci_family'][0])}, "
             f"{_d(gap['ci_family'][1])}] (family-wise 95%)"
             + (
-                f"; telling them apart would take about {need:,} test images (there are {n_test:,})."
+                f"; a difference this size would take about {need:,} test images to separate (5% level, "
+                f"power 0.8, before the correction for {len(r.comparisons['pairs'])} comparisons; there are {n_test:,})."
                 if need
                 else "; they predict the same, no test set separates them."
             )
