@@ -1,7 +1,8 @@
-"""The linear probe's stages do not load torch's compiler (torch._dynamo: seconds of every
-stage's start-up) unless something compiles, and still run with deterministic algorithms.
-(Fine-tuning loads it anyway: torchvision imports it, and so does every AdamW or SGD step,
-torch's ``_use_grad_for_differentiable``.)"""
+"""What every stage's start-up costs. The linear probe's stages do not load torch's compiler
+(torch._dynamo: seconds of every stage's start-up) unless something compiles, and still run
+with deterministic algorithms. (Fine-tuning loads it anyway: torchvision imports it, and so
+does every AdamW or SGD step, torch's ``_use_grad_for_differentiable``.) The environment
+record reads package versions from metadata headers, and must agree with the full parse."""
 
 from __future__ import annotations
 
@@ -42,3 +43,18 @@ def test_a_probe_fit_imports_the_compiler_only_when_compiling_and_computes_the_s
     assert outs[False][-2:] == ["True", "False"]  # deterministic, no compiler
     assert outs[True][-2:] == ["True", "True"]
     assert outs[False][:-2] == outs[True][:-2] and len(outs[False]) == 8  # the 6 weights
+
+
+def test_installed_packages_reads_what_the_full_metadata_says():
+    """The environment record reads each distribution's headers only (start-up time); it
+    must name the same distributions at the same versions as the full metadata parse."""
+    import importlib.metadata
+
+    from transferlab.runtime import installed_packages
+
+    full = {}
+    for dist in importlib.metadata.distributions():
+        if dist.metadata["Name"]:
+            full[dist.metadata["Name"].lower()] = dist.version
+    assert installed_packages() == dict(sorted(full.items()))
+    assert installed_packages()["torch"] == "2.14.1"

@@ -141,3 +141,28 @@ def test_the_plan_line_of_a_one_batch_run():
     plan = Plan("frozen", images=20, batches=1, epochs=3)
     plan(20, 0.4)
     assert plan.done and plan.first == 0.4  # printed after its only batch, not waiting for more
+
+
+def test_the_plan_line_of_a_fit_counts_images_whatever_batches_them(capsys):
+    """fit's plan line names the images an epoch trains on: a DataLoader's dataset, or the
+    in-memory and streamed batchers' own count (their len is in batches)."""
+    import numpy as np
+
+    from transferlab.features.store import StreamedBatches
+
+    x, y = _problem()
+    loaders = {
+        "tensor": TensorBatches(x[:150], y[:150], 16),
+        "dataloader": torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(x[:150], y[:150]), batch_size=16
+        ),
+        "streamed": StreamedBatches(
+            [(x[:150].numpy(), y[:150].numpy(), np.arange(150) < 150)], 16, block_rows=64
+        ),
+    }
+    for name, loader in loaders.items():
+        model = torch.nn.Linear(5, 2)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        fit(model, opt, loader, TensorBatches(x[150:], y[150:], 64), OptimConfig(epochs=1), CPU, plan=name)
+        (line,) = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("plan:")]
+        assert line.startswith(f"plan: {name}: 150 training images, {len(loader)} batches"), line

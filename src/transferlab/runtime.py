@@ -186,13 +186,31 @@ def _cpu_model() -> str:
 
 
 def installed_packages() -> dict[str, str]:
-    """Every installed distribution and its version: the environment behind a number."""
+    """Every installed distribution and its version: the environment behind a number.
+
+    Read from each distribution's metadata headers alone: ``dist.metadata`` parses the whole
+    file as an e-mail message, long description included, which cost 0.4 s of every stage's
+    start-up for ~350 distributions (cProfile); the headers end at the first blank line."""
     out = {}
     for dist in importlib.metadata.distributions():
-        name = dist.metadata["Name"]
+        name, version = _name_and_version(dist)
         if name:
-            out[name.lower()] = dist.version
+            out[name.lower()] = version
     return dict(sorted(out.items()))
+
+
+def _name_and_version(dist: importlib.metadata.Distribution) -> tuple[str | None, str]:
+    text = dist.read_text("METADATA") or dist.read_text("PKG-INFO")
+    if text is None:
+        return dist.metadata["Name"], dist.version
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            break  # the headers end here; the description follows
+        key, sep, value = line.partition(":")
+        if sep and key in ("Name", "Version"):
+            fields.setdefault(key, value.strip())
+    return fields.get("Name"), fields.get("Version", "")
 
 
 def environment() -> dict[str, Any]:

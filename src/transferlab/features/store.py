@@ -529,22 +529,20 @@ def _extract_groups(
     # writes run in the writer thread only while the input runs in the prefetch thread: on a
     # CPU in series even a short-lived second thread slows the forward pass measurably
     background = _BackgroundWriter(depth=PIPELINE_DEPTH if overlap else 0)
-    clock = _plan_clock(groups, shard_rows, ranks, done_dir) if ranks.main else None
+    work = {name: _MyShards.of(name, len(g.rows), shard_rows, ranks, done_dir) for name, g in groups.items()}
+    clock = _plan_clock(sum(w.rows(w.pending) for w in work.values())) if ranks.main else None
     try:
         for name, g in groups.items():
             t_split = time.perf_counter()
-            n = len(g.rows)
-            _, shard = geometry(n, shard_rows)
-            mine = owned_shards(n_shards(n, shard_rows), ranks)
-            pending = [s for s in mine if not (done_dir / f"{name}-{s}").exists()]
-            stats.resumed[name] = sum(min(shard, n - s * shard) for s in mine if s not in pending)
+            w = work[name]
+            stats.resumed[name] = w.rows([s for s in w.mine if s not in w.pending])
             rows, seconds, stats.prefetched[name] = _extract_shards(
                 backbone,
                 store,
                 name,
                 g,
-                pending,
-                shard,
+                w.pending,
+                w.shard,
                 done_dir,
                 background,
                 device,
@@ -562,18 +560,30 @@ def _extract_groups(
     return stats
 
 
-def _plan_clock(
-    groups: Mapping[str, Group], shard_rows: int, ranks: Ranks, done_dir: Path
-) -> Callable[[int], None]:
-    """The extraction's plan line (:class:`~transferlab.runtime.Plan`) over every row this
-    process has left to extract (original images and augmented views), timed from here."""
-    rows = 0
-    for name, g in groups.items():
-        n = len(g.rows)
+@dataclass(frozen=True)
+class _MyShards:
+    """This process's shards of one group, and those of them not yet marked done: what the
+    plan line counts and what the extraction then writes (one list, read by both)."""
+
+    n: int  # rows of the group
+    shard: int  # rows per shard (the last may hold fewer)
+    mine: list[int]
+    pending: list[int]
+
+    @classmethod
+    def of(cls, name: str, n: int, shard_rows: int, ranks: Ranks, done_dir: Path) -> _MyShards:
         _, shard = geometry(n, shard_rows)
-        for s in owned_shards(n_shards(n, shard_rows), ranks):
-            if not (done_dir / f"{name}-{s}").exists():
-                rows += min(shard, n - s * shard)
+        mine = owned_shards(n_shards(n, shard_rows), ranks)
+        pending = [s for s in mine if not (done_dir / f"{name}-{s}").exists()]
+        return cls(n, shard, list(mine), pending)
+
+    def rows(self, shards: list[int]) -> int:
+        return sum(min(self.shard, self.n - s * self.shard) for s in shards)
+
+
+def _plan_clock(rows: int) -> Callable[[int], None]:
+    """The extraction's plan line (:class:`~transferlab.runtime.Plan`) over the ``rows`` this
+    process has left to extract (original images and augmented views), timed from here."""
     plan = Plan("extract-features", rows, None, 1, what="rows (images and augmented views)")
     start, seen = time.perf_counter(), 0
 
@@ -780,6 +790,11 @@ class StreamedBatches:
     def _rows_in(self, i: int, start: int, end: int) -> int:
         keep = self.keep[i]
         return end - start if keep is None else int(np.count_nonzero(keep[start:end]))
+
+    @property
+    def images(self) -> int:
+        """Rows served per epoch (``len`` counts batches)."""
+        return self.n
 
     def __len__(self) -> int:
         # Batches never span blocks: count them per block.

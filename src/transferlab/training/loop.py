@@ -42,6 +42,11 @@ class TensorBatches:
     def __len__(self) -> int:
         return math.ceil(len(self.x) / self.batch_size)
 
+    @property
+    def images(self) -> int:
+        """Rows per epoch (``len`` counts batches), as a DataLoader's dataset would."""
+        return len(self.x)
+
     def __iter__(self) -> Iterator[Batch]:
         n = len(self.x)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else None
@@ -299,6 +304,13 @@ class _BestEpoch:
 EpochStartHook = Callable[[int, torch.optim.Optimizer], list[str]]
 
 
+def _images_per_epoch(loader: Any) -> int:
+    """What an epoch trains on, for the plan line: a DataLoader's dataset, or the batcher's
+    own count (TensorBatches, StreamedBatches: their ``len`` is in batches)."""
+    dataset = getattr(loader, "dataset", None)
+    return len(dataset) if dataset is not None else int(loader.images)
+
+
 def fit(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -341,8 +353,7 @@ def fit(
         return torch.compile(inner) if compile_ else inner
 
     forward = wrapped()
-    n_images = len(getattr(train_loader, "dataset", ())) or len(train_loader)  # type: ignore[arg-type]
-    clock = Plan(plan, n_images, len(train_loader), cfg.epochs) if plan else None  # type: ignore[arg-type]
+    clock = Plan(plan, _images_per_epoch(train_loader), len(train_loader), cfg.epochs) if plan else None  # type: ignore[arg-type]
     result, best = FitResult(), _BestEpoch()
     t_fit = time.perf_counter()
     for epoch in range(cfg.epochs):
