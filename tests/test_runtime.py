@@ -58,3 +58,16 @@ def test_installed_packages_reads_what_the_full_metadata_says():
             full[dist.metadata["Name"].lower()] = dist.version
     assert installed_packages() == dict(sorted(full.items()))
     assert installed_packages()["torch"] == "2.14.1"
+
+
+def test_metadata_headers_end_at_the_first_empty_line_only():
+    """A folded header may hold a line of spaces; the description after the empty line may
+    say "Name:" too. Neither changes what the headers say."""
+    from transferlab.runtime import _name_and_version
+
+    class Dist:
+        def read_text(self, name):
+            text = "Metadata-Version: 2.1\nLicense: first line\n    \n  more\nName: real\nVersion: 1.0\n\nName: not\n"
+            return text if name == "METADATA" else None
+
+    assert _name_and_version(Dist()) == ("real", "1.0")

@@ -206,8 +206,8 @@ def _name_and_version(dist: importlib.metadata.Distribution) -> tuple[str | None
         return dist.metadata["Name"], dist.version
     fields: dict[str, str] = {}
     for line in text.splitlines():
-        if not line.strip():
-            break  # the headers end here; the description follows
+        if not line:
+            break  # the headers end at an empty line (one of spaces continues a header)
         key, sep, value = line.partition(":")
         if sep and key in ("Name", "Version"):
             fields.setdefault(key, value.strip())
