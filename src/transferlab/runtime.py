@@ -17,6 +17,7 @@ import torch
 import torch.distributed
 
 from transferlab.errors import ConfigError
+from transferlab.startup import without_compiler
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -47,11 +48,11 @@ def configure_runtime(
     CUDA they would cost speed and need cuBLAS settings, so they are left off there.
 
     ``compiles``: whether this process will call ``torch.compile``. A process that does not
-    never loads torch's compiler stack (:func:`_without_compiler_imports`).
+    never loads torch's compiler stack (:func:`transferlab.startup.without_compiler`).
     """
     global _CHANNELS_LAST
     if not compiles:
-        _without_compiler_imports()
+        without_compiler()
     _CHANNELS_LAST = channels_last
     if num_threads > 0:
         torch.set_num_threads(num_threads)
@@ -64,38 +65,6 @@ def configure_runtime(
             torch.use_deterministic_algorithms(True, warn_only=True)  # the compiler's flag too
         else:
             torch._C._set_deterministic_algorithms(True, warn_only=True)
-
-
-def _without_compiler_imports() -> None:
-    """Keep a process that never compiles from importing ``torch._dynamo`` (3-4 s of every
-    stage's start-up on a 2-core CPU, measured with cProfile; the whole of a tiny stage's
-    work is less).
-
-    Two calls import it only to configure the compiler: ``torch.use_deterministic_algorithms``
-    also sets ``torch._inductor.config.deterministic`` (so :func:`configure_runtime` sets the
-    kernel flag alone when nothing compiles), and the optimizer methods torch wraps in
-    ``torch._disable_dynamo`` (``Optimizer.add_param_group``, ``zero_grad``, ...) import it on
-    their first call to mark themselves untraceable. Nothing traces in a process that does not
-    compile, so each wrapper is handed its own function as the marked one, the cache its first
-    call would fill. Wrappers are recognised by their code object, so a torch whose internals
-    differ is left as it is (slower, never wrong); tests/test_runtime.py checks that a probe
-    fit imports no compiler. This is what the probe's stages gain (train-head, curve-head:
-    7.5 s instead of 10.6 s on the tiny test project); fine-tuning pays the import anyway,
-    through torchvision and the AdamW/SGD step (torch's ``_use_grad_for_differentiable``).
-    """
-    import torch.optim
-
-    marker = torch._disable_dynamo(_without_compiler_imports).__code__
-    seen: set[int] = set()
-    for module in [m for name, m in sys.modules.items() if name.startswith("torch.optim") and m]:
-        for owner in vars(module).values():
-            members = vars(owner).values() if isinstance(owner, type) else (owner,)
-            for member in members:
-                if getattr(member, "__code__", None) is marker and id(member) not in seen:
-                    seen.add(id(member))
-                    original = member.__wrapped__
-                    if getattr(original, "__dynamo_disable", None) is None:
-                        setattr(original, "__dynamo_disable", original)
 
 
 def resolve_device(name: str) -> torch.device:
