@@ -1,4 +1,5 @@
-"""evaluate: every model's runs aggregated -> results/evaluate/{headline,metrics,details,comparisons}.json.
+"""evaluate: every model's runs aggregated -> results/evaluate/{headline,metrics,details,comparisons}.json,
+and the recommendation (recommended.json; recommended_run.json: its checkpoint alone).
 
 Picks each strategy's learning rate and the best model on validation, compares every pair
 of models on the same test images (comparisons.json), and names the models the test split
@@ -48,7 +49,11 @@ def main(args: argparse.Namespace) -> None:
     write_json(out / "comparisons.json", comparisons)
     write_json(out / "metrics.json", metrics)
     write_json(out / "headline.json", at_a_glance(metrics, details))
-    write_json(layout.RECOMMENDATION, recommendation(metrics, details))
+    rec = recommendation(metrics, details)
+    write_json(layout.RECOMMENDATION, rec)
+    write_json(
+        layout.RECOMMENDED_RUN, {k: rec[k] for k in ("model", "run", "checkpoint", "checkpoint_sha256")}
+    )
     for name in [*heads, *strategies]:
         m = metrics[name]
         prot = details["models"][name]["protocol"]

@@ -1,8 +1,10 @@
-"""export: the model the report recommends, as TorchScript, ONNX and a model card.
+"""export: the checkpoint evaluate recommends, as TorchScript and ONNX, checked against PyTorch.
 
-Reads results/evaluate/recommended.json (which run, and its checkpoint's SHA-256) and writes
-models/recommended/: checkpoint.pt, model.ts, model.onnx, model_card.{md,json}. DVC re-runs
-it only when that file changes: another recommendation, or a changed checkpoint.
+Reads results/evaluate/recommended_run.json (which run, and its checkpoint's SHA-256) and
+writes models/recommended/: checkpoint.pt, model.ts, model.onnx and exports.json (what the
+model card needs from the network). DVC re-runs it only when that file changes: another run
+recommended, or its checkpoint changed. A change of the verdict around the same checkpoint
+(tie set, metrics) re-runs stage model-card alone.
 Run through `dvc repro`; by hand: ``python stages/export.py``.
 """
 
@@ -13,25 +15,23 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run the code DVC hashed
 
 from transferlab import layout
-from transferlab._io import code_version, read_json
+from transferlab._io import read_json
 from transferlab.cli import run_stage
 from transferlab.serve.export import export_recommended
 
 
 def main(args: argparse.Namespace) -> None:
-    rec = read_json(layout.RECOMMENDATION)
-    card = export_recommended(rec, layout.RECOMMENDED, code_version=code_version())
-    ex = card["exports"]
+    exported = export_recommended(read_json(layout.RECOMMENDED_RUN), layout.RECOMMENDED)
+    ex = exported["exports"]
     onnx = ex["model.onnx"]
     print(
-        f"export: {card['run']} ({card['model']}) -> {layout.RECOMMENDED}/: TorchScript "
+        f"export: {exported['run']} ({exported['model']}) -> {layout.RECOMMENDED}/: TorchScript "
         f"(max logit diff {ex['model.ts']['max_abs_logit_diff']:.1e}), ONNX "
         + (
             f"(max logit diff {onnx['max_abs_logit_diff']:.1e})"
             if onnx["verified"]
             else "(not checked: no onnxruntime)"
         )
-        + ", model card"
     )
 
 

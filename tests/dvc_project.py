@@ -89,22 +89,32 @@ def _stages_run(output: str) -> set[str]:
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
 
 
+# Checked by :func:`repro` on every run, so left out of :func:`ran`.
+RECOMMENDED_STAGES = {"export", "model-card"}
+
+
 def ran(output: str) -> set[str]:
-    """The stages `dvc repro` ran, but export, which :func:`repro` checks on its own."""
-    return _stages_run(output) - {"export"}
+    """The stages `dvc repro` ran, but export and model-card, which :func:`repro` checks."""
+    return _stages_run(output) - RECOMMENDED_STAGES
 
 
 def repro(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """`dvc repro`, checking that export re-ran exactly when recommended.json changed: the
-    recommended model is exported again when, and only when, it or its checkpoint changed."""
-    rec = project / "results/evaluate/recommended.json"
-    before = rec.read_bytes() if rec.is_file() else None
+    """`dvc repro`, checking that the recommended model was converted again exactly when
+    the checkpoint it names changed (recommended_run.json), and its card rewritten exactly
+    when the verdict around it changed (recommended.json): a new tie set or new metrics for
+    the same checkpoint re-run the card alone."""
+    files = {
+        "export": project / "results/evaluate/recommended_run.json",
+        "model-card": project / "results/evaluate/recommended.json",
+    }
+    before = {stage: f.read_bytes() if f.is_file() else None for stage, f in files.items()}
     res = dvc(project, "repro", *args, check=check)
     if res.returncode == 0:
-        after = rec.read_bytes() if rec.is_file() else None
-        # run, or restored from DVC's run cache (a recommendation seen before)
-        exported = "export" in _stages_run(res.stdout) or "Stage 'export' is cached" in res.stdout
-        assert exported == (before != after), res.stdout
+        for stage, f in files.items():
+            after = f.read_bytes() if f.is_file() else None
+            # run, or restored from DVC's run cache (a recommendation seen before)
+            done = stage in _stages_run(res.stdout) or f"Stage '{stage}' is cached" in res.stdout
+            assert done == (before[stage] != after), f"{stage}:\n{res.stdout}"
     return res
 
 

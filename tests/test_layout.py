@@ -56,6 +56,18 @@ def test_run_names_round_trip():
 
 
 def test_export_paths():
-    assert layout.RECOMMENDATION.as_posix() in _outs("evaluate")
-    assert layout.RECOMMENDATION.as_posix() in STAGES["export"]["deps"]
-    assert layout.RECOMMENDED.as_posix() in _outs("export")
+    """export converts the checkpoint named by its identity alone; the model card reads the
+    whole verdict and what export measured; both write files of models/recommended/, none
+    twice (DVC refuses overlapping outputs), and predict reads the checkpoint there."""
+    from transferlab.serve import card, export
+
+    assert {layout.RECOMMENDATION.as_posix(), layout.RECOMMENDED_RUN.as_posix()} <= set(_outs("evaluate"))
+    assert layout.RECOMMENDED_RUN.as_posix() in STAGES["export"]["deps"]
+    assert layout.RECOMMENDATION.as_posix() not in STAGES["export"]["deps"]
+    exported = {(layout.RECOMMENDED / f).as_posix() for f in export.FILES}
+    carded = {(layout.RECOMMENDED / f).as_posix() for f in card.FILES}
+    assert set(_outs("export")) == exported and set(_outs("model-card")) == carded
+    assert {layout.RECOMMENDATION.as_posix(), (layout.RECOMMENDED / "exports.json").as_posix()} <= set(
+        STAGES["model-card"]["deps"]
+    )
+    assert "checkpoint.pt" in export.FILES

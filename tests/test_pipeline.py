@@ -167,16 +167,17 @@ class TestFirstRun:
         assert page.count("data:image/png;base64,") == 7 and "Recommendation" in page
         assert (project / "reports/verdict.png").is_file() and (project / "reports/wise_lp-ft.png").is_file()
         # the recommended model, exported: checkpoint, TorchScript, ONNX, model card
-        assert "export" in _stages_run(stdout)
+        assert {"export", "model-card"} <= _stages_run(stdout)
         rec = json.loads((project / "results/evaluate/recommended.json").read_text())
         assert rec["model"] == v["recommended"] and rec["run"] in {
             r["run"] for r in details["models"][rec["model"]]["runs"].values()
         }
         exported = project / "models/recommended"
-        assert {p.name for p in exported.iterdir()} == {
+        assert {p.name for p in exported.iterdir() if p.name != ".gitignore"} == {
             "checkpoint.pt",
             "model.ts",
             "model.onnx",
+            "exports.json",
             "model_card.md",
             "model_card.json",
         }

@@ -1,5 +1,5 @@
 """Using the winner: networks rebuilt from checkpoints alone, `transferlab predict`, and the
-export of the recommended model (TorchScript, ONNX, model card)."""
+export of the recommended model (TorchScript, ONNX) and its model card."""
 
 import csv
 import json
@@ -14,6 +14,7 @@ from transferlab.data.images import eval_loader
 from transferlab.errors import FingerprintMismatch
 from transferlab.features.backbones import backbone_fingerprint, create_backbone
 from transferlab.serve import app
+from transferlab.serve.card import write_model_card
 from transferlab.serve.export import export_recommended
 from transferlab.serve.inference import classify, expand_inputs, load_classifier
 from transferlab.training.models import CheckpointMeta, TransferModel, make_head, save_checkpoint
@@ -171,13 +172,28 @@ def _rec(path, model="features"):
     }
 
 
+def _run(rec):
+    """recommended_run.json: what evaluate writes for export, the checkpoint's identity."""
+    return {k: rec[k] for k in ("model", "run", "checkpoint", "checkpoint_sha256")}
+
+
 @pytest.mark.parametrize("which", ["head", "end-to-end"])
 def test_export_gives_the_same_outputs_as_pytorch(which, head_checkpoint, e2e_checkpoint, tmp_path):
     path = head_checkpoint[0] if which == "head" else e2e_checkpoint[0]
     out = tmp_path / "models" / "recommended"
-    card = export_recommended(_rec(path), out, code_version="abc123")
+    rec = _rec(path)
+    exported = export_recommended(_run(rec), out)
     assert sorted(p.name for p in out.iterdir()) == [
         "checkpoint.pt",
+        "exports.json",
+        "model.onnx",
+        "model.ts",
+    ]
+    assert json.loads((out / "exports.json").read_text()) == exported
+    card = write_model_card(rec, exported, out, code_version="abc123")
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoint.pt",
+        "exports.json",
         "model.onnx",
         "model.ts",
         "model_card.json",
@@ -194,6 +210,8 @@ def test_export_gives_the_same_outputs_as_pytorch(which, head_checkpoint, e2e_ch
     assert card["input"]["preprocessing"]["mean"] == list(clf.preprocess.mean)
     assert card["metrics"]["test_accuracy_ci95"] == [0.85, 0.94]
     assert card["fingerprint"]["code_version"] == "abc123"
+    assert card["fingerprint"]["checkpoint_sha256"] == rec["checkpoint_sha256"]
+    assert card["params"]["lr"] == clf.meta.lr and card["kind"] == clf.meta.kind
     md = (out / "model_card.md").read_text()
     assert "Test accuracy 0.9000 (95% interval [0.850, 0.940]" in md and "c0, c1, c2" in md
     ort = pytest.importorskip("onnxruntime", reason="onnxruntime is a development dependency")
@@ -203,11 +221,44 @@ def test_export_gives_the_same_outputs_as_pytorch(which, head_checkpoint, e2e_ch
     assert card["exports"]["model.onnx"]["verified"]
 
 
+def test_a_card_for_another_checkpoint_than_the_export_is_refused(tmp_path):
+    """The card stage reads two files written at different times: a verdict that names
+    another checkpoint than the one exported is an error, and nothing is written."""
+    rec = {"run": "full-s1-lr0.001", "checkpoint_sha256": "a" * 64}
+    exported = {"run": "features-s0", "checkpoint_sha256": "b" * 64}
+    with pytest.raises(
+        FingerprintMismatch, match="exports run features-s0 .* recommends run full-s1-lr0.001"
+    ):
+        write_model_card(rec, exported, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_export_refuses_a_changed_checkpoint_and_publishes_nothing(head_checkpoint, tmp_path):
     path = head_checkpoint[0]
-    rec = _rec(path) | {"checkpoint_sha256": "0" * 64}
+    rec = _run(_rec(path)) | {"checkpoint_sha256": "0" * 64}
     with pytest.raises(
-        FingerprintMismatch, match="not the checkpoint results/evaluate/recommended.json names"
+        FingerprintMismatch, match="not the checkpoint results/evaluate/recommended_run.json names"
     ):
         export_recommended(rec, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_failed_export_leaves_the_previous_export_as_it_was(head_checkpoint, tmp_path, monkeypatch):
+    """Files, not a folder, are published: each is written beside its place and moved there
+    only once every conversion passed its check."""
+    from transferlab.serve import export
+
+    out = tmp_path / "recommended"
+    out.mkdir()
+    before = {name: f"old {name}".encode() for name in export.FILES}
+    for name, data in before.items():
+        (out / name).write_bytes(data)
+
+    def broken(clf, path):
+        path.write_bytes(b"half")
+        raise RuntimeError("conversion failed")
+
+    monkeypatch.setattr(export, "export_onnx", broken)
+    with pytest.raises(RuntimeError, match="conversion failed"):
+        export_recommended(_run(_rec(head_checkpoint[0])), out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

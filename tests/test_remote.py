@@ -81,7 +81,7 @@ def shared(tmp_path_factory):
 
 
 def test_first_run_runs_everything_and_shares_it(shared):
-    assert _stages_run(shared["first"].stdout) == EXPENSIVE | AGGREGATES | {"export"}
+    assert _stages_run(shared["first"].stdout) == EXPENSIVE | AGGREGATES | {"export", "model-card"}
     assert any((shared["remote"] / "runs").rglob("*")), "no run cache pushed"
     diff = (shared["a"] / "results/ci/diff.md").read_text()
     assert "## Metrics against HEAD" in diff and "full.test_acc" in diff
@@ -107,7 +107,7 @@ def test_clone_without_the_lock_file_restores_every_costly_stage_from_the_run_ca
     assert not (before / "dvc.lock").exists()
     res = ci_repro(before, shared["remote"])
     assert _stages_run(res.stdout) == AGGREGATES, res.stdout
-    assert restored(res.stdout) == EXPENSIVE | {"export"}
+    assert restored(res.stdout) == EXPENSIVE | {"export", "model-card"}
     same_results(shared["a"], before)
 
 

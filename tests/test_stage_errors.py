@@ -39,6 +39,7 @@ STAGES = {
     "evaluate": ["stages/evaluate.py"],
     "report": ["stages/report.py"],
     "export": ["stages/export.py"],
+    "model-card": ["stages/model_card.py"],
 }
 
 
@@ -113,6 +114,7 @@ def outcomes(tmp_path_factory) -> dict[str, tuple[int, str]]:
         params.write_text(yaml.safe_dump(_merge(TINY, over), sort_keys=False))
         cases[_case_id(stage, i)] = [*STAGES[stage], "--params", str(params)]
     cases["export-first"] = list(STAGES["export"])
+    cases["card-first"] = list(STAGES["model-card"])
     for flag, value, _ in NUMBERS:
         cases[f"number{flag}"] = ["stages/finetune.py", "frozen", "--seed", "0", flag, value]
     res = run(project, sys.executable, "-c", DRIVER, json.dumps(cases))
@@ -137,12 +139,13 @@ def test_edge_values_end_in_one_line_naming_the_key(outcomes, i, stage, case):
         assert words in errors[0], f"{stage} {over}: {errors[0]}"
 
 
-def test_export_before_evaluate_names_the_missing_file(outcomes):
-    code, err = outcomes["export-first"]
+@pytest.mark.parametrize(
+    ("case", "missing"), [("export-first", "recommended_run.json"), ("card-first", "recommended.json")]
+)
+def test_export_and_card_before_evaluate_name_the_missing_file(outcomes, case, missing):
+    code, err = outcomes[case]
     assert code == 1 and "Traceback" not in err
-    assert (
-        err.strip().splitlines()[-1] == "error: results/evaluate/recommended.json: not found; run dvc repro"
-    )
+    assert err.strip().splitlines()[-1] == f"error: results/evaluate/{missing}: not found; run dvc repro"
 
 
 @pytest.mark.parametrize(("flag", "value", "expected"), NUMBERS)

@@ -21,11 +21,16 @@ ARMS_BACKBONE = Path("results") / "backbone.json"
 MODELS = DATA / "models"
 RESULTS = Path("results")
 REPORTS = Path("reports")
-# The model the report recommends, exported (stage export): checkpoint, TorchScript, ONNX,
-# model card. Outside data/ on purpose: it is what a user takes away.
+# The model the report recommends, exported (stage export: checkpoint, TorchScript, ONNX,
+# exports.json; stage model-card: model_card.{json,md}). Outside data/ on purpose: it is what
+# a user takes away.
 RECOMMENDED = Path("models") / "recommended"
-# evaluate's pointer to it: which run, and the SHA-256 of its checkpoint.
+# evaluate's recommendation: which run, the SHA-256 of its checkpoint, its metrics and how it
+# was chosen (what the model card says)...
 RECOMMENDATION = RESULTS / "evaluate" / "recommended.json"
+# ... and the checkpoint's identity alone (model, run, checkpoint, SHA-256): what export
+# depends on, so that a new tie set or a re-timed run does not convert the same network again.
+RECOMMENDED_RUN = RESULTS / "evaluate" / "recommended_run.json"
 
 # The two-stage model (head on cached features) is called "features" everywhere.
 FEATURES_MODEL = "features"

@@ -2,10 +2,12 @@
 
 ``models/recommended/`` holds the recommended run's checkpoint (for ``transferlab predict
 recommended``), the same network as TorchScript (``model.ts``) and ONNX (``model.onnx``),
-both taking a batch of normalized images (N, 3, S, S) and giving logits, and a model card
-(``model_card.md`` / ``.json``): classes, preprocessing, metrics with intervals,
-fingerprints, the run's params and how it was chosen. Both exports are checked against the
-PyTorch network on the same inputs before anything is published.
+both taking a batch of normalized images (N, 3, S, S) and giving logits, and
+``exports.json``: what the model card needs from the network and the conversions. Both
+exports are checked against the PyTorch network on the same inputs before anything is
+published. The stage depends on the checkpoint's identity alone (recommended_run.json), not
+on the verdict around it: a change of tie set or of a metric rewrites the model card (stage
+``model-card``, :mod:`transferlab.serve.card`) without converting the same network again.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 import warnings
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -76,39 +79,49 @@ def onnx_difference(clf: Classifier, path: Path) -> float | None:
         return float((torch.from_numpy(out) - clf.network(x)).abs().max())
 
 
-def export_recommended(rec: dict[str, Any], out: Path, *, code_version: str | None = None) -> dict[str, Any]:
-    """Export the run ``rec`` (evaluate's recommended.json) to ``out``; returns the card."""
-    ckpt = Path(rec["checkpoint"])
-    if not ckpt.is_file() or sha256_file(ckpt) != rec["checkpoint_sha256"]:
+# What export writes in models/recommended/; the model card (stage model-card, serve/card.py)
+# writes model_card.json and model_card.md beside them.
+FILES = ("checkpoint.pt", "model.ts", "model.onnx", "exports.json")
+
+
+def export_recommended(run: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Export the checkpoint ``run`` names (evaluate's recommended_run.json: model, run,
+    checkpoint and its SHA-256) to ``out``; returns what exports.json says. Every file is
+    written and checked before any is published, so a failed export leaves ``out`` as it was."""
+    ckpt = Path(run["checkpoint"])
+    if not ckpt.is_file() or sha256_file(ckpt) != run["checkpoint_sha256"]:
         raise FingerprintMismatch(
-            f"{ckpt}: not the checkpoint results/evaluate/recommended.json names (missing or changed); "
-            "re-run the pipeline (dvc repro)"
+            f"{ckpt}: not the checkpoint results/evaluate/recommended_run.json names (missing or "
+            "changed); re-run the pipeline (dvc repro)"
         )
     clf = load_classifier(ckpt)
-    with publish(out) as tmp:
-        tmp.mkdir(parents=True)
-        shutil.copyfile(ckpt, tmp / "checkpoint.pt")
-        ts_diff = export_torchscript(clf, tmp / "model.ts")
-        export_onnx(clf, tmp / "model.onnx")
-        onnx_diff = onnx_difference(clf, tmp / "model.onnx")
+    with ExitStack() as stack:
+        tmp = {name: stack.enter_context(publish(out / name)) for name in FILES}
+        shutil.copyfile(ckpt, tmp["checkpoint.pt"])
+        ts_diff = export_torchscript(clf, tmp["model.ts"])
+        export_onnx(clf, tmp["model.onnx"])
+        onnx_diff = onnx_difference(clf, tmp["model.onnx"])
         for name, diff in (("TorchScript", ts_diff), ("ONNX", onnx_diff)):
             if diff is not None and not diff <= TOLERANCE:
                 raise RuntimeError(
                     f"{name} export differs from the PyTorch model by {diff:.2e} (> {TOLERANCE})"
                 )
-        card = model_card(clf, rec, ts_diff, onnx_diff, code_version)
-        (tmp / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
-        (tmp / "model_card.md").write_text(card_markdown(card))
-    return card
+        exported = exported_facts(clf, run, ts_diff, onnx_diff)
+        tmp["exports.json"].write_text(json.dumps(exported, indent=2) + "\n")
+    return exported
 
 
-def model_card(
-    clf: Classifier, rec: dict[str, Any], ts_diff: float, onnx_diff: float | None, code_version: str | None
+def exported_facts(
+    clf: Classifier, run: dict[str, Any], ts_diff: float, onnx_diff: float | None
 ) -> dict[str, Any]:
-    pre, meta, m = clf.preprocess, clf.meta, rec["metrics"]
+    """What the model card takes from the network itself (classes, input, fingerprints, the
+    head and rate it was trained with) and from the conversions (their checked differences),
+    so that the card is written without loading torch."""
+    pre, meta = clf.preprocess, clf.meta
     return {
-        "model": rec["model"],
-        "run": rec["run"],
+        "model": run["model"],
+        "run": run["run"],
+        "checkpoint_sha256": run["checkpoint_sha256"],
         "kind": meta.kind,
         "classes": meta.classes,
         "input": {
@@ -125,25 +138,10 @@ def model_card(
                 "std": list(pre.std),
             },
         },
-        "output": "logits over classes (softmax for probabilities)",
-        "metrics": {
-            "test_accuracy": m["test_acc"],
-            "test_accuracy_ci95": [m["test_acc_ci_lo"], m["test_acc_ci_hi"]],
-            "test_macro_f1": m["macro_f1"],
-            "val_accuracy": m["val_acc"],
-            "seeds": m["seeds"],
-            "this_run": {"test": rec["run_test"], "val": rec["run_val"]},
-        },
-        "cost": {k: m[k] for k in ("train_time_s", "total_time_s", "trainable_params", "total_params")},
-        "fingerprint": {
-            **meta.fingerprint,
-            "checkpoint_sha256": rec["checkpoint_sha256"],
-            "code_version": code_version,
-        },
-        "params": {"protocol": rec["protocol"], "head": meta.head.model_dump(), "lr": meta.lr},
+        "fingerprint": meta.fingerprint,
+        "head": meta.head.model_dump(),
+        "lr": meta.lr,
         "init": meta.init,
-        "chosen": rec["chosen"],
-        "trained_on": rec.get("trained_on"),
         "exports": {
             "model.ts": {"format": "TorchScript (torch.jit.trace)", "max_abs_logit_diff": ts_diff},
             "model.onnx": {
@@ -154,58 +152,3 @@ def model_card(
             "checkpoint.pt": {"format": "transferlab checkpoint (transferlab predict)"},
         },
     }
-
-
-def card_markdown(card: dict[str, Any]) -> str:
-    m, pre = card["metrics"], card["input"]["preprocessing"]
-    lo, hi = m["test_accuracy_ci95"]
-    onnx = card["exports"]["model.onnx"]
-    onnx_check = (
-        f"{onnx['max_abs_logit_diff']:.1e} (onnxruntime)"
-        if onnx["verified"]
-        else "not checked (no onnxruntime)"
-    )
-    chosen = card["chosen"]
-    return "\n".join(
-        [
-            f"# Model card: {card['model']} ({card['run']})",
-            "",
-            f"Recommended by transferlab: {chosen['rule']}. Best on validation: {chosen['best_on_val']}; "
-            f"{chosen.get('tested_on', 'the test split')} could not separate it from: "
-            f"{', '.join(m for m in chosen['tie_set'] if m != chosen['best_on_val']) or 'no other model'}. "
-            f"Exported run: {chosen['run']}"
-            + (f": {card['trained_on']}." if card.get("trained_on") else "."),
-            "",
-            "## Use",
-            "",
-            f"Input: float32 tensor {card['input']['shape']}, RGB. Resize the shorter side to "
-            f"{pre['resize_shorter_side_to']} px ({pre['interpolation']}), centre-crop {pre['center_crop']}, "
-            f"scale to [0, 1], normalize with mean {pre['mean']} and std {pre['std']}. Output: logits.",
-            "",
-            "- `checkpoint.pt`: `transferlab predict recommended <images>`",
-            f"- `model.ts`: `torch.jit.load`; largest logit difference from PyTorch {card['exports']['model.ts']['max_abs_logit_diff']:.1e}",
-            f"- `model.onnx`: onnxruntime, input `images`, output `logits`; largest logit difference {onnx_check}",
-            "",
-            f"Classes, in output order: {', '.join(card['classes'])}.",
-            "",
-            "## Measured",
-            "",
-            f"Test accuracy {m['test_accuracy']:.4f} (95% interval [{lo:.3f}, {hi:.3f}], {m['seeds']} seed(s)), "
-            f"macro-F1 {m['test_macro_f1']:.4f}, validation accuracy {m['val_accuracy']:.4f}. This run: test "
-            f"accuracy {m['this_run']['test']['accuracy']:.4f}.",
-            "",
-            f"Cost: {card['cost']['total_time_s']:.1f} s in total (training {card['cost']['train_time_s']:.1f} s), "
-            + (
-                f"{card['cost']['trainable_params']:,} parameters trained: a head on the frozen backbone's "
-                "cached features."
-                if card["kind"] == "head"
-                else f"{card['cost']['trainable_params']:,} of {card['cost']['total_params']:,} parameters trained."
-            ),
-            "",
-            "## Provenance",
-            "",
-            *[f"- {k}: {v}" for k, v in card["fingerprint"].items()],
-            f"- initialization: {card['init']}",
-            "",
-        ]
-    )

@@ -38,9 +38,11 @@ from transferlab import layout, registry
 from transferlab.config import Params, load_params
 from transferlab.data.images import Preprocess
 
-# What a stage imports before its work (a fresh interpreter: nothing is cached).
+# What a stage imports before its work (a fresh interpreter: nothing is cached), the way the
+# stages import it: torchvision without torch's compiler (transferlab.startup).
 STAGE_IMPORTS = (
-    "import torch, torchvision, polars, zarr, dvclive, transferlab.features.store, transferlab.training.loop"
+    "import torch; from transferlab.startup import without_compiler; without_compiler(); "
+    "import torchvision, polars, zarr, dvclive, transferlab.features.store, transferlab.training.loop"
 )
 # L-BFGS iterations per point of the L2 grid, on average: the default's whole grids took
 # 3.4 s (features, 1,259 rows) and 16.2 s (augmented views, 6,295 rows) for 11 points, about

@@ -815,9 +815,9 @@ def wise_view(run_names: dict[int, str], t: Tests) -> dict[str, Any] | None:
 def recommendation(metrics: dict[str, Any], details: dict[str, Any]) -> dict[str, Any]:
     """Which checkpoint stands for the recommended model: of its runs (one per seed), the one
     with the highest validation accuracy (ties: lower validation loss, then the first seed),
-    chosen on validation like everything else. Its SHA-256 goes with it, so the export
-    stage, which depends on this file, re-runs exactly when the recommendation or that
-    checkpoint changes."""
+    chosen on validation like everything else. Its SHA-256 goes with it: the export stage
+    depends on those four keys alone (recommended_run.json), so it re-runs exactly when the
+    exported checkpoint changes, and the model card on all of this."""
     v = details["verdict"]
     model = v["recommended"]
     runs = details["models"][model]["runs"]
