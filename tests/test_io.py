@@ -51,3 +51,16 @@ def test_code_version_is_dirty_for_code_not_for_what_a_run_writes(tmp_path, monk
     assert code_version() == clean
     (tmp_path / "src" / "m.py").write_text("x = 2\n")
     assert code_version() == clean + "-dirty"
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"\xff\xfe", b""])
+def test_an_unreadable_json_file_is_one_error_naming_it(tmp_path, content):
+    """Stages read what earlier stages wrote; a truncated or hand-edited file is a DataError
+    (one line, exit 1 through run_stage), naming the file."""
+    from transferlab._io import read_json
+    from transferlab.errors import DataError
+
+    path = tmp_path / "recommended.json"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=r"recommended\.json: not valid JSON \(.+\); re-run"):
+        read_json(path)

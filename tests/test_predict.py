@@ -221,11 +221,22 @@ def test_export_gives_the_same_outputs_as_pytorch(which, head_checkpoint, e2e_ch
     assert card["exports"]["model.onnx"]["verified"]
 
 
+def test_an_exports_file_without_what_the_card_needs_is_refused(tmp_path):
+    from transferlab.errors import DataError
+
+    rec = {"run": "features-s0", "checkpoint_sha256": "a" * 64}
+    with pytest.raises(DataError, match=r"exports.json: lacks classes, exports, .*, run \(written"):
+        write_model_card(rec, {"checkpoint_sha256": "a" * 64}, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_card_for_another_checkpoint_than_the_export_is_refused(tmp_path):
     """The card stage reads two files written at different times: a verdict that names
     another checkpoint than the one exported is an error, and nothing is written."""
+    from transferlab.serve.card import EXPORTED_KEYS
+
     rec = {"run": "full-s1-lr0.001", "checkpoint_sha256": "a" * 64}
-    exported = {"run": "features-s0", "checkpoint_sha256": "b" * 64}
+    exported = dict.fromkeys(EXPORTED_KEYS) | {"run": "features-s0", "checkpoint_sha256": "b" * 64}
     with pytest.raises(
         FingerprintMismatch, match="exports run features-s0 .* recommends run full-s1-lr0.001"
     ):

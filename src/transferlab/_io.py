@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from transferlab.errors import DataError
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -71,7 +73,14 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """A JSON file a stage wrote (or a user edited): unreadable, it is a one-line error
+    naming the file, not a traceback from the decoder."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(
+            f"{path}: not valid JSON ({err}); re-run the stage that writes it (dvc repro)"
+        ) from None
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

@@ -15,9 +15,22 @@ from pathlib import Path
 from typing import Any
 
 from transferlab._io import publish
-from transferlab.errors import FingerprintMismatch
+from transferlab.errors import DataError, FingerprintMismatch
 
 FILES = ("model_card.json", "model_card.md")
+# What the card reads of exports.json (serve/export.py: exported_facts writes them).
+EXPORTED_KEYS = {
+    "run",
+    "checkpoint_sha256",
+    "kind",
+    "classes",
+    "input",
+    "fingerprint",
+    "head",
+    "lr",
+    "init",
+    "exports",
+}
 
 
 def write_model_card(
@@ -25,6 +38,12 @@ def write_model_card(
 ) -> dict[str, Any]:
     """The card of ``rec`` (recommended.json) from ``exported`` (exports.json), in ``out``;
     refused when the two name different checkpoints (an export older than the verdict)."""
+    missing = sorted(EXPORTED_KEYS - set(exported))
+    if missing:
+        raise DataError(
+            f"{out / 'exports.json'}: lacks {', '.join(missing)} (written by another version of "
+            "stage export?); re-run the pipeline (dvc repro)"
+        )
     if exported["checkpoint_sha256"] != rec["checkpoint_sha256"]:
         raise FingerprintMismatch(
             f"{out / 'exports.json'}: exports run {exported['run']} (checkpoint "
