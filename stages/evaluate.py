@@ -19,7 +19,7 @@ from transferlab.cli import run_stage
 from transferlab.config import load_params
 from transferlab.data.manifest import read_manifest
 from transferlab.verdict.curves import learning_curves
-from transferlab.verdict.evaluation import at_a_glance, evaluate_all, recommendation
+from transferlab.verdict.evaluation import at_a_glance, evaluate_all, recommendation, recommended_run
 
 
 def main(args: argparse.Namespace) -> None:
@@ -51,9 +51,7 @@ def main(args: argparse.Namespace) -> None:
     write_json(out / "headline.json", at_a_glance(metrics, details))
     rec = recommendation(metrics, details)
     write_json(layout.RECOMMENDATION, rec)
-    write_json(
-        layout.RECOMMENDED_RUN, {k: rec[k] for k in ("model", "run", "checkpoint", "checkpoint_sha256")}
-    )
+    write_json(layout.RECOMMENDED_RUN, recommended_run(rec))
     for name in [*heads, *strategies]:
         m = metrics[name]
         prot = details["models"][name]["protocol"]

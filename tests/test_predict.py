@@ -18,6 +18,7 @@ from transferlab.serve.card import write_model_card
 from transferlab.serve.export import export_recommended
 from transferlab.serve.inference import classify, expand_inputs, load_classifier
 from transferlab.training.models import CheckpointMeta, TransferModel, make_head, save_checkpoint
+from transferlab.verdict.evaluation import recommended_run
 
 CLASSES = ["c0", "c1", "c2"]
 
@@ -172,17 +173,12 @@ def _rec(path, model="features"):
     }
 
 
-def _run(rec):
-    """recommended_run.json: what evaluate writes for export, the checkpoint's identity."""
-    return {k: rec[k] for k in ("model", "run", "checkpoint", "checkpoint_sha256")}
-
-
 @pytest.mark.parametrize("which", ["head", "end-to-end"])
 def test_export_gives_the_same_outputs_as_pytorch(which, head_checkpoint, e2e_checkpoint, tmp_path):
     path = head_checkpoint[0] if which == "head" else e2e_checkpoint[0]
     out = tmp_path / "models" / "recommended"
     rec = _rec(path)
-    exported = export_recommended(_run(rec), out)
+    exported = export_recommended(recommended_run(rec), out)
     assert sorted(p.name for p in out.iterdir()) == [
         "checkpoint.pt",
         "exports.json",
@@ -246,7 +242,7 @@ def test_a_card_for_another_checkpoint_than_the_export_is_refused(tmp_path):
 
 def test_export_refuses_a_changed_checkpoint_and_publishes_nothing(head_checkpoint, tmp_path):
     path = head_checkpoint[0]
-    rec = _run(_rec(path)) | {"checkpoint_sha256": "0" * 64}
+    rec = recommended_run(_rec(path)) | {"checkpoint_sha256": "0" * 64}
     with pytest.raises(
         FingerprintMismatch, match="not the checkpoint results/evaluate/recommended_run.json names"
     ):
@@ -271,5 +267,5 @@ def test_a_failed_export_leaves_the_previous_export_as_it_was(head_checkpoint, t
 
     monkeypatch.setattr(export, "export_onnx", broken)
     with pytest.raises(RuntimeError, match="conversion failed"):
-        export_recommended(_run(_rec(head_checkpoint[0])), out)
+        export_recommended(recommended_run(_rec(head_checkpoint[0])), out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -114,7 +114,7 @@ class _TorchvisionFinder(importlib.abc.MetaPathFinder):
 
 
 class _StandInLoader(importlib.abc.Loader):
-    depth = 0  # torchvision modules being imported, one inside another
+    active = False  # the stand-ins are in place: a torchvision module is being imported
 
     def __init__(self, loader: Any) -> None:
         self.loader = loader
@@ -123,21 +123,21 @@ class _StandInLoader(importlib.abc.Loader):
         return self.loader.create_module(spec)
 
     def exec_module(self, module: types.ModuleType) -> None:
-        if _StandInLoader.depth == 0 and "torch._dynamo" in sys.modules:
+        if _StandInLoader.active or "torch._dynamo" in sys.modules:
+            # imported by another torchvision module (the outermost one put the stand-ins in
+            # place and takes them away), or the compiler is loaded anyway
             return self.loader.exec_module(module)
         stand_in, disable = _compiler_utils_stand_in(), torch.compiler.disable
-        if _StandInLoader.depth == 0:
-            sys.modules["torch._dynamo.utils"] = stand_in
-            torch.compiler.disable = _disable_when_compiling
-        _StandInLoader.depth += 1
+        sys.modules["torch._dynamo.utils"] = stand_in
+        torch.compiler.disable = _disable_when_compiling
+        _StandInLoader.active = True
         try:
             self.loader.exec_module(module)
         finally:
-            _StandInLoader.depth -= 1
-            if _StandInLoader.depth == 0:
-                torch.compiler.disable = disable
-                if sys.modules.get("torch._dynamo.utils") is stand_in:
-                    del sys.modules["torch._dynamo.utils"]
+            _StandInLoader.active = False
+            torch.compiler.disable = disable
+            if sys.modules.get("torch._dynamo.utils") is stand_in:
+                del sys.modules["torch._dynamo.utils"]
 
     def __getattr__(self, name: str) -> Any:  # get_source, get_filename, ...: the real loader's
         return getattr(self.loader, name)
@@ -150,20 +150,28 @@ def _optimizers_without_compiler() -> None:
     object is changed: torch's wrappers of this version."""
     disabled = torch._disable_dynamo(without_compiler).__code__
     graph_breaks = _use_grad_for_differentiable(without_compiler).__code__
-    seen: set[int] = set()
+    for optimizer in {
+        o for o in _optim_members() if isinstance(o, type) and issubclass(o, torch.optim.Optimizer)
+    }:
+        step = vars(optimizer).get("step")
+        if step is not None and getattr(step, "__code__", None) is graph_breaks:
+            optimizer.step = _step_without_graph_breaks(step)  # type: ignore[method-assign]
+    for member in {id(m): m for m in _optim_members() if getattr(m, "__code__", None) is disabled}.values():
+        original = member.__wrapped__
+        if getattr(original, "__dynamo_disable", None) is None:
+            setattr(original, "__dynamo_disable", original)
+
+
+def _optim_members() -> list[Any]:
+    """What torch.optim's modules define (classes and functions) and each class's own
+    attributes (its methods)."""
+    out: list[Any] = []
     for module in [m for name, m in sys.modules.items() if name.startswith("torch.optim") and m]:
         for owner in list(vars(module).values()):
-            if isinstance(owner, type) and issubclass(owner, torch.optim.Optimizer):
-                step = vars(owner).get("step")
-                if step is not None and getattr(step, "__code__", None) is graph_breaks:
-                    owner.step = _step_without_graph_breaks(step)  # type: ignore[method-assign]
-            members = vars(owner).values() if isinstance(owner, type) else (owner,)
-            for member in members:
-                if getattr(member, "__code__", None) is disabled and id(member) not in seen:
-                    seen.add(id(member))
-                    original = member.__wrapped__
-                    if getattr(original, "__dynamo_disable", None) is None:
-                        setattr(original, "__dynamo_disable", original)
+            out.append(owner)
+            if isinstance(owner, type):
+                out.extend(vars(owner).values())
+    return out
 
 
 def _step_without_graph_breaks(wrapper: Callable[..., Any]) -> Callable[..., Any]:

@@ -849,6 +849,12 @@ def recommendation(metrics: dict[str, Any], details: dict[str, Any]) -> dict[str
     }
 
 
+def recommended_run(rec: dict[str, Any]) -> dict[str, Any]:
+    """recommended_run.json: of a :func:`recommendation`, the checkpoint's identity alone
+    (what the export stage depends on)."""
+    return {k: rec[k] for k in ("model", "run", "checkpoint", "checkpoint_sha256")}
+
+
 def _trained_on(details: dict[str, Any], seed: int) -> str:
     """What data the exported run saw, in a sentence for the model card."""
     column = details["splits"]["of_seed"][str(seed)]
