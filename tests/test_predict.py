@@ -269,3 +269,13 @@ def test_a_failed_export_leaves_the_previous_export_as_it_was(head_checkpoint, t
     with pytest.raises(RuntimeError, match="conversion failed"):
         export_recommended(recommended_run(_rec(head_checkpoint[0])), out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_export_names_what_a_hand_edited_recommended_run_lacks(tmp_path):
+    from transferlab.errors import DataError
+
+    with pytest.raises(
+        DataError, match=r"recommended_run.json: lacks run, checkpoint, checkpoint_sha256; re-run"
+    ):
+        export_recommended({"model": "features"}, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -31,6 +31,7 @@ RECOMMENDATION = RESULTS / "evaluate" / "recommended.json"
 # ... and the checkpoint's identity alone (model, run, checkpoint, SHA-256): what export
 # depends on, so that a new tie set or a re-timed run does not convert the same network again.
 RECOMMENDED_RUN = RESULTS / "evaluate" / "recommended_run.json"
+RECOMMENDED_RUN_KEYS = ("model", "run", "checkpoint", "checkpoint_sha256")
 
 # The two-stage model (head on cached features) is called "features" everywhere.
 FEATURES_MODEL = "features"

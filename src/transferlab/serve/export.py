@@ -21,8 +21,9 @@ from typing import Any
 
 import torch
 
+from transferlab import layout
 from transferlab._io import publish, sha256_file
-from transferlab.errors import FingerprintMismatch
+from transferlab.errors import DataError, FingerprintMismatch
 from transferlab.serve.inference import Classifier, load_classifier
 
 # Largest absolute difference of logits allowed between an export and the PyTorch network.
@@ -88,6 +89,11 @@ def export_recommended(run: dict[str, Any], out: Path) -> dict[str, Any]:
     """Export the checkpoint ``run`` names (evaluate's recommended_run.json: model, run,
     checkpoint and its SHA-256) to ``out``; returns what exports.json says. Every file is
     written and checked before any is published, so a failed export leaves ``out`` as it was."""
+    missing = [k for k in layout.RECOMMENDED_RUN_KEYS if k not in run]
+    if missing:
+        raise DataError(
+            f"{layout.RECOMMENDED_RUN}: lacks {', '.join(missing)}; re-run the pipeline (dvc repro)"
+        )
     ckpt = Path(run["checkpoint"])
     if not ckpt.is_file() or sha256_file(ckpt) != run["checkpoint_sha256"]:
         raise FingerprintMismatch(

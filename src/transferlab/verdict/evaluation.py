@@ -852,7 +852,7 @@ def recommendation(metrics: dict[str, Any], details: dict[str, Any]) -> dict[str
 def recommended_run(rec: dict[str, Any]) -> dict[str, Any]:
     """recommended_run.json: of a :func:`recommendation`, the checkpoint's identity alone
     (what the export stage depends on)."""
-    return {k: rec[k] for k in ("model", "run", "checkpoint", "checkpoint_sha256")}
+    return {k: rec[k] for k in layout.RECOMMENDED_RUN_KEYS}
 
 
 def _trained_on(details: dict[str, Any], seed: int) -> str:
