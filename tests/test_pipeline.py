@@ -243,7 +243,5 @@ class TestFirstRun:
         assert max(abs(a - b) for a, b in zip(probs, scored["test"]["prob"], strict=True)) < 1e-3
         # a folder of the user's own images, as the README shows it
         res = run(project, str(exe), "predict", "recommended", str(project / "data/raw"), "--top-k", "1")
-        n_files = sum(
-            1 for f in (project / "data/raw").rglob("*.png")
-        )  # every digit, not only the capped ones
+        n_files = sum(1 for f in (project / "data/raw").rglob("*.png"))  # the capped digits
         assert res.stdout.startswith("path,class_1,prob_1\n") and res.stdout.count("\n") == n_files + 1

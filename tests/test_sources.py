@@ -16,6 +16,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 import yaml
 from PIL import Image
@@ -380,6 +381,26 @@ def test_stage_fails_cleanly_on_bad_data_and_skips_on_request(tmp_path, messy):
     assert report["images"] == 10 and len(report["skipped"]) == 5
     assert (tmp_path / "data" / "raw" / "cat" / "0.png").is_file()
     assert not (tmp_path / "data" / "raw" / "cat" / "broken.png").exists()
+
+
+def test_stage_keeps_in_raw_only_the_images_the_manifest_lists(tmp_path):
+    """download.classes and download.max_per_class: data/raw holds the manifest's images and
+    nothing else (every stage reads through the manifest; DVC would cache and re-walk the
+    rest), the user's folder untouched."""
+    src = folder(tmp_path / "src", classes=("cat", "dog", "owl"), n=9)
+    before = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file())
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    res = _stage(proj, {"source": "folder", "path": str(src), "classes": ["cat", "dog"], "max_per_class": 5})
+    assert res.returncode == 0, res.stderr
+    manifest = pl.read_parquet(proj / "data" / "manifest.parquet")
+    raw = proj / "data" / "raw"
+    assert manifest.height == 10
+    assert sorted(p.relative_to(raw).as_posix() for p in raw.rglob("*") if p.is_file()) == sorted(
+        manifest["path"].to_list()
+    )
+    assert not (raw / "owl").exists()  # no empty folder left for a class not kept
+    assert sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file()) == before
 
 
 def test_stage_url_source(tmp_path, server):
