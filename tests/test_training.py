@@ -166,3 +166,20 @@ def test_the_plan_line_of_a_fit_counts_images_whatever_batches_them(capsys):
         fit(model, opt, loader, TensorBatches(x[150:], y[150:], 64), OptimConfig(epochs=1), CPU, plan=name)
         (line,) = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("plan:")]
         assert line.startswith(f"plan: {name}: 150 training images, {len(loader)} batches"), line
+
+
+def test_dvclive_is_imported_only_by_a_run_that_logs_curves(tmp_path):
+    """Learning-curve points import the tracking module but log no curves: dvclive (and the
+    part of DVC it brings, about a second of start-up) stays out until a CurveLogger opens."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from transferlab.training import tracking\n"
+        "assert 'dvclive' not in sys.modules, 'imported with the module'\n"
+        f"tracking.CurveLogger({str(tmp_path / 'run')!r}).close()\n"
+        "assert 'dvclive' in sys.modules\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr

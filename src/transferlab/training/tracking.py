@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from dvclive import Live
 
 from transferlab.runtime import environment, peak_gpu_bytes, peak_rss_bytes
 from transferlab.training.loop import EpochRecord, FitResult
@@ -21,9 +20,15 @@ from transferlab.training.records import RunSummary, write_summary
 
 
 class CurveLogger:
-    """Per-epoch metrics through dvclive; the pipeline's dvc.yaml declares the plots."""
+    """Per-epoch metrics through dvclive; the pipeline's dvc.yaml declares the plots.
+
+    dvclive is imported here, not with the module: it brings much of DVC with it (about
+    1.3 s of a stage's start), and the stages that train learning-curve points import this
+    module but log no curves of their own."""
 
     def __init__(self, out_dir: Path) -> None:
+        from dvclive import Live
+
         # dvcyaml=False: dvc.yaml is ours; save_dvc_exp=False: `dvc exp run` makes experiments.
         self.live = Live(str(out_dir), dvcyaml=False, save_dvc_exp=False, report=None)
 
