@@ -4,9 +4,9 @@ The two-stage path: epochs cost milliseconds because the backbone ran once, in
 extract-features. ``features`` trains on the training images' features; ``features-augmented``
 also on the K augmented views extract-features stored. Changing a parameter here re-runs only
 these stages, evaluate and report.
-One stage per model and seed (``train-head@features-0``). With ``--curve`` the stage
-``curve-head@<seed>``: every two-stage model on each nested subset of params: curve.sizes
-(seconds each: the features are cached), for the report's learning curves.
+One stage per model and seed (``train-head@features-0``). The learning curves' stage
+``curve-head@<seed>`` (stages/curve_head.py) trains every two-stage model on each nested
+subset of params: curve.sizes with :func:`curves` below.
 Run through `dvc repro`; by hand: ``python stages/train_head.py features --seed 0``.
 """
 
@@ -22,7 +22,7 @@ import torch
 
 from transferlab import layout, registry
 from transferlab.cli import run_stage
-from transferlab.config import TrainHeadConfig, load_params
+from transferlab.config import Params, TrainHeadConfig, load_params
 from transferlab.data.manifest import (
     class_names,
     manifest_fingerprint,
@@ -329,10 +329,6 @@ def main(args: argparse.Namespace) -> None:
     base, cfg = p.base, p.train_head
     device = resolve_device(base.device)
     configure_runtime(base.num_threads, device)
-    if args.curve:
-        return curves(p, args.seed, device)
-    if args.model is None:
-        raise ConfigError("train_head.py: name a model of train_head.models (or --curve for their curves)")
     run = layout.run_name(args.model, args.seed)
     generator = seed_everything(args.seed)
     d = head_data(p, args.model, args.seed)
@@ -362,13 +358,13 @@ def main(args: argparse.Namespace) -> None:
     finish_run(run, head.cpu(), meta, summary)
 
 
-def curves(p, seed: int, device) -> None:
-    """curve-head@<seed>: every two-stage model of train_head.models trained again on each
-    nested subset of this seed's training split (params: curve.sizes), scored on the same
-    val and test images; one process for all of them (each point takes seconds)."""
-    layout.heads_curve_dir(seed).mkdir(parents=True, exist_ok=True)  # the output, if no size
-    if not p.curve.sizes:
-        return
+def curves(p: Params, seed: int) -> None:
+    """curve-head@<seed> (stages/curve_head.py): every two-stage model of train_head.models
+    trained again on each nested subset of this seed's training split (params: curve.sizes),
+    scored on the same val and test images; one process for all of them (each point takes
+    seconds)."""
+    device = resolve_device(p.base.device)
+    configure_runtime(p.base.num_threads, device)
     for model in p.train_head.models:
         curve(p, head_data(p, model, seed), model, seed, device)
 
@@ -399,15 +395,7 @@ def curve(p, d: HeadData, model: str, seed: int, device) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
-        "model",
-        nargs="?",
-        choices=registry.names("two-stage"),
-        help="a model listed in params: train_head.models (none with --curve)",
+        "model", choices=registry.names("two-stage"), help="a model listed in params: train_head.models"
     )
     parser.add_argument("--seed", type=int, default=0, help="training seed (one of params: base.seeds)")
-    parser.add_argument(
-        "--curve",
-        action="store_true",
-        help="the learning curves of every model of train_head.models (params: curve.sizes)",
-    )
     run_stage(main, parser)

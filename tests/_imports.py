@@ -36,14 +36,35 @@ def _with_packages(module: str) -> set[str]:
     return {".".join(parts[:i]) for i in range(2, len(parts) + 1)}
 
 
+def stage_scripts(script: Path) -> set[Path]:
+    """``script`` and the scripts beside it that it imports (stages/curve_head.py imports
+    stages/train_head.py: its folder is on sys.path when it runs), and theirs in turn."""
+    seen: set[Path] = set()
+    todo = [script]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names = [node.module]
+            todo += [path.parent / f"{n}.py" for n in names if (path.parent / f"{n}.py").is_file()]
+    return seen
+
+
 def module_closure(script: Path) -> set[str]:
-    """Paths (relative to the project root) of every transferlab module ``script`` needs."""
+    """Paths (relative to the project root) of every transferlab module ``script`` needs,
+    and of the scripts beside it that it imports."""
     seen: set[str] = set()
-    todo = [p for m in _direct(script) for p in _with_packages(m)]
+    scripts = stage_scripts(script)
+    todo = [p for s in scripts for m in _direct(s) for p in _with_packages(m)]
     while todo:
         mod = todo.pop()
         if mod in seen:
             continue
         seen.add(mod)
         todo.extend(p for m in _direct(_file(mod)) for p in _with_packages(m))
-    return {_file(m).relative_to(ROOT).as_posix() for m in seen}
+    beside = {s.resolve().relative_to(ROOT).as_posix() for s in scripts - {script}}
+    return {_file(m).relative_to(ROOT).as_posix() for m in seen} | beside

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from _imports import module_closure
+from _imports import module_closure, stage_scripts
 
 from transferlab import registry
 from transferlab.config import SECTIONS
@@ -144,12 +144,12 @@ def test_stage_lists_every_param_its_script_reads(name, stage):
     script = ROOT / stage["cmd"].split()[1]
     listed = [k.replace("lp-ft", "lp_ft") for k in stage.get("params", [])]
     # finetune.py reads finetune.head only for models that do not start from the probe;
-    # train_head.py reads curve.sizes and base.seed (the subsets' draw) only as curve-head
-    # (--curve), not as train-head
+    # train_head.py reads curve.sizes and base.seed (the subsets' draw) only in curves(), run
+    # by curve-head (stages/curve_head.py, which imports it), not by train-head
     unread = {"finetune-lp-ft": {"finetune.head"}, "train-head": {"curve", "curve.sizes", "base.seed"}}.get(
         name, set()
     )
-    read = _params_read(script) - unread
+    read = set().union(*(_params_read(s) for s in stage_scripts(script))) - unread
     assert read or not listed, f"{script} reads none of the params its stage lists?"
     for key in read:
         covered = any(k == key or key.startswith(f"{k}.") or k.startswith(f"{key}.") for k in listed)
@@ -178,3 +178,14 @@ def test_every_import_form_counts_the_module_it_imports(tmp_path, statement, mod
     script = tmp_path / "stage.py"
     script.write_text(statement + "\n")
     assert module in module_closure(script)
+
+
+def test_a_script_that_imports_the_one_beside_it_depends_on_what_that_one_imports():
+    """curve-head's script imports train-head's (stages/curve_head.py: ``import train_head``)
+    and trains through it: that script, and every module it imports, are its deps too."""
+    closure = module_closure(ROOT / "stages/curve_head.py")
+    assert {"stages/train_head.py", "src/transferlab/features/store.py"} <= closure
+    assert "curve.sizes" in _params_read(ROOT / "stages/curve_head.py")
+    assert {"train_head.head", "base.seed"} <= set().union(
+        *(_params_read(s) for s in stage_scripts(ROOT / "stages/curve_head.py"))
+    )

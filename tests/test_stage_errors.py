@@ -24,6 +24,7 @@ STAGES = {
     "download": ["stages/download.py"],
     "extract-features": ["stages/extract_features.py"],
     "train-head": ["stages/train_head.py", "features", "--seed", "0"],
+    "curve-head": ["stages/curve_head.py", "--seed", "0"],
     "finetune": ["stages/finetune.py", "full", "--seed", "0", "--lr", "0.001"],
     "screen-backbone": [
         "stages/screen_backbone.py",
@@ -61,6 +62,7 @@ MATRIX = [
     ("extract-features", GARBAGE_WEIGHTS),
     ("train-head", GARBAGE_WEIGHTS),
     ("train-head", UNKNOWN_BACKBONE),
+    ("curve-head", CUDA),  # past its own check of curve.sizes, into train-head's code
     ("finetune", CUDA),
     ("finetune", BN_OF_ONE),
     ("screen-backbone", CUDA),
@@ -71,7 +73,7 @@ MATRIX = [
 NO_CUDA = not __import__("torch").cuda.is_available()
 
 DRIVER = """
-import contextlib, io, json, runpy, sys, traceback
+import contextlib, io, json, os, runpy, sys, traceback
 out = {}
 for key, argv in json.loads(sys.argv[1]).items():
     err, code = io.StringIO(), 0
@@ -79,6 +81,7 @@ for key, argv in json.loads(sys.argv[1]).items():
     try:
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
             sys.argv = argv
+            sys.path.insert(0, os.path.dirname(os.path.abspath(argv[0])))  # as `python <script>`
             runpy.run_path(argv[0], run_name="__main__")
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1
