@@ -4,8 +4,9 @@ Sources (``download.source``): the embedded ``digits`` (scikit-learn's 1,797 8x8
 classes, offline), an image ``folder``, an archive ``url`` pinned by SHA-256, or a
 ``torchvision`` data set. Images land under data/raw/ as delivered; the manifest splits them,
 stratified and seeded, keeping splits the source brings, and data/raw/ keeps the images it
-lists (``download.max_per_class`` and ``download.classes`` leave only what the runs use). Bad files are named, then fail the
-stage or are skipped (``download.on_bad``) and listed in results/download/download.json.
+lists (``download.max_per_class`` and ``download.classes`` leave only what the runs use).
+Bad files are named, then fail the stage or are skipped (``download.on_bad``) and listed in
+results/download/download.json.
 Run through `dvc repro`; by hand: ``python stages/download.py``.
 """
 
@@ -78,21 +79,19 @@ def collect(cfg, raw: Path) -> tuple[list, list]:
     return items, found.problems
 
 
-def keep_listed(raw: Path, listed: list[str]) -> int:
-    """Delete the files under ``raw`` that the manifest does not list; returns how many.
+def keep_listed(raw: Path, listed: list[str]) -> None:
+    """Delete the files (and folders left empty) under ``raw`` that the manifest does not list.
 
     Every stage reads images through the manifest, so the rest is dead weight that DVC would
     still cache and re-check: data/raw is a dependency of every stage that reads images,
     and each `dvc status` or `dvc repro` walks it once per such stage (digits with
     ``download.max_per_class: 6``: 60 files instead of 1,797)."""
     keep = set(listed)
-    extra = [f for f in raw.rglob("*") if f.is_file() and f.relative_to(raw).as_posix() not in keep]
-    for f in extra:
+    for f in [f for f in raw.rglob("*") if f.is_file() and f.relative_to(raw).as_posix() not in keep]:
         f.unlink()
     for d in sorted((d for d in raw.rglob("*") if d.is_dir()), key=lambda d: len(d.parts), reverse=True):
         if not any(d.iterdir()):
             d.rmdir()
-    return len(extra)
 
 
 def source_name(cfg) -> str:
