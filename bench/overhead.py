@@ -26,10 +26,10 @@ def recorded_work(results: Path) -> dict[str, float]:
         work["extraction"] = e["total_time_s"]
     for summary in sorted(results.glob("*/train.json")):
         s = json.loads(summary.read_text())
-        if s.get("search_time_s") is not None and "-lr" not in summary.parent.name:
-            work["probe grids"] += s["search_time_s"]  # a head: its whole L2 grid
-        else:
-            work["end-to-end training"] += s["train_time_s"]
+        if s.get("lr") is None:
+            work["probe grids"] += s.get("search_time_s") or s["train_time_s"]  # a head: its whole L2 grid
+        else:  # an end-to-end run: its whole learning-rate search
+            work["end-to-end training"] += s.get("search_time_s") or s["train_time_s"]
     for point in sorted(results.glob("curve/*/f*/point.json")) + sorted(
         results.glob("curve/*/*/f*/point.json")
     ):

@@ -27,7 +27,7 @@ def main(args: argparse.Namespace) -> None:
     manifest = read_manifest(layout.MANIFEST)
     ft = p.finetune
     heads = list(p.train_head.models)
-    strategies = {s: list(ft.section(s).lr) for s in ft.runs}
+    strategies = ft.runs
     seeds = p.base.seeds
     metrics, details, comparisons = evaluate_all(
         heads, strategies, seeds, manifest, p.base.splits, list(p.shift.kinds), p.base.folds
@@ -55,9 +55,9 @@ def main(args: argparse.Namespace) -> None:
     for name in [*heads, *strategies]:
         m = metrics[name]
         prot = details["models"][name]["protocol"]
-        picked = prot["picked"]
-        per = "fold" if p.base.folds > 1 else "seed"
-        pick = f"lr {picked['lr']:g}" if "lr" in picked else f"{next(iter(prot['grid']))} per {per}"
+        key = next(iter(prot["grid"]))
+        values = sorted({f"{v[key]:g}" for v in prot["picked"].values()})
+        pick = f"{key} {', '.join(values)}"
         print(
             f"evaluate: {name:18s} ({pick}, chosen on val) val acc {m['val_acc']:.4f}  test acc "
             f"{m['test_acc']:.4f} [{m['test_acc_ci_lo']:.3f}, {m['test_acc_ci_hi']:.3f}]  "

@@ -30,7 +30,7 @@ from transferlab.data.manifest import (
     split_column,
     split_view,
 )
-from transferlab.data.subsets import subset_mask
+from transferlab.data.subsets import SizeTooSmall, subset_mask
 from transferlab.errors import ConfigError
 from transferlab.features.backbone_choice import arms_backbone
 from transferlab.features.backbones import backbone_fingerprint, create_backbone
@@ -373,7 +373,11 @@ def curve(p, d: HeadData, model: str, seed: int, device) -> None:
     """One model's points: the main run's recipe and grid search on each subset."""
     train_rows = d.split_rows["train"]
     for size in p.curve.sizes:
-        keep = subset_mask(d.labels[train_rows], size, (p.base.seed, seed), d.classes)
+        try:
+            keep = subset_mask(d.labels[train_rows], size, (p.base.seed, seed), d.classes)
+        except SizeTooSmall as err:  # small data: the curve skips the size, the report says so
+            print(f"{model}: skipped: {err}")
+            continue
         point = layout.curve_point(model, seed, str(size))
         generator = seed_everything(seed)  # every point starts as the main run did
         head, summary, _, _ = fit_head(

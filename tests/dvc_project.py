@@ -13,19 +13,23 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
-ONE_EPOCH = {"lr": [1e-3]}
+ONE_RATE = {"lr": [1e-3]}  # a fixed rate: nothing to search
 TINY = {
     "download": {"max_per_class": 6, "val_fraction": 0.2, "test_fraction": 0.2},
     "backbone": {"image_size": 32},
     "extract_features": {"batch_size": 32, "augment_views": 2},
     "train_head": {"linear": {"l2": [0.01, 1.0]}},
     "finetune": {
-        "budget": {"epochs": 1, "batch_size": 16, "warmup_epochs": 0},  # every arm's
-        **{s: ONE_EPOCH for s in ("frozen", "partial", "scratch")},
-        "full": {"lr": [1e-3, 3e-3]},  # a real grid: evaluate must pick on val
+        # every arm's: two steps of 16 (36 training images), validation after each
+        "budget": {"steps": 2, "eval_every": 1, "warmup_steps": 0, "batch_size": 16},
+        "search": {"max_extend": 1},
+        "strategies": ["frozen", "partial", "full", "progressive", "scratch"],
+        "from_probe": ["lp-ft"],
+        **{s: ONE_RATE for s in ("frozen", "partial", "scratch")},
+        "full": {"lr": [1e-3, 3e-3]},  # a real grid: the search must pick on val
         "lp-ft": {"lr": [1e-3]},
         # a deviation from the common budget, as the report must show one
-        "progressive": {**ONE_EPOCH, "budget": {"epochs": 2}, "unfreeze_epochs": [1]},
+        "progressive": {**ONE_RATE, "budget": {"steps": 4}, "unfreeze_at": [0.5]},
     },
     "shift": {"kinds": ["blur", "noise"]},  # the robustness view, on every test project
     # 4 training images per class: 2 and 3 at these sizes (0.1 would leave none); frozen,
@@ -33,10 +37,8 @@ TINY = {
     "curve": {"sizes": [0.5, 0.75], "models": ["frozen"]},
 }
 HEADS = {"train-head@features-0", "train-head@features-augmented-0"}
-END_TO_END = {f"finetune-{s}@0-0.001" for s in ("frozen", "partial", "full", "progressive", "scratch")} | {
-    "finetune-full@0-0.003"
-}
-LP_FT = "finetune-lp-ft@0-0.001"
+END_TO_END = {f"finetune@{s}-0" for s in ("frozen", "partial", "full", "progressive", "scratch")}
+LP_FT = "finetune-from-probe@lp-ft-0"
 CURVES = {"curve-head@0"}  # every two-stage model's curve of seed 0, one process
 CURVE_POINTS = {"curve-finetune@frozen-0-0.5", "curve-finetune@frozen-0-0.75"}
 ALL_MODELS = {

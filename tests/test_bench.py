@@ -76,8 +76,9 @@ def test_bench_measurements_on_a_few_images(tmp_path):
 
 
 def test_overhead_is_wall_time_minus_the_work_the_runs_record(tmp_path):
-    """bench/overhead.py: extraction, each head's whole grid, each end-to-end run and each
-    learning-curve point's grid count as work; the rest of the wall time is overhead."""
+    """bench/overhead.py: extraction, each head's whole grid, each end-to-end run's whole
+    search and each learning-curve point's grid count as work; the rest of the wall time is
+    overhead."""
     spec = importlib.util.spec_from_file_location("overhead", ROOT / "bench" / "overhead.py")
     assert spec is not None and spec.loader is not None
     overhead = importlib.util.module_from_spec(spec)
@@ -90,8 +91,8 @@ def test_overhead_is_wall_time_minus_the_work_the_runs_record(tmp_path):
 
     write("extract/extract.json", {"total_time_s": 10.0})
     write("features-s0/train.json", {"train_time_s": 0.5, "search_time_s": 4.0})  # a head's grid
-    write("full-s0-lr0.001/train.json", {"train_time_s": 30.0, "search_time_s": None})
-    write("full-s0-lr0.003/train.json", {"train_time_s": 31.0})
+    write("full-s0/train.json", {"train_time_s": 30.0, "search_time_s": 51.0, "lr": 0.003})  # its search
+    write("frozen-s0/train.json", {"train_time_s": 10.0, "lr": 0.01})  # a record without the search
     write("curve/heads-s0/features/f0.5/point.json", {"train_time_s": 0.1, "search_time_s": 2.0})
     write("curve/full-s0/f0.5/point.json", {"train_time_s": 9.0, "search_time_s": 18.0})
     work = overhead.recorded_work(tmp_path)

@@ -19,7 +19,10 @@ def test_project_params_are_valid():
     params = load_params(ROOT / "params.yaml")
     assert params.backbone.name == "efficientnet_lite0"
     ft = params.finetune
-    assert ft.runs == ["frozen", "partial", "full", "progressive", "lp-ft", "scratch"]
+    # the default arms: the probe and features-augmented (train_head), and end to end frozen,
+    # a partial unfreezing, full and lp-ft; progressive and scratch on request
+    assert ft.runs == ["frozen", "partial", "full", "lp-ft"]
+    assert params.train_head.models == ["features", "features-augmented"]
     # lp-ft trains with full's recipe exactly; only its grid is its own
     lpft, full = ft.strategy("lp-ft"), ft.strategy("full")
     assert lpft.model_dump(exclude={"lr"}) == full.model_dump(exclude={"lr"})
@@ -69,33 +72,42 @@ def test_params_yaml_lists_every_key_at_its_code_default(section):
 
 def test_every_strategy_gets_the_same_budget_by_default():
     ft = load_params(ROOT / "params.yaml").finetune
+    every = registry.names("end-to-end")
     budgets = {
-        s: (ft.strategy(s).epochs, ft.strategy(s).batch_size, ft.strategy(s).warmup_epochs) for s in ft.runs
+        s: (
+            ft.strategy(s).steps,
+            ft.strategy(s).batch_size,
+            ft.strategy(s).warmup_steps,
+            ft.strategy(s).eval_every,
+        )
+        for s in every
     }
     assert len(set(budgets.values())) == 1, budgets
 
 
-def test_empty_grid_skips_a_strategy():
-    ft = parse_section("finetune", {"scratch": {"lr": []}, "lp-ft": {"lr": []}})
-    assert "scratch" not in ft.runs and "lp-ft" not in ft.runs and "full" in ft.runs
+def test_the_listed_strategies_run():
+    ft = parse_section("finetune", {"strategies": ["full", "scratch"], "from_probe": []})
+    assert ft.runs == ["full", "scratch"]
+    ft = parse_section("finetune", {"strategies": [], "from_probe": ["lp-ft"]})
+    assert ft.runs == ["lp-ft"]
 
 
 def test_strategy_defaults_survive_partial_overrides():
     # Overriding one key of `scratch` must keep scratch's own defaults, not the base class's.
-    ft = parse_section("finetune", {"scratch": {"budget": {"epochs": 3}}, "progressive": {"lr_decay": 0.7}})
+    ft = parse_section("finetune", {"scratch": {"budget": {"steps": 30}}, "progressive": {"lr_decay": 0.7}})
     scratch = ft.strategy("scratch")
-    assert scratch.bn == "train" and scratch.backbone_lr_mult == 1.0 and scratch.epochs == 3
-    assert ft.strategy("progressive").unfreeze_epochs == [1, 2, 3, 4]
+    assert scratch.bn == "train" and scratch.backbone_lr_mult == 1.0 and scratch.steps == 30
+    assert ft.strategy("progressive").unfreeze_at == [0.2, 0.4, 0.6, 0.8]
     assert ft.strategy("frozen").bn == "frozen"
 
 
 def test_one_budget_for_every_strategy_and_deviations_said():
     ft = parse_section(
-        "finetune", {"budget": {"epochs": 15, "batch_size": 32}, "progressive": {"budget": {"epochs": 20}}}
+        "finetune", {"budget": {"steps": 150, "batch_size": 16}, "progressive": {"budget": {"steps": 200}}}
     )
     for s in ("frozen", "partial", "full", "lp-ft", "scratch"):
-        assert (ft.strategy(s).epochs, ft.strategy(s).batch_size) == (15, 32) and not ft.deviations(s)
-    assert ft.strategy("progressive").epochs == 20 and ft.deviations("progressive") == {"epochs": 20}
+        assert (ft.strategy(s).steps, ft.strategy(s).batch_size) == (150, 16) and not ft.deviations(s)
+    assert ft.strategy("progressive").steps == 200 and ft.deviations("progressive") == {"steps": 200}
     # lp-ft trains with full's recipe, deviations included
     ft = parse_section("finetune", {"full": {"budget": {"label_smoothing": 0.1}}})
     assert ft.strategy("lp-ft").label_smoothing == 0.1 and ft.deviations("lp-ft") == {"label_smoothing": 0.1}
@@ -125,38 +137,51 @@ def test_yaml_exponent_strings_are_numbers(tmp_path):
         ({"download": {"test_fraction": 0}}, "download.test_fraction: Input should be greater than 0"),
         ({"trian_head": {}}, "unknown section 'trian_head'"),
         (
-            {"finetune": {"budget": {"epochs": 4}, "progressive": {"unfreeze_epochs": [2, 1]}}},
+            {"finetune": {"strategies": ["progressive"], "progressive": {"unfreeze_at": [0.5, 0.25]}}},
             "strictly increasing",
         ),
-        ({"finetune": {"progressive": {"unfreeze_epochs": []}}}, "unfreeze_epochs must list at least one"),
         (
-            {"finetune": {"progressive": {"budget": {"epochs": 4}, "unfreeze_epochs": [2, 4]}}},
-            "finetune.progressive: Value error, unfreeze_epochs: epoch 4 is not before the last epoch (4)",
+            {"finetune": {"strategies": ["progressive"], "progressive": {"unfreeze_at": []}}},
+            "unfreeze_at must list at least one",
+        ),
+        (
+            {"finetune": {"progressive": {"unfreeze_at": [0.5, 1.0]}}},
+            "finetune.progressive.unfreeze_at.1: Input should be less than 1",
         ),
         (
             {"finetune": {"partial": {"unfreeze_blocks": 0}}},
             "finetune.partial.unfreeze_blocks: Input should be",
         ),
         (
-            {"finetune": {"budget": {"epochs": 2, "warmup_epochs": 2}}},
-            "warmup_epochs (2) must be < epochs (2)",
+            {"finetune": {"budget": {"steps": 20, "warmup_steps": 20}}},
+            "warmup_steps (20) must be < steps (20)",
         ),
         (
-            {"finetune": {"full": {"budget": {"epochs": 1}}}},
-            "finetune.full: Value error, warmup_epochs (1) must be < epochs (1)",
+            {"finetune": {"full": {"budget": {"steps": 10}}}},
+            "finetune.full: Value error, warmup_steps (25) must be < steps (10)",
         ),
+        ({"finetune": {"budget": {"eval_every": 400}}}, "eval_every (400) must be <= steps (300)"),
+        ({"finetune": {"full": {"steps": 3}}}, "finetune.full.steps: unknown key"),
         ({"finetune": {"full": {"epochs": 3}}}, "finetune.full.epochs: unknown key"),
+        ({"finetune": {"budget": {"epochs": 3}}}, "finetune.budget.epochs: unknown key"),
+        ({"finetune": {"strategies": ["lp-ft"]}}, "strategies: 'lp-ft' is not one of"),
+        ({"finetune": {"strategies": ["full", "full"]}}, "strategies lists a strategy twice"),
+        ({"finetune": {"full": {"lr": []}}}, "strategies: full runs but finetune.full.lr is empty"),
+        (
+            {"finetune": {"search": {"first_rung": 0}}},
+            "finetune.search.first_rung: Input should be greater than 0",
+        ),
         ({"finetune": {"full": {"budget": {"lr": [1.0]}}}}, "finetune.full.budget.lr: unknown key"),
         ({"augment": {"crop_scale": [0.9, 0.5]}}, "augment: Value error, crop_scale"),
         # keys that would do nothing
-        ({"finetune": {"scratch": {"bn": "frozen"}}}, "bn must be 'train'"),
+        ({"finetune": {"strategies": ["scratch"], "scratch": {"bn": "frozen"}}}, "bn must be 'train'"),
         (
             {"finetune": {"frozen": {"backbone_lr_mult": 0.5}}},
             "backbone_lr_mult has no effect on this strategy",
         ),
         ({"finetune": {"frozen": {"bn": "train"}}}, "bn has no effect on this strategy"),
         ({"finetune": {"full": {"bn_momentum": 0.2}}}, "bn_momentum has no effect with bn: frozen"),
-        ({"finetune": {"lp-ft": {"epochs": 3}}}, "finetune.lp-ft.epochs: unknown key"),
+        ({"finetune": {"lp-ft": {"steps": 3}}}, "finetune.lp-ft.steps: unknown key"),
         ({"finetune": {"full": {"lr": [1e-3, 0.001]}}}, "lr lists a value twice"),
         ({"base": {"seeds": [0, 1], "splits": 3}}, "no seed in seeds [0, 1] uses splitting(s) [2]"),
         ({"base": {"splits": 0}}, "base.splits: Input should be greater than or equal to 1"),

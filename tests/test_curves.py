@@ -8,7 +8,7 @@ import pytest
 
 from transferlab.config import ConfigError, parse_section
 from transferlab.data.manifest import SplitView
-from transferlab.data.subsets import kept_per_class, subset_mask, training_subset
+from transferlab.data.subsets import SizeTooSmall, kept_per_class, subset_mask, training_subset, unfit_sizes
 from transferlab.verdict import curves as C
 
 SIZES = [0.1, 0.25, 0.5, 0.75]
@@ -77,9 +77,9 @@ def test_a_curve_model_must_run(tmp_path):
     from transferlab.config import load_params
 
     p = tmp_path / "params.yaml"
-    p.write_text("finetune:\n  partial:\n    lr: []\ncurve:\n  models: [partial]\n")
+    p.write_text("finetune:\n  strategies: [full]\ncurve:\n  models: [partial]\n")
     with pytest.raises(
-        ConfigError, match=r"curve.models: partial does not run \(finetune.partial.lr is empty\)"
+        ConfigError, match=r"curve.models: partial does not run \(it is not in finetune.strategies"
     ):
         load_params(p)
 
@@ -210,3 +210,15 @@ def test_no_crossover_within_the_range_is_said_plainly():
     assert text.endswith("The probe is separably ahead at 12 per class (full − probe -0.0900).")
     no_ft = {"probe": "features", "comparisons": [], "crossover": None}
     assert "curve.models=[full]" in crossover_text(no_ft)
+
+
+def test_sizes_that_do_not_fit_the_data_are_named_not_fatal():
+    """Small data: a size that leaves some class one image, in any run's training split, is
+    what every curve stage skips; the same counts give the same answer everywhere."""
+    runs = [np.array([0] * 10 + [1] * 4), np.array([0] * 10 + [1] * 6)]
+    assert unfit_sizes([0.25, 0.5], runs, ["cat", "dog"]) == {
+        0.25: "curve.sizes: 0.25 leaves class 'dog' 1 training image(s) of 4 (each class needs 2)"
+    }
+    assert unfit_sizes([0.5], runs) == {}
+    with pytest.raises(SizeTooSmall, match="0.25 leaves class 'dog' 1 training"):
+        subset_mask(runs[0], 0.25, (0, 0), classes=["cat", "dog"])

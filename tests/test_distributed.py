@@ -35,7 +35,7 @@ def project(tmp_path_factory) -> Path:
             "extract_features": {"batch_size": 8, "shard_rows": 16},
             # bn: frozen (the default): nothing in the model draws random numbers
             "finetune": {
-                "budget": {"batch_size": 8, "epochs": 2, "warmup_epochs": 0},
+                "budget": {"batch_size": 8, "steps": 8, "eval_every": 4, "warmup_steps": 0},
                 "full": {"lr": [1e-3]},
             },
         },
@@ -102,7 +102,7 @@ def test_more_processes_than_shards(project, one_process_store, processes, shard
 
 
 def _weights(project: Path) -> dict[str, torch.Tensor]:
-    return torch.load(project / "data/models/full-s0-lr0.001/model.pt", weights_only=False)["state_dict"]
+    return torch.load(project / "data/models/full-s0/model.pt", weights_only=False)["state_dict"]
 
 
 def _rel_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], running: bool) -> float:
@@ -127,14 +127,14 @@ def test_two_processes_fine_tune_like_one_with_their_batches_together(project, b
     (torch's own kernel; ours is 2.7e-4), a gap Adam's steps then carry (measured: 2e-4
     relative for the weights against 2e-3 for the yardstick, 2.5e-3 for the running
     statistics against 0.2: statistics of 4 images, as unsynchronised ranks would keep)."""
-    stage = ("stages/finetune.py", "full", "--seed", "0", "--lr", "0.001")
+    stage = ("stages/finetune.py", "full", "--seed", "0")
     set_params(project, {"finetune": {"budget": {"batch_size": 8}, "full": {"bn": bn}}})
     try:
         run(project, sys.executable, *stage)
         one = _weights(project)
         torchrun(project, *stage)
         two = _weights(project)
-        summary = json.loads((project / "results/full-s0-lr0.001/train.json").read_text())
+        summary = json.loads((project / "results/full-s0/train.json").read_text())
         set_params(project, {"finetune": {"budget": {"batch_size": 4}}})
         run(project, sys.executable, *stage)
         small_batches = _weights(project)
@@ -168,8 +168,6 @@ def test_a_batch_that_does_not_split_among_the_processes_is_refused(project):
             "full",
             "--seed",
             "0",
-            "--lr",
-            "0.001",
             check=False,
         )
     finally:

@@ -27,20 +27,21 @@ def test_download_and_extraction_paths():
 def test_every_training_stage_writes_where_layout_says():
     seed = "${item.seed}"
     head = layout.run_name("${item.model}", seed)
-    runs = {"train-head": head} | {
-        f"finetune-{s}": layout.run_name(s, seed, "${item.lr}")
-        for s in ("frozen", "partial", "full", "progressive", "lp-ft", "scratch")
-    }
-    for stage, run in runs.items():
+    run = layout.run_name("${item.strategy}", seed)
+    runs = {"train-head": head, "finetune": run, "finetune-from-probe": run}
+    for stage, name in runs.items():
         outs = _outs(stage)
-        assert layout.model_dir(run).as_posix() in outs, stage
-        assert layout.train_summary(run).as_posix() in outs, stage
-        assert layout.predictions(run).as_posix() in outs, stage
-        assert (layout.results_dir(run) / "plots" / "metrics").as_posix() in outs, stage
+        assert layout.model_dir(name).as_posix() in outs, stage
+        assert layout.train_summary(name).as_posix() in outs, stage
+        assert layout.predictions(name).as_posix() in outs, stage
+        assert (layout.results_dir(name) / "plots" / "metrics").as_posix() in outs, stage
+    for stage in ("finetune", "finetune-from-probe"):  # every rate the search tried keeps its curves
+        assert (layout.results_dir(run) / "search").as_posix() in _outs(stage)
     assert (
         layout.model_dir(layout.run_name(layout.FEATURES_MODEL, seed)).as_posix()
-        in STAGES["finetune-lp-ft"]["deps"]
+        in STAGES["finetune-from-probe"]["deps"]
     )
+    assert not any("features-s" in str(d) for d in STAGES["finetune"]["deps"])
 
 
 def test_evaluate_and_report_paths():
@@ -50,9 +51,8 @@ def test_evaluate_and_report_paths():
 
 
 def test_run_names_round_trip():
-    for model, seed, lr in (("features", 0, None), ("lp-ft", 3, "0.001"), ("full", 1, "1e-05")):
-        name = layout.run_name(model, seed, lr)
-        assert layout.parse_run(name) == (model, seed, float(lr) if lr else None)
+    for model, seed in (("features", 0), ("lp-ft", 3), ("features-augmented", 12)):
+        assert layout.parse_run(layout.run_name(model, seed)) == (model, seed)
 
 
 def test_export_paths():

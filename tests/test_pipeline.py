@@ -64,16 +64,40 @@ class TestFirstRun:
         assert trainable["full"] == trainable["lp-ft"] == trainable["scratch"]
         assert trainable["frozen"] < trainable["progressive"] < trainable["full"]
         details = json.loads((project / "results/evaluate/details.json").read_text())
-        # full's rate was chosen on validation, by the project's one rule, and is the one scored
+        # full's rate was chosen on validation by its own search, by the project's one rule:
+        # every rate tried has its curves and its point, the picked one trained the whole
+        # budget, and its checkpoint is the one scored
         prot = details["models"]["full"]["protocol"]
         assert prot["grid"] == {"lr": [0.001, 0.003]}
-        val = {
-            lr: json.loads((project / f"results/full-s0-lr{lr}/train.json").read_text())
-            for lr in ("0.001", "0.003")
-        }
-        want = min(val, key=lambda k: (-val[k]["val_acc"], val[k]["val_loss"]))
-        assert prot["picked"] == {"lr": float(want)}
-        assert details["models"]["full"]["runs"]["0"]["run"] == f"full-s0-lr{want}"
+        full_run = json.loads((project / "results/full-s0/train.json").read_text())
+        search = full_run["protocol"]["search"]
+        assert search["grid"] == [0.001, 0.003] and len(search["tried"]) in (2, 3)  # max_extend 1
+        assert search["rung_steps"] == 1 and search["budget_steps"] == 2
+        points = {pt["lr"]: pt for pt in search["points"]}
+        (picked,) = [lr for lr, pt in points.items() if pt["picked"]]
+        assert points[picked]["steps"] == 2 and all(
+            pt["steps"] == 1 for lr, pt in points.items() if lr != picked
+        )
+        # the first rung's rule picked the survivor
+        rung = {lr: (pt["rung1_val_acc"], pt["rung1_val_loss"]) for lr, pt in points.items()}
+        assert picked == min(rung, key=lambda lr: (-rung[lr][0], rung[lr][1]))
+        assert prot["picked"] == {"0": {"lr": picked}} and full_run["lr"] == picked
+        assert prot["tried"] == {"0": search["tried"]}
+        # annealed rungs (the default): every rate's short run has its curves, and the
+        # picked rate's whole-budget run too, published as the run's own
+        curves = project / "results/full-s0/search"
+        for lr in search["tried"]:
+            assert (curves / f"rung/lr{lr:g}/plots/metrics/val/acc.tsv").is_file()
+        assert (curves / f"lr{picked:g}/plots/metrics/val/acc.tsv").is_file()
+        published = project / "results/full-s0/plots/metrics/val/acc.tsv"
+        assert published.read_text() == (curves / f"lr{picked:g}/plots/metrics/val/acc.tsv").read_text()
+        assert points[picked]["trained_steps"] == 1 + 2  # its rung, then the whole budget afresh
+        assert details["models"]["full"]["runs"]["0"]["run"] == "full-s0"
+        # a curve point trains as many steps as its strategy's main run, whatever its size
+        for size in ("0.5", "0.75"):
+            point = json.loads((project / f"results/curve/frozen-s0/f{size}/point.json").read_text())
+            frozen = json.loads((project / "results/frozen-s0/train.json").read_text())
+            assert point["steps"] == frozen["protocol"]["budget"]["steps_run"] == 2
         # the verdict's raw material: per-image predictions aligned with test_ids, and every
         # pair of models compared on them, recomputable by anyone holding details.json
         comparisons = json.loads((project / "results/evaluate/comparisons.json").read_text())
@@ -112,9 +136,9 @@ class TestFirstRun:
         ]
         # WiSE-FT: alpha 1 is lp-ft's own weights, alpha 0 the probe on the pretrained
         # backbone: the two ends reproduce what the two runs stored, image by image
-        wise = json.loads((project / "results/lp-ft-s0-lr0.001/wise.json").read_text())
+        wise = json.loads((project / "results/lp-ft-s0/wise.json").read_text())
         assert wise["alphas"] == [round(0.1 * i, 1) for i in range(11)]
-        lpft = json.loads((project / "results/lp-ft-s0-lr0.001/predictions.json").read_text())
+        lpft = json.loads((project / "results/lp-ft-s0/predictions.json").read_text())
         probe = json.loads((project / "results/features-s0/predictions.json").read_text())
         order = {image: i for i, image in enumerate(wise["test_ids"])}
         for point, stored in ((wise["points"][-1], lpft), (wise["points"][0], probe)):
@@ -143,9 +167,9 @@ class TestFirstRun:
             assert sorted(stored["shifted"]["blur"]["ids"]) == sorted(ids)
         assert "## Robustness: the test split, shifted" in (project / "reports/report.md").read_text()
         # how every run started, and the exact environment, travel with it
-        scratch = json.loads((project / "results/scratch-s0-lr0.001/train.json").read_text())
+        scratch = json.loads((project / "results/scratch-s0/train.json").read_text())
         assert scratch["init"]["backbone"].startswith("random")
-        full = json.loads((project / f"results/full-s0-lr{want}/train.json").read_text())
+        full = json.loads((project / "results/full-s0/train.json").read_text())
         assert full["init"]["backbone"].startswith("pretrained weights ")
         pins = dict(
             line.split("==") for line in (ROOT / "requirements.lock").read_text().splitlines() if "==" in line

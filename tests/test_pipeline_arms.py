@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 from dvc_project import (
-    ONE_EPOCH,
+    ONE_RATE,
+    TINY,
     copy_of_base,
     dvc,
     ran,
@@ -32,12 +33,13 @@ class TestArms:
     """Each test leaves the copy as it found it (outputs of removed stages deleted)."""
 
     def test_parameter_efficient_arms_run_when_given_a_grid(self, project):
-        """bitfit, norm and lora are off by default; a grid turns each on as one more
-        finetune stage, compared in evaluate and the report like every other arm."""
+        """bitfit, norm and lora are off by default; listing one in finetune.strategies adds
+        one more finetune stage, compared in evaluate and the report like every other arm."""
         peft = ("bitfit", "lora")  # norm is bitfit's mechanism with another filter (test_peft.py)
-        set_params(project, {"finetune": {s: ONE_EPOCH for s in peft}})
+        listed = [*TINY["finetune"]["strategies"], *peft]
+        set_params(project, {"finetune": {"strategies": listed, **{s: ONE_RATE for s in peft}}})
         res = repro(project)
-        assert ran(res.stdout) == {f"finetune-{s}@0-0.001" for s in peft} | {"evaluate", "report"}
+        assert ran(res.stdout) == {f"finetune@{s}-0" for s in peft} | {"evaluate", "report"}
         metrics = json.loads((project / "results/evaluate/metrics.json").read_text())
         for s in peft:
             m = metrics[s]
@@ -51,17 +53,17 @@ class TestArms:
         assert all(f"| {s} " in report or f"| **{s}** " in report for s in peft)
         # the LoRA checkpoint holds the adapters merged: predict rebuilds it as an ordinary
         # model and gives the classes the stage scored with the adapters in place
-        scored = json.loads((project / "results/lora-s0-lr0.001/predictions.json").read_text())
+        scored = json.loads((project / "results/lora-s0/predictions.json").read_text())
         images = [str(project / "data/raw" / i) for i in scored["test"]["ids"]]
         exe = Path(sys.executable).parent / "transferlab"
-        out = run(project, str(exe), "predict", "lora-s0-lr0.001", *images, "--top-k", "1").stdout
+        out = run(project, str(exe), "predict", "lora-s0", *images, "--top-k", "1").stdout
         rows = [line.split(",") for line in out.splitlines()[1:]]
         assert [r[1] for r in rows] == [scored["classes"][c] for c in scored["test"]["pred"]]
         # back to the committed state (outputs of stages that no longer exist removed: README)
         run(project, "git", "checkout", "-q", "--", ".")
         for s in peft:
-            shutil.rmtree(project / f"data/models/{s}-s0-lr0.001")
-            shutil.rmtree(project / f"results/{s}-s0-lr0.001")
+            shutil.rmtree(project / f"data/models/{s}-s0")
+            shutil.rmtree(project / f"results/{s}-s0")
         dvc(project, "checkout", "-q")
         assert "changed" not in dvc(project, "status").stdout
 
@@ -107,7 +109,7 @@ class TestArms:
             best["candidate"]["image_size"],
         )
         status = dvc(project, "status").stdout
-        assert "extract-features" in status and "finetune-full" in status  # the arms follow
+        assert "extract-features" in status and "finetune@full-0" in status  # the arms follow
         run(project, "git", "checkout", "-q", "--", ".")
         for d in ("data/screen", "results/screen"):
             for f in (project / d).glob("candidate*"):
@@ -125,8 +127,8 @@ class TestArms:
         end-to-end run, not all of them: the others read images through the same code."""
         import yaml
 
-        stages = ["extract-features", "finetune-full@0-0.003"]
-        runs = ["full-s0-lr0.003"]
+        stages = ["extract-features", "finetune@full-0"]
+        runs = ["full-s0"]
 
         def outputs():
             lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]

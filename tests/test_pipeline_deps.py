@@ -6,7 +6,6 @@ import pytest
 import yaml
 from _imports import module_closure, stage_scripts
 
-from transferlab import registry
 from transferlab.config import SECTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,26 +43,35 @@ def test_stage_params_exist(name, stage):
 
 
 def test_head_params_do_not_reach_extraction_or_finetuning():
-    names = ["extract-features"] + [
-        n for n in PIPELINE if n.startswith("finetune-") and n != "finetune-lp-ft"
-    ]
     # extraction and every strategy that does not start from the probe
-    assert len(names) == 1 + sum(1 for s in registry.all_models() if not s.two_stage and not s.from_probe)
-    for name in names:
+    for name in ("extract-features", "finetune"):
         stage = PIPELINE[name]
         assert not any(p.startswith("train_head") for p in stage["params"])
         assert not any(d.startswith("data/models/features") for d in stage["deps"])
+    assert any(d.startswith("data/models/features") for d in PIPELINE["finetune-from-probe"]["deps"])
 
 
-def test_every_strategy_has_a_stage_over_its_lr_grid():
-    """One stage block per strategy, one run per seed and learning rate of its grid."""
-    from transferlab import registry
-
-    for s in registry.names("end-to-end"):
-        stage = PIPELINE[f"finetune-{s}"]
-        assert stage["matrix"] == {"seed": "${base.seeds}", "lr": f"${{finetune.{s}.lr}}"}
-        assert "--lr ${item.lr}" in stage["cmd"] and f" {s} " in stage["cmd"]
-        assert f"data/models/{s}-s${{item.seed}}-lr${{item.lr}}" in stage["outs"]
+def test_one_stage_per_strategy_and_seed_owns_its_search():
+    """One stage per strategy and seed (not per rate): its own params section, the budget
+    and the search settings; the rate is searched inside it, so no rate is in its name."""
+    for name, listed in (("finetune", "strategies"), ("finetune-from-probe", "from_probe")):
+        stage = PIPELINE[name]
+        assert stage["matrix"] == {"strategy": f"${{finetune.{listed}}}", "seed": "${base.seeds}"}
+        assert stage["cmd"] == "python stages/finetune.py ${item.strategy} --seed ${item.seed}"
+        assert "data/models/${item.strategy}-s${item.seed}" in stage["outs"]
+        assert {"finetune.${item.strategy}", "finetune.budget", "finetune.search"} <= set(stage["params"])
+        # no other strategy's section: changing one grid re-runs that strategy alone
+        others = {p for p in stage["params"] if p.startswith("finetune.")} - {
+            "finetune.${item.strategy}",
+            "finetune.budget",
+            "finetune.search",
+            "finetune.head",
+        }
+        assert others == (
+            {"finetune.full.budget", "finetune.full.backbone_lr_mult", "finetune.full.bn"}
+            if listed == "from_probe"
+            else set()
+        )
 
 
 def test_every_interpolated_key_is_in_params_yaml():
@@ -90,7 +98,7 @@ def _params_read(script: Path) -> set[str]:
     from transferlab.config import parse_section
 
     tree = ast.parse(script.read_text())
-    roots = {
+    roots: set[str] = {
         t.id
         for node in ast.walk(tree)
         if isinstance(node, ast.Assign)
@@ -99,6 +107,14 @@ def _params_read(script: Path) -> set[str]:
         for t in node.targets
         if isinstance(t, ast.Name)
     }
+
+    def is_root(e: ast.expr) -> bool:
+        """The params object: a name bound to load_params(...), or an attribute of that name
+        on another object (``job.p``, where ``p`` holds the params)."""
+        return (isinstance(e, ast.Name) and e.id in roots) or (
+            isinstance(e, ast.Attribute) and e.attr in roots
+        )
+
     aliases: dict[str, str] = {}  # name -> section
     for node in ast.walk(tree):
         if not isinstance(node, ast.Assign):
@@ -110,11 +126,7 @@ def _params_read(script: Path) -> set[str]:
             else:
                 pairs.append((t, node.value))
         for target, value in pairs:
-            if (
-                isinstance(target, ast.Name)
-                and isinstance(value, ast.Attribute)
-                and getattr(value.value, "id", None) in roots
-            ):
+            if isinstance(target, ast.Name) and isinstance(value, ast.Attribute) and is_root(value.value):
                 aliases[target.id] = value.attr
     read = set()
     for node in ast.walk(tree):
@@ -122,9 +134,11 @@ def _params_read(script: Path) -> set[str]:
             continue
         if isinstance(node.value, ast.Name) and node.value.id in aliases:
             section, field = aliases[node.value.id], node.attr
-        elif isinstance(node.value, ast.Attribute) and getattr(node.value.value, "id", None) in roots:
+        elif isinstance(node.value, ast.Attribute) and is_root(node.value.value):
+            if node.value.attr not in SECTIONS:
+                continue
             section, field = node.value.attr, node.attr
-        elif isinstance(node.value, ast.Name) and node.value.id in roots:
+        elif is_root(node.value):
             if node.attr == "sections":  # every section
                 read |= set(SECTIONS)
             elif node.attr in SECTIONS:
@@ -143,23 +157,42 @@ def test_stage_lists_every_param_its_script_reads(name, stage):
     re-running it (and would be missing from `dvc exp show`'s view of that stage)."""
     script = ROOT / stage["cmd"].split()[1]
     listed = [k.replace("lp-ft", "lp_ft") for k in stage.get("params", [])]
-    # finetune.py reads finetune.head only for models that do not start from the probe;
+    # endtoend.py reads finetune.head only for models that do not start from the probe;
     # train_head.py reads curve.sizes and base.seed (the subsets' draw) only in curves(), run
     # by curve-head (stages/curve_head.py, which imports it), not by train-head
-    unread = {"finetune-lp-ft": {"finetune.head"}, "train-head": {"curve", "curve.sizes", "base.seed"}}.get(
-        name, set()
-    )
-    read = set().union(*(_params_read(s) for s in stage_scripts(script))) - unread
+    # and a curve point scores no shifted test images (run_strategy reads shift, run_curve_point not)
+    unread = {
+        "finetune-from-probe": {"finetune.head"},
+        "train-head": {"curve", "curve.sizes", "base.seed"},
+        "curve-finetune": {"shift", "shift.kinds", "shift.severity"},
+    }.get(name, set())
+    read = set().union(*(_params_read(s) for s in _params_readers(script))) - unread
     assert read or not listed, f"{script} reads none of the params its stage lists?"
     for key in read:
         covered = any(k == key or key.startswith(f"{k}.") or k.startswith(f"{key}.") for k in listed)
         assert covered, f"{name}: {script.name} reads {key}, dvc.yaml params lack it"
 
 
+def _params_readers(script: Path) -> list[Path]:
+    """The stage script, the scripts beside it that it imports, and the library modules it
+    runs that read the params themselves (``load_params``: transferlab.training.endtoend,
+    which the thin finetune stage hands its params file to)."""
+    library = [
+        ROOT / m
+        for m in sorted(module_closure(script))
+        if m.startswith("src/") and "load_params(" in (ROOT / m).read_text() and not m.endswith("config.py")
+    ]
+    return [*stage_scripts(script), *library]
+
+
 def test_params_read_finds_keys_through_names():
     """The checker above sees through aliases: else it would pass by seeing nothing."""
     assert {"base.seed", "base.splits", "download"} <= _params_read(ROOT / "stages/download.py")
     assert {"base.seeds", "train_head.models", "finetune"} <= _params_read(ROOT / "stages/evaluate.py")
+    # the finetune stage hands its params to the library, which reads them through the job
+    endtoend = ROOT / "src/transferlab/training/endtoend.py"
+    assert endtoend in _params_readers(ROOT / "stages/finetune.py")
+    assert {"base.device", "base.image_cache_mb", "shift", "augment", "finetune"} <= _params_read(endtoend)
 
 
 @pytest.mark.parametrize(

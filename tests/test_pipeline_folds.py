@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from dvc_project import ONE_EPOCH, TINY, _merge, make_project, repro
+from dvc_project import TINY, _merge, make_project, repro
 
 from transferlab.verdict.stats import mcnemar_exact
 
@@ -21,7 +21,8 @@ FOLDS = _merge(
         "base": {"folds": 2, "seeds": [0, 1]},
         "train_head": {"models": ["features"]},
         "finetune": {
-            **{s: {"lr": []} for s in ("frozen", "partial", "scratch", "progressive", "lp-ft")},
+            "strategies": ["full"],
+            "from_probe": [],
             "full": {"lr": [1e-3, 3e-3]},  # a grid: each fold must pick on its own validation
         },
         # each fold's training part holds 2 images per class: round(0.75 x 2) = 2 keeps them
@@ -29,7 +30,7 @@ FOLDS = _merge(
         "curve": {"sizes": [0.75], "models": []},
     },
 )
-assert ONE_EPOCH  # TINY's one-epoch budget applies to full
+BUDGET_STEPS = 2  # TINY's finetune.budget.steps: full's, in every fold
 
 
 @pytest.fixture(scope="module")
@@ -83,12 +84,15 @@ class TestFolds:
         prot = details["models"]["full"]["protocol"]
         assert set(prot["picked"]) == {"0", "1"}
         for seed, picked in prot["picked"].items():
-            own = {
-                p["lr"]: _read(project, f"results/{p['runs'][seed]}/train.json")["val_acc"]
-                for p in prot["points"]
-            }
-            assert own[picked["lr"]] == max(own.values())
-            assert details["models"]["full"]["runs"][seed]["run"] == f"full-s{seed}-lr{picked['lr']:g}"
+            run = _read(project, f"results/full-s{seed}/train.json")
+            # the fold's own search: its first rung ranked the rates on its own validation
+            points = run["protocol"]["search"]["points"]
+            rung = {p["lr"]: (p["rung1_val_acc"], p["rung1_val_loss"]) for p in points}
+            assert picked["lr"] == min(rung, key=lambda lr: (-rung[lr][0], rung[lr][1])) == run["lr"]
+            # every fold trained the same number of steps as the hold-out run would
+            budget = run["protocol"]["budget"]
+            assert budget["steps"] == budget["steps_run"] == BUDGET_STEPS
+            assert details["models"]["full"]["runs"][seed]["run"] == f"full-s{seed}"
 
     def test_report_and_model_card_say_what_was_compared_and_shipped(self, project):
         report = (project / "reports/report.md").read_text()

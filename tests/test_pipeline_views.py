@@ -56,12 +56,11 @@ class TestViews:
         )
         assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
         assert "Running stage 'extract-features'" in res.stdout
-        assert "finetune-full" not in " ".join(ran(res.stdout))  # end-to-end models reused
+        assert "finetune@full" not in " ".join(ran(res.stdout))  # end-to-end models reused
 
     def test_resplits_separate_split_from_seed_spread(self, project):
         """base.splits: 2 with four seeds: seeds 0 and 2 on the base splitting, 1 and 3 on a
         re-drawn one, each scored on its own test images; the report splits the spread."""
-        skip = {"lr": []}
         set_params(
             project,
             {
@@ -69,8 +68,7 @@ class TestViews:
                 # one head and one strategy: both paths, at a third of the runs
                 "train_head": {"models": ["features"]},
                 "extract_features": {"augment_views": 0},
-                "finetune": {s: skip for s in ("frozen", "partial", "progressive", "scratch", "lp-ft")}
-                | {"full": {"lr": [1e-3]}},
+                "finetune": {"strategies": ["full"], "from_probe": [], "full": {"lr": [1e-3]}},
                 "curve": {"sizes": [], "models": []},
             },
         )

@@ -48,8 +48,7 @@ def test_the_estimate_is_the_work_times_the_measured_costs(tmp_path, fixed_costs
         tmp_path,
         {
             "base": {"seeds": [0, 1]},
-            "finetune": {s: {"lr": []} for s in ("frozen", "partial", "scratch", "progressive", "lp-ft")}
-            | {"full": {"lr": [1e-3, 3e-3]}},
+            "finetune": {"strategies": ["full"], "from_probe": [], "full": {"lr": [1e-3, 3e-3]}},
             "curve": {"sizes": [0.5], "models": ["full"]},
         },
     )
@@ -69,13 +68,20 @@ def test_the_estimate_is_the_work_times_the_measured_costs(tmp_path, fixed_costs
     }
     assert rows["train-head"] == (4, pytest.approx(2 * sum(1 + f + score for f in fit.values())))
     assert rows["curve-head"] == (2, pytest.approx(2 * (1 + 0.5 * sum(fit.values()))))
-    epochs = p.finetune.strategy("full").epochs
-    step = 1e-2 + 2e-4  # the optimizer step and the image's augmentation
-    run_s = fill + epochs * (100 * step + 20 * 1e-3) + score
-    assert rows["finetune-full"] == (4, pytest.approx(4 * (1 + run_s)))  # 2 rates x 2 seeds
-    point = 2 * (epochs * (50 * step + 20 * 1e-3) + score) + fill  # both rates on half the images
+    cfg = p.finetune.strategy("full")  # TINY: 2 steps of 16, validation after each
+    # the search: both rates a first rung of one step (annealed: a short run of its own),
+    # then the better one a fresh run of the whole budget
+    steps = 2 * 1 + 2
+    search = p.finetune.search
+    assert search.rungs == "annealed"
+    assert P.search_steps(2, cfg.steps, cfg.eval_every, search.first_rung, 1, search.rungs) == steps
+    step = 1e-2 + 2e-4  # the optimizer step and the image's augmentation, per image
+    run_s = fill + steps * 16 * step + steps * 20 * 1e-3 + score
+    assert rows["finetune full"] == (2, pytest.approx(2 * (1 + run_s)))  # one stage per seed
+    # a curve point trains as many steps as the main run, scored on val and test alone
+    point = run_s - score + (20 + 30) * 1e-3
     assert rows["curve-finetune full"] == (2, pytest.approx(2 * (1 + point)))
-    assert not any(w.startswith("finetune-frozen") for w in rows)  # an empty grid costs nothing
+    assert not any(w.startswith("finetune frozen") for w in rows)  # not listed, costs nothing
     assert est.total == pytest.approx(sum(s for _, s in rows.values()))
     text = est.text()
     assert text.splitlines()[0].split() == ["stage", "stages", "estimated"]
@@ -84,8 +90,15 @@ def test_the_estimate_is_the_work_times_the_measured_costs(tmp_path, fixed_costs
 
 def test_over_an_hour_on_a_cpu_points_to_the_levers(tmp_path, fixed_costs, monkeypatch):
     monkeypatch.setattr(P, "training_pace", lambda *a: 1.0)  # a second per image: 20,000 photos
-    est = P.plan(_params(tmp_path, {}), {"train": 20_000, "val": 2_000, "test": 2_000}, classes=10)
-    assert est.total > 3600 and "max_per_class" in est.notes[-1] and "GPU profile" in est.notes[-1]
+    default_budget = {"steps": 300, "eval_every": 25, "warmup_steps": 25, "batch_size": 32}
+    est = P.plan(
+        _params(
+            tmp_path, {"finetune": {"budget": default_budget, "strategies": ["frozen", "partial", "full"]}}
+        ),
+        {"train": 20_000, "val": 2_000, "test": 2_000},
+        classes=10,
+    )
+    assert est.total > 3600 and "finetune.budget.steps" in est.notes[-1] and "GPU profile" in est.notes[-1]
 
 
 def test_plan_without_a_manifest_says_what_to_run(tmp_path):

@@ -55,7 +55,7 @@ def e2e_checkpoint(tmp_path):
     torch.manual_seed(2)
     cfg = HeadConfig(kind="mlp", hidden=8)
     model = TransferModel(bb, make_head(cfg, bb.num_features, 3)).eval()
-    path = tmp_path / "full-s0-lr0.001" / "model.pt"
+    path = tmp_path / "full-s0" / "model.pt"
     save_checkpoint(path, model, _meta(bb, "end-to-end", cfg, lr=1e-3))
     return path, model
 
@@ -231,11 +231,9 @@ def test_a_card_for_another_checkpoint_than_the_export_is_refused(tmp_path):
     another checkpoint than the one exported is an error, and nothing is written."""
     from transferlab.serve.card import EXPORTED_KEYS
 
-    rec = {"run": "full-s1-lr0.001", "checkpoint_sha256": "a" * 64}
+    rec = {"run": "full-s1", "checkpoint_sha256": "a" * 64}
     exported = dict.fromkeys(EXPORTED_KEYS) | {"run": "features-s0", "checkpoint_sha256": "b" * 64}
-    with pytest.raises(
-        FingerprintMismatch, match="exports run features-s0 .* recommends run full-s1-lr0.001"
-    ):
+    with pytest.raises(FingerprintMismatch, match="exports run features-s0 .* recommends run full-s1"):
         write_model_card(rec, exported, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 

@@ -44,9 +44,12 @@ def test_every_strategy_has_params_section_and_stage(name):
     spec = registry.get(name)
     assert spec.params is not None, "no @strategy_params class"
     assert name in PARAMS["finetune"], f"params.yaml has no finetune.{name}"
-    stage = STAGES[f"finetune-{name}"]
-    assert f"python stages/finetune.py {name} " in stage["cmd"]
-    assert f"finetune.{name}" in stage["params"] or any(f"finetune.{name}" in str(p) for p in stage["params"])
+    stage = STAGES["finetune-from-probe" if spec.from_probe else "finetune"]
+    assert "python stages/finetune.py ${item.strategy} " in stage["cmd"]
+    assert "finetune.${item.strategy}" in stage["params"]
+    # the stage block that runs it is the one whose matrix list may name it
+    key = "from_probe" if spec.from_probe else "strategies"
+    assert stage["matrix"]["strategy"] == f"${{finetune.{key}}}"
     if spec.recipe_of:  # trains with another strategy's recipe: depends on that section too
         assert any(f"finetune.{spec.recipe_of}" in str(p) for p in stage["params"])
     if spec.from_probe:
@@ -71,7 +74,7 @@ def test_apply_strategy_trains_what_the_registry_says(name):
     bb.body[0][0] = torch.nn.Conv2d(3, 8, 1)  # a pointwise convolution, for LoRA to adapt
     bb.groups[0][0] = bb.body[0][0]
     model = TransferModel(bb, torch.nn.Linear(bb.num_features, 3))
-    fit = {"unfreeze_blocks": 1, "unfreeze_epochs": [1]}  # the tiny backbone has 2 blocks
+    fit = {"unfreeze_blocks": 1, "unfreeze_at": [0.5]}  # the tiny backbone has 2 blocks
     cfg = cfg.model_copy(update={k: v for k, v in fit.items() if k in type(cfg).model_fields})
     apply_strategy(model, name, cfg)
     assert all(p.requires_grad for p in model.head.parameters())

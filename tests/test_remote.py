@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dvc_project import ONE_EPOCH, ROOT, TINY, _merge, _stages_run, command_env, dvc, make_project, run
+from dvc_project import ONE_RATE, ROOT, TINY, _merge, _stages_run, command_env, dvc, make_project, run
 
 pytestmark = pytest.mark.slow
 
@@ -18,10 +18,7 @@ pytestmark = pytest.mark.slow
 FEW_ARMS = _merge(
     TINY,
     {
-        "finetune": {
-            **{s: {"lr": []} for s in ("frozen", "partial", "scratch", "progressive", "lp-ft")},
-            "full": ONE_EPOCH,
-        },
+        "finetune": {"strategies": ["full"], "from_probe": [], "full": ONE_RATE},
         "curve": {"models": []},  # the heads' curves only: curve-head is cached like the rest
     },
 )
@@ -31,7 +28,7 @@ EXPENSIVE = {  # every DVC-cached stage (choose-backbone is cheap, but cached li
     "extract-features",
     "train-head@features-0",
     "train-head@features-augmented-0",
-    "finetune-full@0-0.001",
+    "finetune@full-0",
     "curve-head@0",
 }
 AGGREGATES = {"evaluate", "report"}  # outputs tracked by git, not by DVC: seconds to re-run

@@ -20,9 +20,19 @@ def _protocol(model):
             "depends_on": ["extract-features"],
         }
     return {
-        "grid": {"lr": [0.001, 0.003]},
-        "picked": {"lr": 0.003},
-        "budget": {"epochs": 5, "warmup_epochs": 1, "steps": 100, "batch_size": 64, "images_seen": 6400},
+        "kind": "end to end",
+        "grid": {"lr": [0.001, 0.003, 0.01]},
+        "picked": {"0": {"lr": 0.003}},
+        "tried": {"0": [0.001, 0.003, 0.01]},
+        "budget": {
+            "steps": 300,
+            "eval_every": 25,
+            "warmup_steps": 25,
+            "batch_size": 32,
+            "epochs": 7.62,
+            "steps_run": 300,
+            "images_seen": 9600,
+        },
         "depends_on": ["extract-features", "train-head@features"] if model == "lp-ft" else [],
     }
 
@@ -196,3 +206,50 @@ def test_a_cross_validated_report_names_folds_procedures_and_the_cross_check():
     disagree = [c["model"] for c in cross if c["disagree"]]
     assert ("The two disagree on" in md) == bool(disagree)
     assert "the pooled test has 40: every image" in md or not details["verdict"]["unresolved"]
+
+
+def test_the_protocol_table_names_extensions_edges_and_unconverged_runs():
+    from transferlab.report.sections import protocol_rows
+
+    metrics, details, _ = _inputs(["features", "full"])
+    (full_row,) = [row for row in protocol_rows(details, metrics) if row[0] == "full"]
+    assert full_row[1].startswith("300 steps of 32 (7.62 epochs), 25 warm-up, validation every 25")
+    assert full_row[2] == "lr ∈ {0.001, 0.003, 0.01}" and full_row[3] == "lr 0.003"
+    prot = details["models"]["full"]["protocol"]
+    prot["tried"] = {"0": [0.001, 0.003, 0.01, 0.0333, 0.111]}
+    prot["picked"] = {"0": {"lr": 0.111}}
+    prot["at_edge"] = {"0": "above"}
+    prot["not_converged"] = [0]
+    (full_row,) = [row for row in protocol_rows(details, metrics) if row[0] == "full"]
+    assert full_row[2] == "lr ∈ {0.001, 0.003, 0.01}, extended to 0.0333, 0.111"
+    assert (
+        "at the above end of what was searched for seed(s) 0: raise finetune.search.max_extend" in full_row[3]
+    )
+    assert (
+        "not converged for seed(s) 0: still improving at the end: raise finetune.budget.steps" in full_row[3]
+    )
+
+
+def test_a_verdict_resting_on_an_unconverged_arm_says_it_is_provisional():
+    from transferlab.verdict.evaluation import at_a_glance, unsettled
+
+    metrics, details, comparisons = _inputs(["features", "frozen", "full"])
+    v = details["verdict"]
+    rec = v["recommended"]
+    prot = details["models"][rec]["protocol"]
+    prot["not_converged"] = [0]
+    prot["budget"] = {**prot["budget"], "steps": 300}
+    v["unsettled"] = unsettled(details["models"])
+    assert list(v["unsettled"]) == [rec]
+    md = build(metrics, details, comparisons, title="T", code_version="abc", params_text="").markdown()
+    assert f"*Provisional*: this verdict rests on {rec}" in md
+    fix = "train_head.linear.max_iter" if rec.startswith("features") else "finetune.budget.steps (now 300)"
+    assert f"{rec}: not converged (seed(s) 0): raise {fix}" in md
+    glance = at_a_glance(metrics, details)
+    assert glance["unsettled"] == 1 and glance["provisional"] is True
+    # settled: no such line, and the headline says so
+    prot["not_converged"] = []
+    v["unsettled"] = unsettled(details["models"])
+    md = build(metrics, details, comparisons, title="T", code_version="abc", params_text="").markdown()
+    assert "Provisional" not in md and "Not settled" not in md
+    assert at_a_glance(metrics, details)["provisional"] is False

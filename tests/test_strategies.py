@@ -126,12 +126,16 @@ def test_bn_train_mode_updates_statistics_of_trainable_blocks():
 
 def _progressive(compile_: bool = False):
     torch.manual_seed(0)
+    # 4 rounds of 4 steps (32 images in batches of 8: a round is an epoch here); blocks join
+    # at a quarter and a half of the budget, the starts of rounds 1 and 2
     cfg = ProgressiveConfig(
-        epochs=4,
+        steps=16,
+        eval_every=4,
+        warmup_steps=0,
         lr=[0.01],
         backbone_lr_mult=0.5,
         lr_decay=0.5,
-        unfreeze_epochs=[1, 2],
+        unfreeze_at=[0.25, 0.5],
         batch_size=8,
         compile=compile_,
     )
@@ -157,7 +161,7 @@ def _progressive(compile_: bool = False):
         cfg,
         CPU,
         on_epoch=on_epoch,
-        on_epoch_start=unfreezer,
+        on_step=unfreezer,
     )
     return m, opt, snapshots, seen_groups, (b1, b2)
 
@@ -172,7 +176,7 @@ def test_progressive_unfreezes_top_down_with_discriminative_rates():
     assert nominal["block-1"] == pytest.approx(0.01 * 0.5) and nominal["block-0"] == pytest.approx(
         0.01 * 0.25
     )
-    # a joining block starts its own warm-up (one epoch = 4 steps here): 1/4 of its rate
+    # a joining block starts its own warm-up (one round = 4 steps here): 1/4 of its rate
     assert lrs[1]["block-1"] == pytest.approx(0.005 / 4) and lrs[2]["block-0"] == pytest.approx(0.0025 / 4)
     init = snaps[0]
     assert torch.equal(snaps[0][1], init[1])  # b2 untouched during epoch 0 ...
@@ -184,7 +188,7 @@ def test_progressive_unfreezes_top_down_with_discriminative_rates():
 
 
 def test_progressive_with_more_steps_than_blocks():
-    cfg = ProgressiveConfig(epochs=20, unfreeze_epochs=list(range(1, 11)))
+    cfg = ProgressiveConfig(unfreeze_at=[i / 11 for i in range(1, 11)])
     with pytest.raises(ConfigError, match="10 steps but efficientnet_lite0 has 9 blocks"):
         _model("progressive", cfg)
 

@@ -119,7 +119,7 @@ def test_class_weights_are_inverse_frequency():
 
 
 def test_bf16_autocast_trains():
-    _, res = _fit(StrategyConfig(epochs=5, amp=True))
+    _, res = _fit(StrategyConfig(steps=5 * 13, eval_every=13, warmup_steps=13, amp=True))
     assert res.best.val_acc > 0.85
 
 
@@ -127,11 +127,11 @@ def test_the_plan_line_estimates_from_the_batches_after_the_first(capsys):
     """The first batch is timed apart (one-time costs); the rest at the pace of the next three."""
     from transferlab.runtime import Plan
 
-    plan = Plan("full-s0-lr0.001", images=640, batches=10, epochs=5)
+    plan = Plan("full-s0", images=640, batches=10, epochs=5)
     for i, seconds in enumerate([2.0, 2.5, 3.0, 3.5, 4.0, 4.5], start=1):  # 2 s, then 0.5 s each
         plan(16 * i, seconds)
     (line,) = capsys.readouterr().out.splitlines()  # printed once, after the fourth batch
-    assert line.startswith("plan: full-s0-lr0.001: 640 training images, 10 batches/epoch x 5 epochs;")
+    assert line.startswith("plan: full-s0: 640 training images, 10 batches/epoch x 5 epochs;")
     assert "first batch 2.00 s, then 0.50 s/batch (over 3): about 26.5 s of training" in line  # 2 + 0.5 x 49
 
 

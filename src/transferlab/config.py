@@ -323,12 +323,14 @@ class TrainHeadConfig(_Strict):
 
 # The keys of the one training budget every end-to-end strategy shares (finetune.budget).
 BUDGET_KEYS = (
-    "epochs",
+    "steps",
+    "eval_every",
+    "warmup_steps",
     "batch_size",
     "weight_decay",
     "label_smoothing",
-    "warmup_epochs",
     "early_stopping_patience",
+    "converge_tol",
     "class_balance",
     "num_workers",
     "amp",
@@ -336,20 +338,36 @@ BUDGET_KEYS = (
 )
 
 
-class StrategyConfig(OptimConfig):
+class StrategyConfig(_Strict):
     """One end-to-end strategy: its training runs plus what is unfrozen and how fast.
 
-    Keys that would do nothing for a strategy are refused when set (``_unused``), so that a
-    setting never silently fails to apply.
+    The budget is counted in optimizer steps, not epochs: a curve point on a tenth of the
+    images, a fold and the hold-out run of one strategy then train the same number of steps
+    (an epoch budget would give the small subset a tenth of the updates). Keys that would do
+    nothing for a strategy are refused when set (``_unused``), so that a setting never
+    silently fails to apply.
     """
 
     _unused: ClassVar[frozenset[str]] = frozenset()
 
-    # The learning-rate grid of the head (the backbone's rates follow from it).
-    lr: LrGrid = [1e-3, 3e-3]
-    # Every strategy's budget: short enough for the CPU default, the same for all.
-    epochs: Annotated[int, Field(ge=1)] = 5
-    warmup_epochs: Annotated[int, Field(ge=0)] = 1
+    # The learning-rate grid of the head (the backbone's rates follow from it): where the
+    # search starts (finetune.search), extended past an end that validation prefers.
+    lr: LrGrid = [1e-3, 3e-3, 1e-2]
+    # Optimizer steps of every run; validation is scored every eval_every steps and at the
+    # end, and the round with the lowest validation loss is kept.
+    steps: Annotated[int, Field(ge=1)] = 300
+    eval_every: Annotated[int, Field(ge=1)] = 25
+    # Linear warm-up over this many steps, then cosine decay to zero at ``steps``.
+    warmup_steps: Annotated[int, Field(ge=0)] = 25
+    batch_size: Annotated[int, Field(ge=1)] = 32
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    # Stop after this many rounds (of eval_every steps) without a lower validation loss
+    # (0: never); a run that stops so counts as converged.
+    early_stopping_patience: Annotated[int, Field(ge=0)] = 0
+    # The plateau rule (docs/protocol.md): a run that reached ``steps`` converged when its
+    # last quarter lowered the best validation loss by less than this fraction.
+    converge_tol: Annotated[float, Field(ge=0)] = 0.05
     # "loss": weight the loss by inverse class frequency, for imbalanced data.
     class_balance: Literal["none", "loss"] = "none"
     num_workers: Workers = "auto"
@@ -370,6 +388,7 @@ class StrategyConfig(OptimConfig):
     @model_validator(mode="after")
     def _relevant(self) -> StrategyConfig:
         _check_grid(self.lr, "lr")
+        _check_steps(self.steps, self.warmup_steps, self.eval_every)
         unused = sorted(self.model_fields_set & self._unused)
         if unused:
             raise ValueError(f"{unused[0]} has no effect on this strategy; remove it")
@@ -383,6 +402,13 @@ class StrategyConfig(OptimConfig):
         return self
 
 
+def _check_steps(steps: int, warmup: int, eval_every: int) -> None:
+    if warmup >= steps:
+        raise ValueError(f"warmup_steps ({warmup}) must be < steps ({steps})")
+    if eval_every > steps:
+        raise ValueError(f"eval_every ({eval_every}) must be <= steps ({steps})")
+
+
 class BudgetConfig(_Strict):
     """``finetune.budget``: what every end-to-end strategy trains on, so that the arms differ
     only in what they train and how fast, never in how long or on what. One copy of each key
@@ -390,22 +416,41 @@ class BudgetConfig(_Strict):
     the report lists the deviation next to that strategy."""
 
     # The defaults are StrategyConfig's: the same values, one place to read them.
-    epochs: Annotated[int, Field(ge=1)] = StrategyConfig.model_fields["epochs"].default
-    batch_size: Annotated[int, Field(ge=1)] = 64
+    steps: Annotated[int, Field(ge=1)] = StrategyConfig.model_fields["steps"].default
+    eval_every: Annotated[int, Field(ge=1)] = StrategyConfig.model_fields["eval_every"].default
+    warmup_steps: Annotated[int, Field(ge=0)] = StrategyConfig.model_fields["warmup_steps"].default
+    batch_size: Annotated[int, Field(ge=1)] = StrategyConfig.model_fields["batch_size"].default
     weight_decay: Annotated[float, Field(ge=0)] = 1e-4
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    warmup_epochs: Annotated[int, Field(ge=0)] = StrategyConfig.model_fields["warmup_epochs"].default
     early_stopping_patience: Annotated[int, Field(ge=0)] = 0
+    converge_tol: Annotated[float, Field(ge=0)] = StrategyConfig.model_fields["converge_tol"].default
     class_balance: Literal["none", "loss"] = "none"
     num_workers: Workers = "auto"
     amp: bool = False
     compile: bool = False
 
     @model_validator(mode="after")
-    def _check_warmup(self) -> BudgetConfig:
-        if self.warmup_epochs >= self.epochs:
-            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be < epochs ({self.epochs})")
+    def _check_steps(self) -> BudgetConfig:
+        _check_steps(self.steps, self.warmup_steps, self.eval_every)
         return self
+
+
+class SearchConfig(_Strict):
+    """``finetune.search``: how each end-to-end run searches its learning rate
+    (transferlab.training.search). Every rate of the strategy's grid trains the first
+    ``first_rung`` of the budget; while validation prefers an end of what was tried, the
+    grid grows past that end by its own ratio (at most ``max_extend`` rates); the best
+    ``keep`` rates then train the whole budget and validation picks among them (``rungs``
+    says whether a rung is a short run of its own or the start of the budget's).
+    ``first_rung: 1.0`` trains every rate the whole budget (an exhaustive grid)."""
+
+    first_rung: Annotated[float, Field(gt=0, le=1)] = 0.34
+    keep: Annotated[int, Field(ge=1)] = 1
+    max_extend: Annotated[int, Field(ge=0)] = 2
+    # annealed: each rung a whole short run (cosine to zero at its end), a survivor starts
+    # again on the budget; continued: the rung is the start of the budget's run, a survivor
+    # carries on (cheaper by a rung, ranked before the rates anneal: it favours low rates)
+    rungs: Literal["annealed", "continued"] = "annealed"
 
 
 # ``finetune.<strategy>.budget``: the keys of the common budget this strategy sets otherwise
@@ -447,7 +492,7 @@ class FrozenConfig(StrategyConfig):
     """Backbone frozen in eval mode: its rate and BatchNorm settings cannot matter."""
 
     _unused: ClassVar[frozenset[str]] = frozenset({"backbone_lr_mult", "bn", "bn_momentum"})
-    lr: LrGrid = [3e-3, 1e-2]  # a head alone takes higher rates than a backbone
+    lr: LrGrid = [3e-3, 1e-2, 3e-2]  # a head alone takes higher rates than a backbone
 
 
 @strategy_params("partial")
@@ -463,31 +508,34 @@ class FullConfig(StrategyConfig):
 
 @strategy_params("progressive")
 class ProgressiveConfig(StrategyConfig):
-    """Head first; at each epoch in ``unfreeze_epochs`` the next group from the top joins."""
+    """Head first; at each fraction of the budget in ``unfreeze_at`` the next group from the
+    top joins (at the first round of eval_every steps that starts there or after)."""
 
-    unfreeze_epochs: list[Annotated[int, Field(ge=1)]] = [1, 2, 3, 4]
+    unfreeze_at: list[Annotated[float, Field(gt=0, lt=1)]] = [0.2, 0.4, 0.6, 0.8]
     # Discriminative rates: each deeper group trains at lr_decay x the rate of the one above.
     lr_decay: Annotated[float, Field(gt=0, le=1)] = 0.5
 
     @model_validator(mode="after")
     def _schedule(self) -> ProgressiveConfig:
-        e = self.unfreeze_epochs
+        e = self.unfreeze_at
         if not e:
-            raise ValueError("unfreeze_epochs must list at least one epoch (else it is `frozen`)")
+            raise ValueError("unfreeze_at must list at least one fraction (else it is `frozen`)")
         if any(b <= a for a, b in zip(e, e[1:], strict=False)):
-            raise ValueError("unfreeze_epochs must be strictly increasing")
-        if e[-1] >= self.epochs:
-            raise ValueError(f"unfreeze_epochs: epoch {e[-1]} is not before the last epoch ({self.epochs})")
+            raise ValueError("unfreeze_at must be strictly increasing")
         return self
+
+    def unfreeze_steps(self) -> list[int]:
+        """The steps at which each group joins, on this budget."""
+        return [round(f * self.steps) for f in self.unfreeze_at]
 
 
 @strategy_params("lp-ft")
 class LpFtConfig(_Strict):
-    """Linear probe, then fine-tune: exactly ``full``'s recipe (epochs, warm-up, weight decay,
+    """Linear probe, then fine-tune: exactly ``full``'s recipe (steps, warm-up, weight decay,
     backbone rate, BatchNorm) from train-head's probe instead of a random head. Only the
     learning-rate grid is its own, so the two differ in the head's start alone."""
 
-    lr: LrGrid = [1e-3, 3e-3]
+    lr: LrGrid = [1e-3, 3e-3, 1e-2]
     # WiSE-FT: the weights mixed between the start (the probe on the pretrained backbone) and
     # the fine-tuned end at these alphas, each scored on val and test (evaluations only;
     # transferlab.training.wise). Empty: none.
@@ -502,11 +550,11 @@ class LpFtConfig(_Strict):
 
 
 class _EfficientConfig(StrategyConfig):
-    """Parameter-efficient strategies: opt-in (an empty grid by default). The few backbone
-    tensors they train learn at the head's rate (``backbone_lr_mult`` 1), as in their papers:
-    they are new or tiny, not pretrained weights to be adjusted gently."""
+    """Parameter-efficient strategies: opt-in (add them to finetune.strategies). The few
+    backbone tensors they train learn at the head's rate (``backbone_lr_mult`` 1), as in
+    their papers: they are new or tiny, not pretrained weights to be adjusted gently."""
 
-    lr: LrGrid = []
+    lr: LrGrid = [3e-3, 1e-2, 3e-2]
     backbone_lr_mult: Annotated[float, Field(gt=0, le=1)] = 1.0
 
 
@@ -570,11 +618,39 @@ class _FinetuneBase(_Strict):
     head: HeadConfig = HeadConfig()
     # The budget every end-to-end strategy trains on (a strategy's own ``budget`` overrides).
     budget: BudgetConfig = BudgetConfig()
+    # How each run searches its learning rate (the same rule for every strategy).
+    search: SearchConfig = SearchConfig()
+
+    # The end-to-end strategies that run (one stage each per seed): those that start from
+    # the pretrained backbone and a fresh head (or random weights: scratch)...
+    strategies: list[str] = ["frozen", "partial", "full"]
+    # ... and those that start from train-head's probe (lp-ft), a stage block of their own
+    # because they depend on the probe. [] runs none.
+    from_probe: list[str] = ["lp-ft"]
+
+    @model_validator(mode="after")
+    def _listed(self) -> _FinetuneBase:
+        known = registry.names("end-to-end")
+        probe = [n for n in known if registry.get(n).from_probe]
+        for key, allowed in (("strategies", [n for n in known if n not in probe]), ("from_probe", probe)):
+            names = getattr(self, key)
+            wrong = [n for n in names if n not in allowed]
+            if wrong:
+                raise ValueError(f"{key}: {wrong[0]!r} is not one of {', '.join(allowed)}")
+            if len(set(names)) != len(names):
+                raise ValueError(f"{key} lists a strategy twice")
+            empty = [n for n in names if not self.section(n).lr]
+            if empty:
+                raise ValueError(
+                    f"{key}: {empty[0]} runs but finetune.{empty[0]}.lr is empty; give it a grid"
+                )
+        return self
 
     @property
     def runs(self) -> list[str]:
-        """Every end-to-end strategy the pipeline trains (a non-empty ``lr`` grid)."""
-        return [s for s in registry.names("end-to-end") if self.section(s).lr]
+        """Every end-to-end strategy the pipeline trains, in the registry's order."""
+        listed = set(self.strategies) | set(self.from_probe)
+        return [s for s in registry.names("end-to-end") if s in listed]
 
     def section(self, name: str) -> Any:
         """The params of ``finetune.<name>`` as written (lp-ft: only its grid)."""
@@ -717,14 +793,14 @@ def _cross_check(parsed: dict[str, _Strict]) -> None:
     for name in curve.models:
         if name not in ft.runs:
             raise ConfigError(
-                f"curve.models: {name} does not run (finetune.{name}.lr is empty); give it a "
-                "grid, or drop it from curve.models"
+                f"curve.models: {name} does not run (it is not in finetune.strategies or "
+                "finetune.from_probe); list it there, or drop it from curve.models"
             )
     for name in ft.runs:
         if registry.get(name).from_probe and "features" not in th.models:
             raise ConfigError(
                 f"finetune.{name}: starts from the linear probe, but train_head.models does not "
-                f"list 'features'; add it, or skip {name} with finetune.{name}.lr: []"
+                f"list 'features'; add it, or drop {name} from finetune.from_probe"
             )
 
 

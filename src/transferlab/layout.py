@@ -37,21 +37,16 @@ RECOMMENDED_RUN_KEYS = ("model", "run", "checkpoint", "checkpoint_sha256")
 FEATURES_MODEL = "features"
 
 
-def run_name(model: str, seed: int, lr: str | None = None) -> str:
-    """One training run: a model trained with one seed, and for the end-to-end strategies
-    one point of its learning-rate grid: ``features-s0``, ``full-s0-lr0.001``.
-
-    ``lr`` is the rate as DVC writes it in the stage's command and outputs (Python's
-    ``str`` of the float), so the script and dvc.yaml name the same folder.
-    """
-    return f"{model}-s{seed}" + (f"-lr{lr}" if lr is not None else "")
+def run_name(model: str, seed: int) -> str:
+    """One training run: a model trained with one seed (an end-to-end run holds its whole
+    learning-rate search): ``features-s0``, ``full-s0``."""
+    return f"{model}-s{seed}"
 
 
-def parse_run(name: str) -> tuple[str, int, float | None]:
-    """(model, seed, lr or None) of a run name made by :func:`run_name`."""
-    rest, _, lr = name.partition("-lr")
-    model, seed = rest.rsplit("-s", 1)
-    return model, int(seed), float(lr) if lr else None
+def parse_run(name: str) -> tuple[str, int]:
+    """(model, seed) of a run name made by :func:`run_name`."""
+    model, seed = name.rsplit("-s", 1)
+    return model, int(seed)
 
 
 def model_dir(name: str) -> Path:

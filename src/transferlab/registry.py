@@ -160,7 +160,7 @@ register(
     ModelSpec(
         "progressive",
         "end-to-end",
-        "end to end, blocks unfrozen top-down over epochs, deeper at lower rates",
+        "end to end, blocks unfrozen top-down over the run, deeper at lower rates",
         "fine-tuning",
         unfreeze="none",
         scenarios=(2, 3, 4),

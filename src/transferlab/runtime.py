@@ -275,8 +275,9 @@ class Plan:
         epochs: int,
         sample: int = 3,
         what: str = "training images",
+        unit: str = "epoch",
     ) -> None:
-        self.label, self.images, self.epochs, self.what = label, images, epochs, what
+        self.label, self.images, self.epochs, self.what, self.unit = label, images, epochs, what, unit
         self.batches, self.sample = batches or 0, sample  # None: from the first batch's size
         self.want = min(1 + sample, batches) if batches else 0
         self.count, self.first, self.done = 0, 0.0, False
@@ -300,7 +301,7 @@ class Plan:
     def line(self, pace: float, total: float) -> str:
         return (
             f"plan: {self.label}: {self.images:,} {self.what}, {self.batches:,} batches"
-            + (f"/epoch x {self.epochs} epochs" if self.epochs > 1 else "")
+            + (f"/{self.unit} x {self.epochs} {self.unit}s" if self.epochs > 1 else "")
             + f"; first batch {self.first:.2f} s, then {pace:.2f} s/batch "
             f"(over {max(self.count - 1, 1)}): about {total:,.{0 if total >= 100 else 1}f} s of {'training' if self.what == 'training images' else 'work'}"
         )

@@ -21,6 +21,13 @@ from transferlab.data.manifest import SplitView
 from transferlab.errors import ConfigError
 
 MIN_PER_CLASS = 2  # a class with one training image has nothing to generalise from
+
+
+class SizeTooSmall(ConfigError):
+    """A learning-curve size leaves a class too few training images: the curve skips that
+    size (and the report says so) rather than stop the pipeline."""
+
+
 SALT = 0x6375  # keeps the subsets' draw apart from the other draws made with the same seed
 
 
@@ -34,7 +41,7 @@ def subset_mask(
 ) -> np.ndarray:
     """Which of the training images (``labels``, one per image) the subset at ``fraction``
     keeps; ``seed``: (base.seed, the run's seed). A class left with fewer than two images is
-    a one-line error naming it."""
+    :class:`SizeTooSmall`, one line naming it."""
     labels = np.asarray(labels)
     order = np.random.default_rng([SALT, *seed]).permutation(len(labels))
     keep = np.zeros(len(labels), dtype=bool)
@@ -43,10 +50,7 @@ def subset_mask(
         k = kept_per_class(len(of_class), fraction)
         if k < MIN_PER_CLASS:
             name = classes[int(c)] if classes is not None else str(int(c))
-            raise ConfigError(
-                f"curve.sizes: {fraction:g} leaves class {name!r} {k} training image(s) of "
-                f"{len(of_class)} (each class needs {MIN_PER_CLASS}); drop the size or use larger ones"
-            )
+            raise SizeTooSmall(too_small_text(fraction, name, k, len(of_class)))
         keep[of_class[:k]] = True
     return keep
 
@@ -59,3 +63,34 @@ def training_subset(
     return SplitView(
         view.rows[keep], [p for p, k in zip(view.paths, keep, strict=True) if k], view.labels[keep]
     )
+
+
+def too_small_text(fraction: float, name: str, kept: int, of: int) -> str:
+    return (
+        f"curve.sizes: {fraction:g} leaves class {name!r} {kept} training image(s) of {of} "
+        f"(each class needs {MIN_PER_CLASS})"
+    )
+
+
+def unfit_sizes(
+    sizes: list[float], train_labels: list[np.ndarray], classes: list[str] | None = None
+) -> dict[float, str]:
+    """The sizes that leave some class fewer than MIN_PER_CLASS training images in any of
+    the runs' training splits (``train_labels``: one array per run), each with the reason:
+    what every curve stage skips, and the report names. Depends on the counts alone, so the
+    stages and evaluate agree without reading each other."""
+    out: dict[float, str] = {}
+    for fraction in sizes:
+        for labels in train_labels:
+            values, counts = np.unique(np.asarray(labels), return_counts=True)
+            low = [
+                (int(c), n)
+                for c, n in zip(values, counts, strict=True)
+                if kept_per_class(n, fraction) < MIN_PER_CLASS
+            ]
+            if low:
+                c, n = low[0]
+                name = classes[c] if classes is not None else str(c)
+                out[fraction] = too_small_text(fraction, name, kept_per_class(n, fraction), n)
+                break
+    return out

@@ -86,6 +86,21 @@ def verdict_card(doc: Document, r: Any, recommended: str) -> None:
     doc.add("p", use)
     doc.add("p", why)
     doc.add("p", _how_sure(r, recommended, ties, n_test))
+    unsettled = r.verdict.get("unsettled") or {}
+    if unsettled:
+        rests = [m for m in dict.fromkeys([recommended, best]) if m in unsettled]
+        doc.add(
+            "p",
+            (
+                "*Provisional*: this verdict rests on "
+                + " and ".join(rests)
+                + ", whose result may not be its best. "
+                if rests
+                else "*Not settled*: "
+            )
+            + "; ".join(f"{m}: {'; '.join(why)}" for m, why in unsettled.items())
+            + ".",
+        )
     names = {recommended: "use"} | ({best: "best on validation"} if best != recommended else {})
     doc.add(
         "table",

@@ -49,7 +49,7 @@ def build(
     S.backbone_section(doc, details, screens or [])
     S.rules_section(doc, r)
     if "curves" in details:
-        size_section(doc, details["curves"])
+        size_section(doc, details["curves"])  # or, on data too small for any size, why not
     S.figures_section(doc, r)
     S.provenance_section(doc, r, params_text)
     return doc

@@ -32,9 +32,10 @@ def _png(fig: plt.Figure) -> bytes:
 
 
 def plot_curves(details: dict[str, Any]) -> bytes:
-    """Validation accuracy and train/validation loss of every model trained by epochs, on
-    shared axes (first seed). Probes fitted by L-BFGS have no epochs: their grid is in the
-    protocol table instead."""
+    """Validation accuracy and train/validation loss of every model trained by mini-batches,
+    per validation round (end to end: every eval_every steps; a mini-batch head: every
+    epoch), on shared axes (first seed, picked rate). Probes fitted by L-BFGS have no rounds:
+    their grid is in the protocol table instead."""
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
     for i, (name, d) in enumerate(details["models"].items()):
         c, color = d["curves"], f"C{i % 10}"
@@ -49,9 +50,13 @@ def plot_curves(details: dict[str, Any]) -> bytes:
             ax_acc.plot(kept, c["val/acc"][kept - 1], "*", color=color, ms=12, mec="k", mew=0.6)
             ax_loss.plot(kept, c["val/loss"][kept - 1], "*", color=color, ms=12, mec="k", mew=0.6)
     ax_acc.set(
-        xlabel="epoch", ylabel="validation accuracy", title="Validation accuracy (star: the epoch kept)"
+        xlabel="validation round",
+        ylabel="validation accuracy",
+        title="Validation accuracy (star: the round kept)",
     )
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="Loss (solid: validation, dashed: training)")
+    ax_loss.set(
+        xlabel="validation round", ylabel="cross-entropy", title="Loss (solid: validation, dashed: training)"
+    )
     ax_loss.set_yscale("log")
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)
@@ -60,7 +65,7 @@ def plot_curves(details: dict[str, Any]) -> bytes:
 
 
 def _kept_epoch(model: dict[str, Any]) -> int | None:
-    """The epoch (1-based) whose weights the first seed's run kept: its lowest validation loss."""
+    """The round (1-based) whose weights the first seed's run kept: its lowest validation loss."""
     runs: dict[str, Any] = model.get("runs") or {}
     first: dict[str, Any] = next(iter(runs.values()), {})
     return first.get("train", {}).get("best_epoch")

@@ -41,14 +41,22 @@ def _grid_text(protocol: dict[str, Any]) -> tuple[str, str]:
     grid = protocol["grid"]
     key = next(iter(grid))
     values = ", ".join(f"{v:g}" for v in grid[key])
+    searched = f"{key} ∈ {{{values}}}"
+    tried = sorted({v for t in (protocol.get("tried") or {}).values() for v in t} - set(grid[key]))
+    if tried:
+        searched += f", extended to {', '.join(f'{v:g}' for v in tried)}"
     picked = protocol["picked"]
     if key in picked:
         edge = len(grid[key]) > 1 and picked[key] in (min(grid[key]), max(grid[key]))
-        return f"{key} ∈ {{{values}}}", f"{key} {picked[key]:g}" + (
-            " (edge of the grid: widen it)" if edge else ""
-        )
+        return searched, f"{key} {picked[key]:g}" + (" (edge of the grid: widen it)" if edge else "")
     per_seed = sorted({f"{v[key]:g}" for v in picked.values()})
-    return f"{key} ∈ {{{values}}}", f"{key} {', '.join(per_seed)} (per seed)"
+    text = f"{key} {', '.join(per_seed)}" + (" (per seed)" if len(picked) > 1 else "")
+    if protocol.get("at_edge"):
+        text += (
+            f" (at the {'/'.join(sorted(set(protocol['at_edge'].values())))} end of what was searched for "
+            f"seed(s) {', '.join(protocol['at_edge'])}: raise finetune.search.max_extend)"
+        )
+    return searched, text
 
 
 def _budget_text(budget: dict[str, Any]) -> str:
@@ -58,18 +66,24 @@ def _budget_text(budget: dict[str, Any]) -> str:
             f"{budget['images_seen']:,} feature rows seen"
         )
     deviations = budget.get("deviations") or {}
-    return (
-        f"{budget['epochs']} epochs"
-        + (f" ({budget['warmup_epochs']} warm-up)" if budget.get("warmup_epochs") else "")
-        + f", {budget['steps']:,} steps of {budget.get('batch_size', '?')}, {budget['images_seen']:,} images seen"
-        + (
+    if "warmup_steps" in budget:  # an end-to-end run: a step budget
+        text = (
+            f"{budget['steps']:,} steps of {budget['batch_size']} ({budget['epochs']:g} epochs), "
+            f"{budget['warmup_steps']} warm-up, validation every {budget['eval_every']}"
+        )
+    else:  # a head trained by epochs
+        text = (
+            f"{budget['epochs']} epochs"
+            + (f" ({budget['warmup_epochs']} warm-up)" if budget.get("warmup_epochs") else "")
+            + f", {budget['steps']:,} steps of {budget.get('batch_size', '?')}, {budget['images_seen']:,} images seen"
+        )
+    if deviations:
+        text += (
             " (deviates from finetune.budget: "
             + ", ".join(f"{k} {v}" for k, v in sorted(deviations.items()))
             + ")"
-            if deviations
-            else ""
         )
-    )
+    return text
 
 
 def protocol_rows(details: dict[str, Any], metrics: dict[str, Any]) -> list[list[str]]:
@@ -79,10 +93,12 @@ def protocol_rows(details: dict[str, Any], metrics: dict[str, Any]) -> list[list
         prot = d["protocol"]
         grid, picked = _grid_text(prot)
         if prot.get("not_converged"):
-            picked += (
-                f" (not converged for seed(s) {', '.join(map(str, prot['not_converged']))}: "
-                "raise train_head.linear.max_iter)"
+            fix = (
+                "raise train_head.linear.max_iter"
+                if prot.get("kind") == "two-stage head" or "l2" in prot["grid"]
+                else "still improving at the end: raise finetune.budget.steps"
             )
+            picked += f" (not converged for seed(s) {', '.join(map(str, prot['not_converged']))}: {fix})"
         if prot.get("diverged"):
             picked += f" (diverged, never picked: lr {', '.join(f'{v:g}' for v in prot['diverged'])})"
         m = metrics[name]
@@ -639,21 +655,33 @@ def protocol_section(doc: Document, r: Inputs) -> None:
     doc.add(
         "p",
         "Every model trains on the same splits and seeds. Hyper-parameters are chosen on the "
-        "validation split, never on test: each end-to-end strategy trains once per learning rate "
-        "of its grid, on the budget in the table below (`finetune.budget`, the same for every "
-        "end-to-end strategy unless a row says it deviates; warm-up then cosine decay; the epoch "
-        "with the lowest validation loss is kept), and the rate with the best "
-        "validation accuracy (ties: lower validation loss; "
-        + ("each fold's own, on its own validation split" if r.folds else "averaged over seeds")
-        + ") is the one scored on test. The two-stage heads are fitted to convergence (a head on fixed features costs "
+        "validation split, never on test: each end-to-end strategy trains on the step budget in "
+        "the table below (`finetune.budget`, the same for every end-to-end strategy unless a row "
+        "says it deviates; warm-up then cosine decay; validation scored at fixed step intervals "
+        "and the round with the lowest validation loss kept), and each run searches its own "
+        "learning rate (`finetune.search`): every rate of the grid trains the first rung, the grid "
+        "grows past an end that validation prefers, the best rate trains the whole budget. The "
+        "rate with the best validation accuracy (ties: lower validation loss; "
+        + ("each fold's own, on its own validation split" if r.folds else "each seed's own")
+        + ") is the one scored on test. A run is converged when early stopping ended it or the "
+        "last quarter of its budget lowered the best validation loss by less than "
+        "`finetune.budget.converge_tol`. The two-stage heads are fitted to convergence (a head on fixed features costs "
         "seconds, so no step budget limits it) and their L2 strength is chosen the same way. "
         "'Total' is the chosen run plus what it needed first: the extraction for the two-stage "
-        "models, the extraction and the probe's whole search for lp-ft. 'Whole grid' is the cost of "
+        "models, the extraction and the probe's whole search for lp-ft. 'Whole search' is the cost of "
         "searching the arm's own grid, which a user who already knows the best value skips.",
     )
     doc.add(
         "table",
-        ["model", "budget (chosen run)", "grid", "chosen on validation", "train time", "whole grid", "total"],
+        [
+            "model",
+            "budget (chosen run)",
+            "grid",
+            "chosen on validation",
+            "train time",
+            "whole search",
+            "total",
+        ],
         protocol_rows(r.details, r.metrics),
     )
     extract = r.extract

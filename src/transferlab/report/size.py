@@ -89,6 +89,17 @@ def size_section(doc: Document, curves: dict[str, Any]) -> None:
     """Accuracy against training-set size per model, the crossover of fine-tuning over the
     probe, the extrapolation to more data with its back-tested error, and the size rules."""
     doc.add("h2", "If you had more (or less) data")
+    skipped = curves.get("skipped") or {}
+    if skipped:
+        doc.add(
+            "p",
+            "Sizes skipped on this data (a class would keep too few training images to learn "
+            "from): "
+            + "; ".join(f"{size}: {why.removeprefix('curve.sizes: ')}" for size, why in skipped.items())
+            + ".",
+        )
+    if "models" not in curves:  # every size skipped: no curve to draw
+        return
     doc.figures["size_curves.png"] = plot_size_curves(curves)
     doc.add("img", "size_curves.png", "test accuracy against training images per class, per model")
     doc.add("p", crossover_text(curves))
@@ -128,9 +139,9 @@ def size_section(doc: Document, curves: dict[str, Any]) -> None:
         "Every point is scored on the same test images; the curve's points trained on nested "
         "subsets (the smaller inside the larger), each with its own grid search on validation. "
         "Between points, the intervals say how far a difference may be the test split's noise. "
-        "An end-to-end point trains its strategy's budget in epochs, so at a tenth of the data "
-        "it takes a tenth of the optimizer steps: below the full split, read a fine-tuned "
-        "model's accuracy as what that budget reaches, not as the most a longer schedule could.",
+        "An end-to-end point trains as many optimizer steps as its strategy's main run "
+        "(finetune.budget is in steps) and searches its own learning rate, so a smaller point "
+        "is not a shorter schedule: it sees its fewer images more often.",
     )
     doc.add("h2", "What more data would buy (extrapolated)")
     doc.add(

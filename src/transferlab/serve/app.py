@@ -1,7 +1,7 @@
 """The ``transferlab`` command (installed by ``make setup`` as ``.venv/bin/transferlab``).
 
     transferlab predict recommended photos/ --out preds.csv
-    transferlab predict full-s0-lr0.003 'photos/**/*.jpg' --top-k 3 --out preds.json
+    transferlab predict full-s0 'photos/**/*.jpg' --top-k 3 --out preds.json
     transferlab predict data/models/features-s0/model.pt a.png b.png
 
 ``predict`` takes a model (``recommended``: the exported one in models/recommended/; a run
@@ -97,9 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="transferlab", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("predict", help="classify images with a trained or the recommended model")
-    p.add_argument(
-        "model", help="recommended, a run name (full-s0-lr0.003), a run folder or a checkpoint file"
-    )
+    p.add_argument("model", help="recommended, a run name (full-s0), a run folder or a checkpoint file")
     p.add_argument("images", nargs="+", help="image files, folders (searched recursively) or glob patterns")
     p.add_argument("--out", type=Path, help="output file: .csv or .json (default: CSV on stdout)")
     p.add_argument("--top-k", type=int, default=5, help="classes per image (default: %(default)s)")

@@ -46,7 +46,7 @@ class Classifier:
 
 
 def resolve_checkpoint(model: str) -> Path:
-    """``recommended``, a run name (``full-s0-lr0.003``, ``features-s0``), a run folder or a
+    """``recommended``, a run name (``full-s0``, ``features-s0``), a run folder or a
     checkpoint file, as a checkpoint path."""
     if model == "recommended":
         path = layout.RECOMMENDED / "checkpoint.pt"

@@ -9,13 +9,14 @@ The estimate multiplies measured unit costs by the configured amount of work:
   few batches at the configured input size: extraction (every image and every augmented
   view), every run's validation passes and its scoring (val, test, shifted test);
 - each end-to-end strategy's training pace: a few optimizer steps at the budget's batch size
-  with the strategy's trainable set (progressive at its first epoch's), on random images of
-  the input size. Times its images, epochs, learning rates, seeds and learning-curve points;
+  with the strategy's trainable set (progressive at its first round's), on random images of
+  the input size. Times the steps its learning-rate search trains (before any extension of
+  the grid), its validation rounds, its seeds and learning-curve points;
 - the linear probe: L-BFGS iterations on features of the backbone's width, timed, times rows,
   iterations (``ITERATIONS``, what the default's grids averaged) and the L2 grid;
 - the input pipeline: decoding a sample of the manifest's own images (every image stage
-  decodes its images once into its cache) and augmenting them (every training image, every
-  epoch: on a CPU without loader workers it runs in series with the step);
+  decodes its images once into its cache) and augmenting them (every image of every step: on
+  a CPU without loader workers it runs in series with the step);
 - evaluate, report and export: start-up plus what they took on the default (``AGGREGATES``),
   and per stage what a run does besides its work (``STAGE_EXTRA``); the model card's whole
   process (``MODEL_CARD``: it imports no torch).
@@ -38,6 +39,7 @@ import torch
 from transferlab import layout, registry
 from transferlab.config import Params, load_params
 from transferlab.data.images import Preprocess
+from transferlab.training.search import rung_length
 
 # What a stage imports before its work (a fresh interpreter: nothing is cached), the way the
 # stages import it: torchvision without torch's compiler (transferlab.startup).
@@ -234,20 +236,18 @@ def plan(p: Params, counts: dict[str, int], classes: int, paths: list[Path] | No
     if sizes:
         est.add("curve-head", seeds, seeds * (start + sum(fit[m] * f for m in models for f in sizes)))
     budget_notes = []
-    for strategy in registry.names("end-to-end"):
+    search = p.finetune.search
+    for strategy in p.finetune.runs:
         cfg = p.finetune.strategy(strategy)
-        rates = len(cfg.lr)
-        curve = strategy in p.curve.models
-        if not rates:
-            continue
+        steps = search_steps(
+            len(cfg.lr), cfg.steps, cfg.eval_every, search.first_rung, search.keep, search.rungs
+        )
         step = training_pace(p, arms, strategy, classes) + augmenting
-        epoch = n_train * step + n_val * infer
-        run = fill + cfg.epochs * epoch + score
-        est.add(f"finetune-{strategy}", rates * seeds, rates * seeds * (start + run))
-        if curve:
-            points = sum(
-                rates * (cfg.epochs * (f * n_train * step + n_val * infer) + score) + fill for f in sizes
-            )
+        # every step's batch, validation every eval_every steps of every rate trained
+        run = fill + steps * cfg.batch_size * step + steps / cfg.eval_every * n_val * infer + score
+        est.add(f"finetune {strategy}", seeds, seeds * (start + run))
+        if strategy in p.curve.models:  # a point trains as many steps as the main run
+            points = sum(run - score + (n_val + n_test) * infer for _ in sizes)
             est.add(f"curve-finetune {strategy}", len(sizes) * seeds, seeds * (len(sizes) * start + points))
         budget_notes.append(f"{strategy} {(step - augmenting) * 1000:.1f} ms")
     for stage, seconds in AGGREGATES.items():
@@ -265,10 +265,24 @@ def plan(p: Params, counts: dict[str, int], classes: int, paths: list[Path] | No
     ]
     if est.total > 3600 and not torch.cuda.is_available():
         est.notes.append(
-            "Over an hour on this CPU: the README's GPU profile, download.max_per_class (fewer "
-            "images per class) or a smaller backbone.image_size cut it."
+            "Over an hour on this CPU: the README's GPU profile, a smaller backbone.image_size, "
+            "fewer finetune.strategies or finetune.budget.steps cut it (download.max_per_class "
+            "cuts extraction and scoring: the end-to-end budget is in steps, whatever the images)."
         )
     return est
+
+
+def search_steps(
+    rates: int, steps: int, eval_every: int, first_rung: float, keep: int, rungs: str = "annealed"
+) -> int:
+    """Optimizer steps one run's learning-rate search trains (transferlab.training.search),
+    before any extension of the grid (each adds a first rung): every rate the first rung,
+    then the ``keep`` best the whole budget (annealed rungs: a fresh run) or the rest of it
+    (continued rungs)."""
+    rung = rung_length(rates, steps, eval_every, first_rung)
+    if rung >= steps:
+        return rates * steps
+    return rates * rung + min(keep, rates) * (steps if rungs == "annealed" else steps - rung)
 
 
 def split_counts(manifest: pl.DataFrame) -> tuple[dict[str, int], int]:

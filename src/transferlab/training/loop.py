@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from transferlab.config import OptimConfig
+from transferlab.config import OptimConfig, StrategyConfig
 from transferlab.runtime import Plan, memory_format, sync
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -224,6 +224,9 @@ def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 @dataclass
 class EpochRecord:
+    """One round of training and its validation scoring. For the heads a round is an epoch;
+    for the end-to-end runs it is ``eval_every`` optimizer steps (``step``: steps done)."""
+
     epoch: int
     train_loss: float
     train_acc: float
@@ -232,6 +235,7 @@ class EpochRecord:
     train_seconds: float  # the training pass alone
     seconds: float  # training pass + validation
     lrs: dict[str, float]
+    step: int = 0
 
 
 @dataclass
@@ -245,10 +249,77 @@ class FitResult:
     diverged: bool = False
     # Per parameter group: nominal rate against the rates it trained at (WarmupCosine.rates).
     lr_schedule: dict[str, dict[str, float]] = field(default_factory=dict)
+    steps: int = 0  # optimizer steps taken
+    # Whether the run reached a plateau (Schedule.converged); None: not judged (cut short
+    # by a search, or a schedule with no convergence rule).
+    converged: bool | None = None
 
     @property
     def best(self) -> EpochRecord:
         return self.history[self.best_epoch]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How long a run trains and when it is scored: ``steps`` optimizer steps in all, the
+    validation split scored every ``eval_every`` steps (a round) and at the end, linear
+    warm-up over ``warmup_steps`` then cosine decay to zero at ``steps``.
+
+    ``patience``: stop after that many rounds without a lower validation loss (0: never).
+    ``converge_tol``: the plateau rule (:meth:`converged`); None: runs are not judged."""
+
+    steps: int
+    eval_every: int
+    warmup_steps: int = 0
+    join_warmup_steps: int = 0
+    patience: int = 0
+    converge_tol: float | None = None
+
+    @classmethod
+    def of(cls, cfg: OptimConfig | StrategyConfig, steps_per_epoch: int) -> Schedule:
+        """The schedule a config states: an end-to-end step budget (a group that joins
+        mid-run warms up over the run's warm-up, or a round if that is longer), or a head's
+        epochs as steps, one round per epoch."""
+        if isinstance(cfg, StrategyConfig):
+            return cls(
+                steps=cfg.steps,
+                eval_every=cfg.eval_every,
+                warmup_steps=cfg.warmup_steps,
+                join_warmup_steps=max(cfg.warmup_steps, cfg.eval_every),
+                patience=cfg.early_stopping_patience,
+                converge_tol=cfg.converge_tol,
+            )
+        return cls(
+            steps=steps_per_epoch * cfg.epochs,
+            eval_every=steps_per_epoch,
+            warmup_steps=steps_per_epoch * cfg.warmup_epochs,
+            join_warmup_steps=steps_per_epoch * max(1, cfg.warmup_epochs),
+            patience=cfg.early_stopping_patience,
+        )
+
+    def converged(self, result: FitResult) -> bool | None:
+        """The plateau rule for a run trained to the end of its schedule.
+
+        Converged when early stopping ended it, or when the last quarter of the budget
+        lowered the best validation loss by less than ``converge_tol`` (relative to the best
+        before it). Under a cosine schedule the best checkpoint often lands late because
+        the rate anneals; what matters is whether the last quarter still *bought* much, so
+        a run on a plateau passes however late its best round is. Diverged: False."""
+        if self.converge_tol is None:
+            return None
+        if result.diverged:
+            return False
+        if result.stopped_early:
+            return True
+        if result.steps < self.steps:
+            return None  # cut short (a search's first rung): not judged
+        cut = self.steps - self.steps // 4
+        before = [r.val_loss for r in result.history if r.step <= cut]
+        after = [r.val_loss for r in result.history if r.step > cut]
+        if not before or not after:
+            return None  # too few rounds to tell: eval_every larger than a quarter
+        best_before = min(before)
+        return bool(best_before - min(after) <= self.converge_tol * best_before)
 
 
 def _group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
@@ -268,27 +339,16 @@ def _mean_over_ranks(loss: float, acc: float, device: torch.device) -> tuple[flo
     return loss, acc
 
 
-def _scheduler(optimizer: torch.optim.Optimizer, steps_per_epoch: int, cfg: OptimConfig) -> WarmupCosine:
-    """Warm-up then cosine over the run; groups that join mid-run (progressive unfreezing)
-    warm up over one epoch, or the configured warm-up if longer."""
-    return WarmupCosine(
-        optimizer,
-        steps_per_epoch * cfg.epochs,
-        steps_per_epoch * cfg.warmup_epochs,
-        join_warmup_steps=steps_per_epoch * max(1, cfg.warmup_epochs),
-    )
-
-
 class _BestEpoch:
-    """The epoch with the lowest validation loss so far, a copy of its weights, and the
-    epochs since it (early stopping)."""
+    """The round with the lowest validation loss so far, a copy of its weights, and the
+    rounds since it (early stopping)."""
 
     def __init__(self) -> None:
         self.loss, self.epoch, self.bad = math.inf, 0, 0
         self.state: dict[str, Any] | None = None
 
     def stop_after(self, epoch: int, val_loss: float, model: nn.Module, patience: int) -> bool:
-        """Record ``epoch``; True when ``patience`` epochs (0: never) passed without a better one."""
+        """Record ``epoch``; True when ``patience`` rounds (0: never) passed without a better one."""
         if val_loss < self.loss:
             self.loss, self.epoch, self.bad = val_loss, epoch, 0
             self.state = copy.deepcopy(model.state_dict())
@@ -301,7 +361,9 @@ class _BestEpoch:
             model.load_state_dict(self.state)
 
 
-EpochStartHook = Callable[[int, torch.optim.Optimizer], list[str]]
+# Called when training reaches a step (a round's start, and every epoch's start for the
+# heads' data order); returns the names of the parameter groups it added.
+StepHook = Callable[[int, torch.optim.Optimizer], list[str]]
 
 
 def _images_per_epoch(loader: Any) -> int:
@@ -311,92 +373,256 @@ def _images_per_epoch(loader: Any) -> int:
     return len(dataset) if dataset is not None else int(loader.images)
 
 
+class Trainer:
+    """One training run that can be advanced step by step and paused: what :func:`fit` runs
+    whole, and what a learning-rate search (transferlab.training.search) runs in rungs.
+
+    The run's batches come from ``train_loader`` epoch after epoch (``on_epoch(e)`` before
+    each, to reseed a sampler); validation is scored every ``schedule.eval_every`` steps and
+    at the end; the weights with the lowest validation loss are kept. The torch random state
+    is the run's own (saved on pause, restored on resume), so a run paused between rungs
+    ends exactly where it would have ended straight through.
+
+    ``replicate`` (several processes: :func:`transferlab.training.distributed.replicate`) wraps
+    the model for the training pass, and again whenever ``on_step`` adds groups, since
+    DistributedDataParallel averages only the gradients of what trained when it was built.
+    Validation runs on the plain model, on every rank over the whole split: the weights are
+    the same everywhere, so every rank takes the same decisions without communicating.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        train_loader: Iterable[Batch],
+        val_loader: Iterable[Batch],
+        schedule: Schedule,
+        device: torch.device,
+        *,
+        label_smoothing: float = 0.0,
+        amp: bool = False,
+        compile_: bool = False,
+        on_round: Callable[[EpochRecord], None] | None = None,
+        on_step: StepHook | None = None,
+        on_epoch: Callable[[int], None] | None = None,
+        loss_weights: torch.Tensor | None = None,
+        desc: str = "",
+        replicate: Callable[[nn.Module], nn.Module] | None = None,
+        plan: str | None = None,
+    ) -> None:
+        self.model, self.optimizer, self.schedule, self.device = model, optimizer, schedule, device
+        self.train_loader, self.val_loader = train_loader, val_loader
+        self.amp, self.compile_, self.replicate = amp, compile_, replicate
+        self.on_round, self.on_step, self.on_epoch, self.desc = on_round, on_step, on_epoch, desc
+        weight = loss_weights.to(device) if loss_weights is not None else None
+        self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
+        self.eval_criterion = nn.CrossEntropyLoss()  # the plain NLL whatever the training loss
+        self.scheduler = WarmupCosine(
+            optimizer, schedule.steps, schedule.warmup_steps, join_warmup_steps=schedule.join_warmup_steps
+        )
+        self.result, self.best = FitResult(), _BestEpoch()
+        self.forward = self._wrapped()
+        per_epoch = len(train_loader)  # type: ignore[arg-type]
+        rounds = -(-schedule.steps // schedule.eval_every)
+        # the plan line counts rounds: epochs for the heads, eval_every steps end to end
+        unit = "epoch" if schedule.eval_every == per_epoch else "round"
+        self.clock = (
+            Plan(
+                plan,
+                _images_per_epoch(train_loader),
+                min(schedule.eval_every, schedule.steps),
+                rounds,
+                unit=unit,
+            )
+            if plan
+            else None
+        )
+        self._per_epoch = per_epoch
+        self._batches = self._stream()
+        self._rng: torch.Tensor | None = None
+        self._cuda_rng: list[torch.Tensor] | None = None
+        self._outer: torch.Tensor | None = None
+        self.done = False  # the schedule ended, early stopping fired, or the loss diverged
+
+    def _wrapped(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        inner = self.replicate(self.model) if self.replicate is not None else self.model
+        return torch.compile(inner) if self.compile_ else inner
+
+    def _stream(self) -> Generator[Batch]:
+        epoch = 0
+        while True:
+            if self.on_epoch is not None:
+                self.on_epoch(epoch)
+            yield from self.train_loader
+            epoch += 1
+
+    @property
+    def steps(self) -> int:
+        return self.result.steps
+
+    def _swap_rng(self, resume: bool) -> None:
+        """The run's own torch random state in, or out (dropout masks do not depend on
+        which other runs trained in between)."""
+        cuda = self.device.type == "cuda"
+        if resume:
+            if self._rng is not None:
+                self._outer = torch.get_rng_state()
+                torch.set_rng_state(self._rng)
+                if cuda and self._cuda_rng is not None:
+                    torch.cuda.set_rng_state_all(self._cuda_rng)
+            else:
+                self._outer = None
+        else:
+            self._rng = torch.get_rng_state()
+            if cuda:
+                self._cuda_rng = torch.cuda.get_rng_state_all()
+            if self._outer is not None:
+                torch.set_rng_state(self._outer)
+
+    def advance(self, until: int) -> FitResult:
+        """Train to step ``until`` (at most the schedule's end), scoring every round."""
+        until = min(until, self.schedule.steps)
+        self._swap_rng(resume=True)
+        try:
+            while not self.done and self.result.steps < until:
+                end = min(
+                    until, (self.result.steps // self.schedule.eval_every + 1) * self.schedule.eval_every
+                )
+                self._round(end)
+        finally:
+            self._swap_rng(resume=False)
+        return self.result
+
+    def _round(self, end: int) -> None:
+        s, model, result = self.schedule, self.model, self.result
+        if self.on_step is not None and self.on_step(result.steps, self.optimizer):
+            self.scheduler.apply()  # groups that joined start their own warm-up and decay here
+            if self.replicate is not None:
+                self.forward = self._wrapped()
+        lrs = _group_lrs(self.optimizer)  # the rates this round starts with
+        t0 = time.perf_counter()
+        model.train()
+        total_loss, correct, seen = 0.0, 0.0, 0
+        n = end - result.steps
+        rounds = -(-s.steps // s.eval_every)
+        bar = tqdm(
+            range(n),
+            desc=f"{self.desc} round {len(result.history) + 1}/{rounds}".strip(),
+            leave=False,
+            disable=None,
+            dynamic_ncols=True,
+        )
+        for _ in bar:
+            x, y = next(self._batches)
+            x, y = _to(x, self.device), y.to(self.device, non_blocking=True)
+            with _autocast(self.device, self.amp):
+                logits = self.forward(x).float()
+            loss = self.criterion(logits, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            total_loss += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y)
+            if self.clock is not None:
+                self.clock(seen, time.perf_counter() - t0)
+        self.clock = None
+        result.steps = end
+        tr_loss, tr_acc = total_loss / max(seen, 1), correct / max(seen, 1)
+        sync(self.device)
+        if self.replicate is not None:
+            tr_loss, tr_acc = _mean_over_ranks(tr_loss, tr_acc, self.device)
+        t_train = time.perf_counter() - t0
+        # A non-finite loss is checked once per round, after the ranks' means are combined,
+        # so that every rank stops together (a rank stopping alone would hang the others).
+        if math.isfinite(tr_loss):
+            va_loss, va_acc = evaluate(model, self.val_loader, self.eval_criterion, self.device, amp=self.amp)
+        else:
+            va_loss, va_acc = math.nan, 0.0
+        index = len(result.history)
+        rec = EpochRecord(
+            index, tr_loss, tr_acc, va_loss, va_acc, t_train, time.perf_counter() - t0, lrs, end
+        )
+        result.history.append(rec)
+        result.seconds += rec.seconds
+        if self.on_round is not None:
+            self.on_round(rec)
+        if not (math.isfinite(tr_loss) and math.isfinite(va_loss)):
+            result.diverged = self.done = True
+        elif self.best.stop_after(index, va_loss, model, s.patience):
+            result.stopped_early = self.done = True
+        if result.steps >= s.steps:
+            self.done = True
+
+    def finish(self) -> FitResult:
+        """Load the best round's weights and complete the result (rates used, convergence)."""
+        self.best.restore(self.model)
+        self.result.best_epoch = self.best.epoch
+        self.result.lr_schedule = self.scheduler.rates()
+        self.result.converged = self.schedule.converged(self.result)
+        self._batches.close()  # DataLoader workers of this run end here
+        return self.result
+
+    def close(self) -> None:
+        """Drop a run a search cut: its data stream ends, its weights copy goes."""
+        self._batches.close()
+        self.best.state = None
+
+
 def fit(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     train_loader: Iterable[Batch],
     val_loader: Iterable[Batch],
-    cfg: OptimConfig,
+    cfg: OptimConfig | StrategyConfig,
     device: torch.device,
     *,
     on_epoch: Callable[[EpochRecord], None] | None = None,
-    on_epoch_start: EpochStartHook | None = None,
+    on_epoch_start: StepHook | None = None,
+    on_step: StepHook | None = None,
     loss_weights: torch.Tensor | None = None,
     desc: str = "",
     replicate: Callable[[nn.Module], nn.Module] | None = None,
     plan: str | None = None,
+    schedule: Schedule | None = None,
 ) -> FitResult:
-    """Train for ``cfg.epochs`` (or until early stopping) and leave the best weights loaded.
+    """Train a whole schedule (or until early stopping) and leave the best weights loaded.
 
-    "Best" is the epoch with the lowest validation loss. ``on_epoch_start(epoch, optimizer)``
-    may change what trains (progressive unfreezing) and returns the names of the groups it
-    added. Under ``cfg.compile`` no manual recompilation is needed for that: torch.compile's
-    guards cover ``requires_grad``, and tests/test_strategies.py checks that blocks unfrozen
-    mid-run do train when compiled.
-
-    ``replicate`` (several processes: :func:`transferlab.training.distributed.replicate`) wraps the
-    model for the training pass, and again whenever ``on_epoch_start`` adds groups, since
-    DistributedDataParallel averages only the gradients of what trained when it was built.
-    Validation runs on the plain model, on every rank over the whole split: the weights are
-    the same everywhere, so every rank takes the same early-stopping and best-epoch decisions
-    without communicating. Training loss and accuracy are averaged over the ranks.
+    ``schedule`` defaults to what ``cfg`` states (:meth:`Schedule.of`): a head's epochs, one
+    round per epoch, or an end-to-end step budget. ``on_epoch_start(epoch, optimizer)`` is called at
+    the start of every epoch of the data and may change what trains (it returns the names of
+    the groups it added); ``on_step(step, optimizer)`` likewise at the start of every round
+    (progressive unfreezing). Under ``cfg.compile`` no manual recompilation is needed for that:
+    torch.compile's guards cover ``requires_grad``, and tests/test_strategies.py checks that
+    blocks unfrozen mid-run do train when compiled. "Best" is the round with the lowest
+    validation loss.
     """
-    weight = loss_weights.to(device) if loss_weights is not None else None
-    criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
-    eval_criterion = nn.CrossEntropyLoss()  # report the plain NLL whatever the training loss
-    scheduler = _scheduler(optimizer, len(train_loader), cfg)  # type: ignore[arg-type]
-    # amp and compile are end-to-end options; heads on cached features have neither.
-    amp, compile_ = getattr(cfg, "amp", False), getattr(cfg, "compile", False)
+    per_epoch = len(train_loader)  # type: ignore[arg-type]
+    schedule = schedule or Schedule.of(cfg, per_epoch)
 
-    def wrapped() -> Callable[[torch.Tensor], torch.Tensor]:
-        inner = replicate(model) if replicate is not None else model
-        return torch.compile(inner) if compile_ else inner
+    def at_step(step: int, optimizer: torch.optim.Optimizer) -> list[str]:
+        added = on_step(step, optimizer) if on_step is not None else []
+        if on_epoch_start is not None and step % per_epoch == 0:  # a round that starts an epoch
+            added += on_epoch_start(step // per_epoch, optimizer)
+        return added
 
-    forward = wrapped()
-    clock = Plan(plan, _images_per_epoch(train_loader), len(train_loader), cfg.epochs) if plan else None  # type: ignore[arg-type]
-    result, best = FitResult(), _BestEpoch()
-    t_fit = time.perf_counter()
-    for epoch in range(cfg.epochs):
-        if on_epoch_start is not None and on_epoch_start(epoch, optimizer):
-            scheduler.apply()  # groups that joined start their own warm-up and decay here
-            if replicate is not None:
-                forward = wrapped()
-        lrs = _group_lrs(optimizer)  # the rates this epoch starts with
-        t0 = time.perf_counter()
-        tr_loss, tr_acc = train_one_epoch(
-            model,
-            train_loader,
-            criterion,
-            optimizer,
-            scheduler,
-            device,
-            desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}".strip(),
-            amp=amp,
-            forward=forward,
-            clock=clock if epoch == 0 else None,
-        )
-        sync(device)
-        if replicate is not None:
-            tr_loss, tr_acc = _mean_over_ranks(tr_loss, tr_acc, device)
-        t_train = time.perf_counter() - t0
-        # A non-finite loss is checked once per epoch, after the ranks' means are combined,
-        # so that every rank stops together (a rank stopping alone would hang the others).
-        if math.isfinite(tr_loss):
-            va_loss, va_acc = evaluate(model, val_loader, eval_criterion, device, amp=amp)
-        else:
-            va_loss, va_acc = math.nan, 0.0
-        rec = EpochRecord(epoch, tr_loss, tr_acc, va_loss, va_acc, t_train, time.perf_counter() - t0, lrs)
-        result.history.append(rec)
-        if on_epoch is not None:
-            on_epoch(rec)
-        if not (math.isfinite(tr_loss) and math.isfinite(va_loss)):
-            result.diverged = True
-            break
-        if best.stop_after(epoch, va_loss, model, cfg.early_stopping_patience):
-            result.stopped_early = True
-            break
-    best.restore(model)
-    result.best_epoch = best.epoch
-    result.seconds = time.perf_counter() - t_fit
-    result.lr_schedule = scheduler.rates()
-    return result
+    trainer = Trainer(
+        model,
+        optimizer,
+        train_loader,
+        val_loader,
+        schedule,
+        device,
+        label_smoothing=cfg.label_smoothing,
+        amp=getattr(cfg, "amp", False),  # end-to-end options; heads on cached features have neither
+        compile_=getattr(cfg, "compile", False),
+        on_round=on_epoch,
+        on_step=at_step,
+        loss_weights=loss_weights,
+        desc=desc,
+        replicate=replicate,
+        plan=plan,
+    )
+    trainer.advance(schedule.steps)
+    return trainer.finish()

@@ -5,8 +5,8 @@
 * ``partial``: the last ``unfreeze_blocks`` backbone groups train, the rest stays frozen.
 * ``full``: everything trainable; the backbone at ``backbone_lr_mult`` times the head's rate,
   so pretrained features are adjusted, not overwritten.
-* ``progressive``: head first; at each epoch of ``unfreeze_epochs`` the next group from the
-  top joins, each deeper group at ``lr_decay`` times the rate of the one above.
+* ``progressive``: head first; at each fraction of the budget in ``unfreeze_at`` the next
+  group from the top joins, each deeper group at ``lr_decay`` times the rate of the one above.
 * ``lp-ft``: as ``full``, but the head starts from train-head's linear probe, so the first
   gradients reaching the backbone come from a sensible head instead of a random one.
 * ``scratch``: as ``full`` from random weights: the baseline that prices pretraining.
@@ -63,12 +63,12 @@ def apply_strategy(model: TransferModel, strategy: str, cfg: StrategyConfig) -> 
         unfreeze = registry.get(strategy).unfreeze
     except KeyError:
         raise ConfigError(f"finetune: unknown strategy {strategy!r}") from None
-    if isinstance(cfg, ProgressiveConfig) and len(cfg.unfreeze_epochs) > n_groups:
+    if isinstance(cfg, ProgressiveConfig) and len(cfg.unfreeze_at) > n_groups:
         raise ConfigError(
-            f"finetune.{strategy}.unfreeze_epochs: {len(cfg.unfreeze_epochs)} steps but "
+            f"finetune.{strategy}.unfreeze_at: {len(cfg.unfreeze_at)} steps but "
             f"{model.backbone.name} has {n_groups} blocks"
         )
-    if unfreeze == "none":  # frozen; progressive until its first unfreeze epoch
+    if unfreeze == "none":  # frozen; progressive until its first unfreeze step
         set_trainable(model.backbone, False)
     elif unfreeze == "last-blocks":
         assert isinstance(cfg, PartialConfig)
@@ -147,7 +147,8 @@ def param_groups(model: TransferModel, cfg: StrategyConfig, lr: float) -> list[d
 
 
 class ProgressiveUnfreezer:
-    """Unfreezes backbone groups from the top at the epochs of ``cfg.unfreeze_epochs``.
+    """Unfreezes backbone groups from the top at the fractions of the budget in
+    ``cfg.unfreeze_at`` (at the start of the first round from that step on).
 
     Each joining group is made trainable and added to the optimizer as new param groups with
     ``base_lr`` set, so the schedule (:class:`transferlab.training.loop.WarmupCosine`) gives it
@@ -159,10 +160,12 @@ class ProgressiveUnfreezer:
         self.model, self.cfg, self.lr = model, cfg, lr
         self.joined = 0
 
-    def __call__(self, epoch: int, optimizer: torch.optim.Optimizer) -> list[str]:
-        """Called at the start of every epoch; returns the names of the groups that joined."""
+    def __call__(self, step: int, optimizer: torch.optim.Optimizer) -> list[str]:
+        """Called at the start of every round (``step``: steps done); returns the names of
+        the groups that joined."""
         added: list[str] = []
-        while self.joined < len(self.cfg.unfreeze_epochs) and self.cfg.unfreeze_epochs[self.joined] <= epoch:
+        at = self.cfg.unfreeze_steps()
+        while self.joined < len(at) and at[self.joined] <= step:
             self.joined += 1
             blocks = self.model.backbone.groups
             i = len(blocks) - self.joined

@@ -30,7 +30,8 @@ import polars as pl
 
 from transferlab import layout
 from transferlab._io import read_json
-from transferlab.data.manifest import manifest_fingerprint
+from transferlab.data.manifest import class_names, manifest_fingerprint
+from transferlab.data.subsets import unfit_sizes
 from transferlab.errors import ConfigError
 from transferlab.verdict.evaluation import ALPHA, Tests, read_aligned
 from transferlab.verdict.stats import accuracy_interval, holm, paired_test, separable
@@ -265,6 +266,13 @@ def learning_curves(
     if not sizes:
         return None
     t = Tests.of(manifest, seeds, splits, folds)
+    # sizes that leave a class too few images in some run's training split: every curve
+    # stage skipped them (the same rule, on the same counts), the report names them
+    train = [manifest.filter(pl.col(c) == "train")["label"].to_numpy() for c in set(t.columns.values())]
+    skipped = unfit_sizes(sorted(sizes), train, class_names(manifest))
+    sizes = [s for s in sizes if s not in skipped]
+    if not sizes:
+        return {"skipped": {f"{k:g}": v for k, v in skipped.items()}}
     sha = manifest_fingerprint(manifest)
     models = [m for m in [*heads, *curve_models] if m in details["models"]]
     by_size: dict[float, dict[str, Point]] = {s: {} for s in [*sorted(sizes), FULL]}
@@ -273,7 +281,9 @@ def learning_curves(
             by_size[s][m] = _read_point(m, s, t, sha)
     for m in details["models"]:  # every model has its full-split point: its main run
         by_size[FULL][m] = _main_point(m, details, t, manifest)
-    return summarize(by_size, models, [m for m in curve_models if m in models])
+    out = summarize(by_size, models, [m for m in curve_models if m in models])
+    out["skipped"] = {f"{k:g}": v for k, v in skipped.items()}
+    return out
 
 
 def summarize(

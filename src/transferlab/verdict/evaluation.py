@@ -18,8 +18,8 @@ import polars as pl
 from transferlab import layout, registry
 from transferlab._io import read_json, sha256_file
 from transferlab.data.manifest import FOLD, manifest_fingerprint, split_column, split_columns
-from transferlab.errors import ConfigError, FingerprintMismatch
-from transferlab.selection import AllDiverged, Scored, best_index
+from transferlab.errors import FingerprintMismatch
+from transferlab.selection import Scored, best_index
 from transferlab.training.records import RunSummary, read_summary
 from transferlab.verdict.metrics import per_class_f1
 from transferlab.verdict.stats import (
@@ -45,51 +45,6 @@ def _check_manifest(source: Path, meta: dict[str, Any], manifest_sha256: str) ->
             f"{source}: made from manifest {str(have)[:12]}, but data/manifest.parquet is "
             f"{manifest_sha256[:12]}; re-run the pipeline (dvc repro)"
         )
-
-
-@dataclass
-class GridPoint:
-    """One learning rate of an end-to-end strategy, over the seeds: validation only."""
-
-    lr: float
-    runs: dict[int, str]  # seed -> run name
-    val_acc: float  # mean over seeds of each run's best-epoch validation accuracy
-    val_loss: float
-    seconds: float  # mean over seeds
-    diverged: bool = False  # a seed's loss became non-finite: never picked (selection.usable)
-
-
-def grid_runs(strategy: str, grid: list[float], seeds: list[int]) -> list[GridPoint]:
-    """The trained runs of every point of ``strategy``'s grid, found by their folder names
-    (DVC spells the rate in them), each point averaged over the seeds."""
-    found: dict[tuple[int, float], str] = {}
-    for d in layout.MODELS.glob(f"{strategy}-s*-lr*"):
-        model, seed, lr = layout.parse_run(d.name)
-        if model == strategy and lr is not None:
-            found[(seed, lr)] = d.name
-    points = []
-    for lr in grid:
-        runs = {}
-        for seed in seeds:
-            name = found.get((seed, float(lr)))
-            if name is None or not layout.checkpoint(name).is_file():
-                raise FileNotFoundError(
-                    f"{layout.MODELS}/{strategy}-s{seed}-lr{lr}: no checkpoint for this point of "
-                    f"finetune.{strategy}.lr; run dvc repro"
-                )
-            runs[seed] = name
-        summaries = [read_summary(layout.train_summary(n)) for n in runs.values()]
-        points.append(
-            GridPoint(
-                lr=float(lr),
-                runs=runs,
-                val_acc=float(np.mean([t.val_acc for t in summaries])),
-                val_loss=float(np.mean([t.val_loss for t in summaries])),
-                seconds=float(np.mean([t.train_time_s for t in summaries])),
-                diverged=any(t.diverged for t in summaries),
-            )
-        )
-    return points
 
 
 def read_curves(results: Path) -> dict[str, list[float]]:
@@ -499,60 +454,42 @@ def head_protocols(heads: list[str], seeds: list[int]) -> tuple[Chosen, dict[int
     return chosen, probe_s
 
 
-def _pick(points: list[GridPoint], name: str, grid: list[float]) -> GridPoint:
-    try:
-        return points[best_index(points)]
-    except AllDiverged:
-        raise ConfigError(
-            f"finetune.{name}.lr: every rate of the grid {grid} diverged (the training loss "
-            "became non-finite); lower the rates"
-        ) from None
-
-
-def _per_run_picks(points: list[GridPoint], name: str, grid: list[float]) -> dict[int, GridPoint]:
-    """Cross-validation is nested: each fold's run picks its own rate on its own validation
-    split (the best rate depends on the training images), so no fold's choice sees another
-    fold's validation images, and no test image takes part in any."""
-    picks = {}
-    for seed in points[0].runs:
-        own = []
-        for p in points:
-            t = read_summary(layout.train_summary(p.runs[seed]))
-            own.append(
-                GridPoint(p.lr, {seed: p.runs[seed]}, t.val_acc, t.val_loss, t.train_time_s, t.diverged)
-            )
-        picks[seed] = _pick(own, name, grid)
-    return picks
-
-
-def strategy_protocols(strategies: dict[str, list[float]], seeds: list[int], nested: bool = False) -> Chosen:
-    """Each end-to-end strategy's rate, chosen on validation (mean over seeds; a diverged
-    point never), its runs at that rate and its protocol. ``nested`` (cross-validation):
-    each run picks its own rate on its own validation split instead (:func:`_per_run_picks`)."""
+def strategy_protocols(strategies: list[str], seeds: list[int]) -> Chosen:
+    """Each end-to-end strategy's runs (one per seed) and protocol. Each run searched its own
+    learning rate on its own validation split (transferlab.training.search): with folds, no
+    fold's choice sees another fold's validation images, and no test image takes part in any.
+    The protocol gathers what every seed's search tried, picked, and whether the picked run
+    converged and its rate was interior."""
     chosen: Chosen = {}
-    for name, grid in strategies.items():
-        points = grid_runs(name, grid, seeds)
-        pick = _pick(points, name, grid)
-        runs: dict[int, str] = pick.runs
-        picked: dict[str, Any] = {"lr": pick.lr}
-        selection = "validation accuracy (mean over seeds), ties to lower validation loss"
-        if nested:
-            per_run = _per_run_picks(points, name, grid)
-            runs = {s: p.runs[s] for s, p in per_run.items()}
-            picked = {str(s): {"lr": p.lr} for s, p in per_run.items()}
-            selection = "per fold: validation accuracy of that fold's run, ties to lower validation loss"
-        first = read_summary(layout.train_summary(runs[seeds[0]]))
+    for name in strategies:
+        runs = {seed: layout.run_name(name, seed) for seed in seeds}
+        for seed, run in runs.items():
+            if not layout.checkpoint(run).is_file():
+                raise FileNotFoundError(
+                    f"{layout.checkpoint(run)}: no checkpoint for finetune {name}, seed {seed}; run dvc repro"
+                )
+        summaries = {seed: read_summary(layout.train_summary(r)) for seed, r in runs.items()}
+        searches = {seed: t.protocol["search"] for seed, t in summaries.items()}
+        first = summaries[seeds[0]]
         chosen[name] = (
             runs,
             {
                 "kind": "end to end",
-                "selection": selection,
-                "grid": {"lr": [p.lr for p in points]},
-                "picked": picked,
-                "points": [asdict(p) for p in points],
-                "diverged": [p.lr for p in points if p.diverged],
+                "selection": "per run: its own learning-rate search on its own validation split "
+                "(validation accuracy, ties to lower validation loss)",
+                "grid": {"lr": searches[seeds[0]]["grid"]},
+                "picked": {str(s): {"lr": t.lr} for s, t in summaries.items()},
+                "tried": {str(s): x["tried"] for s, x in searches.items()},
+                "points": {str(s): x["points"] for s, x in searches.items()},
+                "diverged": sorted(
+                    {p["lr"] for x in searches.values() for p in x["points"] if p["diverged"]}
+                ),
+                # seeds whose picked rate sits at an end of what was tried: the search hit
+                # finetune.search.max_extend (the report says widen it)
+                "at_edge": {str(s): x["at_edge"] for s, x in searches.items() if x["at_edge"]},
+                # seeds whose picked run was still improving at the end of the budget
+                "not_converged": [s for s, t in summaries.items() if t.protocol.get("converged") is False],
                 "budget": first.protocol["budget"],
-                "search_time_s": round(sum(p.seconds for p in points), 2),
                 "depends_on": ["extract-features", "train-head@features"]
                 if registry.get(name).from_probe
                 else [],
@@ -601,10 +538,8 @@ def aggregate(
         for seed, run in run_names.items()
     }
     scored = {seed: record for seed, (record, _) in records.items()}
-    # heads search their grid inside their run; a strategy's grid is one run per point
-    search = protocol.get("search_time_s")
-    if search is None:
-        search = float(np.mean([r.train.search_s for r in scored.values()]))
+    # every run searched its own grid inside its stage (heads and end-to-end alike)
+    search = float(np.mean([r.train.search_s for r in scored.values()]))
     correct = t.paired({s: scored[s].predictions for s in seeds})
     val = (
         float(np.mean([r.val["accuracy"] for r in scored.values()])),
@@ -635,7 +570,7 @@ def aggregate(
 
 def evaluate_all(
     heads: list[str],
-    strategies: dict[str, list[float]],
+    strategies: list[str],
     seeds: list[int],
     manifest: pl.DataFrame,
     splits: int = 1,
@@ -650,8 +585,8 @@ def evaluate_all(
     model's ``spread`` tells the part of its seed-to-seed spread due to the splitting from
     the part due to the seed.
 
-    ``heads`` are the two-stage models; ``strategies`` maps each end-to-end strategy to its
-    learning-rate grid. A strategy's rate is chosen on validation (mean over seeds, by
+    ``heads`` are the two-stage models; ``strategies`` the end-to-end ones, each run of which
+    searched its own learning rate on its own validation split (by the rule of
     :func:`transferlab.selection.best_index`); the best model is chosen on validation too.
     Test predictions only ever enter the reported scores and the paired comparisons.
 
@@ -663,7 +598,7 @@ def evaluate_all(
     t = Tests.of(manifest, seeds, splits, folds)
     extract = read_json(layout.results_dir("extract") / "extract.json")
     chosen, probe_s = head_protocols(heads, seeds)
-    chosen |= strategy_protocols(strategies, seeds, nested=folds > 1)
+    chosen |= strategy_protocols(strategies, seeds)
     models = {
         name: aggregate(name, runs, protocol, t, manifest, _depends_s(name, extract, probe_s, seeds))
         for name, (runs, protocol) in chosen.items()
@@ -710,6 +645,7 @@ def evaluate_all(
             details["models"][name]["wise"] = curve
     val = {name: a.val for name, a in models.items()}
     details["verdict"] = verdict(val, comparisons, {m: metrics[m]["total_time_s"] for m in metrics})
+    details["verdict"]["unsettled"] = unsettled(details["models"])
     details["rank_flips"] = rank_flips(
         {
             m: {int(s): r["scores"]["accuracy"] for s, r in d["runs"].items()}
@@ -874,6 +810,33 @@ def _trained_on(details: dict[str, Any], seed: int) -> str:
     )
 
 
+def unsettled(models: dict[str, Any]) -> dict[str, list[str]]:
+    """Per model, why its result may not be its best: a picked run still improving at the
+    end of its budget, or a learning rate at an end of what its search tried (the cap on
+    extensions stopped it). A verdict that rests on such an arm is provisional."""
+    out: dict[str, list[str]] = {}
+    for name, d in models.items():
+        prot = d["protocol"]
+        why = []
+        if prot.get("not_converged"):
+            seeds = ", ".join(map(str, prot["not_converged"]))
+            fix = (
+                "train_head.linear.max_iter"
+                if prot.get("kind") == "two-stage head"
+                else f"finetune.budget.steps (now {prot['budget'].get('steps')})"
+            )
+            why.append(f"not converged (seed(s) {seeds}): raise {fix}")
+        if prot.get("at_edge"):
+            seeds = ", ".join(prot["at_edge"])
+            why.append(
+                f"learning rate at the {'/'.join(sorted(set(prot['at_edge'].values())))} end of its search "
+                f"(seed(s) {seeds}): raise finetune.search.max_extend"
+            )
+        if why:
+            out[name] = why
+    return out
+
+
 def at_a_glance(metrics: dict[str, Any], details: dict[str, Any]) -> dict[str, Any]:
     """results/evaluate/headline.json: the verdict in a few numbers, the metrics file
     `make exp-show` lists by default (metrics.json keeps every model's). What to use, how
@@ -891,9 +854,13 @@ def at_a_glance(metrics: dict[str, Any], details: dict[str, Any]) -> dict[str, A
         "tie_set": len(v["tie_set"]),
         "time_s": metrics[rec]["total_time_s"],
         "best_time_s": metrics[best]["total_time_s"],
+        # arms whose result may not be their best (not converged, rate at an end of the
+        # search), and whether the recommendation or the best rests on one of them
+        "unsettled": len(v.get("unsettled", {})),
+        "provisional": any(m in v.get("unsettled", {}) for m in (rec, best)),
     }
     curves = details.get("curves")
-    if curves is not None and curves["comparisons"]:
+    if curves is not None and curves.get("comparisons"):
         # the learning curves' crossover: images per class from which fine-tuning is ahead
         # (null: not within the measured sizes)
         out["crossover_per_class"] = (curves["crossover"] or {}).get("per_class")

@@ -97,5 +97,9 @@ def write_curve_point(
             "search_time_s": summary.get("search_time_s"),
             "grid": summary["protocol"]["grid"],
             "picked": summary["protocol"]["picked"],
+            # end to end: the optimizer steps the picked run took (the main run's budget) and
+            # whether it converged; a head's point has neither
+            "steps": summary.get("steps"),
+            "converged": summary.get("converged"),
         },
     )
