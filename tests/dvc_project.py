@@ -25,7 +25,8 @@ TINY = {
         "search": {"max_extend": 1},
         "strategies": ["frozen", "partial", "full", "progressive", "scratch"],
         "from_probe": ["lp-ft"],
-        **{s: ONE_RATE for s in ("frozen", "partial", "scratch")},
+        **{s: ONE_RATE for s in ("partial", "scratch")},
+        "frozen": {**ONE_RATE, "budget": {"steps": None}},  # without its default deviation
         "full": {"lr": [1e-3, 3e-3]},  # a real grid: the search must pick on val
         "lp-ft": {"lr": [1e-3]},
         # a deviation from the common budget, as the report must show one

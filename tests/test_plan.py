@@ -90,7 +90,7 @@ def test_the_estimate_is_the_work_times_the_measured_costs(tmp_path, fixed_costs
 
 def test_over_an_hour_on_a_cpu_points_to_the_levers(tmp_path, fixed_costs, monkeypatch):
     monkeypatch.setattr(P, "training_pace", lambda *a: 1.0)  # a second per image: 20,000 photos
-    default_budget = {"steps": 300, "eval_every": 25, "warmup_steps": 25, "batch_size": 32}
+    default_budget = {"steps": 500, "eval_every": 25, "warmup_steps": 25, "batch_size": 32}
     est = P.plan(
         _params(
             tmp_path, {"finetune": {"budget": default_budget, "strategies": ["frozen", "partial", "full"]}}

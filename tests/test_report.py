@@ -253,3 +253,42 @@ def test_a_verdict_resting_on_an_unconverged_arm_says_it_is_provisional():
     md = build(metrics, details, comparisons, title="T", code_version="abc", params_text="").markdown()
     assert "Provisional" not in md and "Not settled" not in md
     assert at_a_glance(metrics, details)["provisional"] is False
+
+
+def test_every_rate_a_search_tried_is_in_the_report():
+    from transferlab.report.sections import search_rows
+
+    metrics, details, comparisons = _inputs(["features", "full"])
+    prot = details["models"]["full"]["protocol"]
+    point = {"origin": "grid", "diverged": False, "picked": False, "converged": None}
+    prot["points"] = {
+        "0": [
+            {**point, "lr": 0.001, "steps": 100, "val_acc": 0.9, "rung1_val_acc": 0.9},
+            {
+                **point,
+                "lr": 0.003,
+                "steps": 300,
+                "val_acc": 0.97,
+                "rung1_val_acc": 0.92,
+                "picked": True,
+                "converged": True,
+            },
+            {
+                **point,
+                "lr": 0.0333,
+                "origin": "extended above",
+                "diverged": True,
+                "steps": 100,
+                "val_acc": 0.1,
+                "rung1_val_acc": 0.1,
+            },
+        ]
+    }
+    rows = search_rows(details)
+    assert rows == [
+        ["full", "0", "0.001", "grid", "0.9000", "", ""],
+        ["full", "0", "0.003 (picked)", "grid", "0.9200", "0.9700", "yes"],
+        ["full", "0", "0.0333", "extended above, diverged", "0.1000", "", ""],
+    ]
+    md = build(metrics, details, comparisons, title="T", code_version="abc", params_text="").markdown()
+    assert "| full | 0 | 0.003 (picked) | grid | 0.9200 | 0.9700 | yes |" in md

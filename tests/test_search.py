@@ -80,7 +80,7 @@ def _search(
         eval_every=every,
         rungs=rungs,
     )
-    found.started = started  # type: ignore[attr-defined]
+    found.started = started
     return found, runs
 
 
@@ -141,22 +141,30 @@ def test_the_cost_is_the_rungs_plus_the_survivors_as_the_plan_counts():
     assert list(runs) == [3e-3] and runs[3e-3].result.steps == 30 and found.at_edge is None
 
 
-def _record(step: int, val_loss: float) -> EpochRecord:
-    return EpochRecord(0, 0.0, 0.0, val_loss, 0.9, 0.0, 0.0, {}, step)
+def _record(step: int, val_loss: float, val_acc: float) -> EpochRecord:
+    return EpochRecord(0, 0.0, 0.0, val_loss, val_acc, 0.0, 0.0, {}, step)
 
 
-def _result(losses: list[float], every: int = 10, **kw) -> FitResult:
-    r = FitResult(history=[_record(every * (i + 1), v) for i, v in enumerate(losses)], **kw)
+def _result(losses: list[float], every: int = 10, accs: list[float] | None = None, **kw) -> FitResult:
+    """A run's rounds; accuracy rising with every round unless given."""
+    accs = accs or [0.5 + 0.05 * i for i in range(len(losses))]
+    r = FitResult(
+        history=[_record(every * (i + 1), v, a) for i, (v, a) in enumerate(zip(losses, accs, strict=True))],
+        **kw,
+    )
     r.steps = every * len(losses)
     return r
 
 
 def test_the_plateau_rule():
     s = Schedule(steps=80, eval_every=10, converge_tol=0.05)
-    # the last quarter (steps 70, 80) bought 1%: converged, however late the best round
+    # the last quarter (steps 70, 80) bought 1% of loss: converged, however late the best round
     assert s.converged(_result([1.0, 0.6, 0.4, 0.3, 0.25, 0.22, 0.219, 0.218])) is True
-    # still falling by a fifth: not converged
+    # still falling by a fifth, accuracy still rising: not converged
     assert s.converged(_result([1.0, 0.8, 0.6, 0.5, 0.4, 0.3, 0.26, 0.24])) is False
+    # the loss falls on but no image more is right: a settled classifier growing confident
+    flat = [0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.97, 0.96]
+    assert s.converged(_result([1.0, 0.8, 0.6, 0.5, 0.4, 0.3, 0.26, 0.24], accs=flat)) is True
     assert s.converged(_result([1.0, 0.5], stopped_early=True)) is True  # patience ended it
     assert s.converged(_result([1.0, math.nan], diverged=True)) is False
     assert s.converged(_result([1.0, 0.5, 0.4])) is None  # cut short by a search: not judged

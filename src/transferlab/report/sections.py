@@ -117,6 +117,33 @@ def protocol_rows(details: dict[str, Any], metrics: dict[str, Any]) -> list[list
     return rows
 
 
+def search_rows(details: dict[str, Any]) -> list[list[str]]:
+    """One row per rate an end-to-end run's search tried (protocol.points per seed)."""
+    rows = []
+    for name, d in details["models"].items():
+        prot = d["protocol"]
+        if prot.get("kind") != "end to end" or not isinstance(prot.get("points"), dict):
+            continue
+        for seed, points in prot["points"].items():
+            for pt in points:
+                whole = pt["steps"] >= (prot["budget"].get("steps") or 0) and pt.get("converged") is not None
+                rung = pt.get("rung1_val_acc")
+                rows.append(
+                    [
+                        name,
+                        seed,
+                        f"{pt['lr']:g}" + (" (picked)" if pt.get("picked") else ""),
+                        pt["origin"] + (", diverged" if pt.get("diverged") else ""),
+                        f"{rung:.4f}" if rung is not None else "",
+                        f"{pt['val_acc']:.4f}" if whole else "",
+                        {True: "yes", False: "still improving", None: ""}[
+                            pt.get("converged") if whole else None
+                        ],
+                    ]
+                )
+    return rows
+
+
 def _pair_text(pair: dict[str, Any]) -> str:
     lo, hi = pair["ci_family"]
     return (
@@ -663,9 +690,9 @@ def protocol_section(doc: Document, r: Inputs) -> None:
         "grows past an end that validation prefers, the best rate trains the whole budget. The "
         "rate with the best validation accuracy (ties: lower validation loss; "
         + ("each fold's own, on its own validation split" if r.folds else "each seed's own")
-        + ") is the one scored on test. A run is converged when early stopping ended it or the "
-        "last quarter of its budget lowered the best validation loss by less than "
-        "`finetune.budget.converge_tol`. The two-stage heads are fitted to convergence (a head on fixed features costs "
+        + ") is the one scored on test. A run is still improving (not converged) when the last "
+        "quarter of its budget both raised the best validation accuracy and lowered the best "
+        "validation loss by `finetune.budget.converge_tol` or more. The two-stage heads are fitted to convergence (a head on fixed features costs "
         "seconds, so no step budget limits it) and their L2 strength is chosen the same way. "
         "'Total' is the chosen run plus what it needed first: the extraction for the two-stage "
         "models, the extraction and the probe's whole search for lp-ft. 'Whole search' is the cost of "
@@ -684,6 +711,19 @@ def protocol_section(doc: Document, r: Inputs) -> None:
         ],
         protocol_rows(r.details, r.metrics),
     )
+    searched = search_rows(r.details)
+    if searched:
+        doc.add(
+            "p",
+            "Every rate each end-to-end search tried (`finetune.search`; curves of each under "
+            "`results/<run>/search/`): validation accuracy of the kept round after the first rung "
+            "and, for the rates that went on, after the whole budget.",
+        )
+        doc.add(
+            "table",
+            ["model", "seed", "rate", "how it was tried", "first rung", "whole budget", "converged"],
+            searched,
+        )
     extract = r.extract
     doc.add(
         "p",

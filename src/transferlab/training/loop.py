@@ -300,11 +300,14 @@ class Schedule:
     def converged(self, result: FitResult) -> bool | None:
         """The plateau rule for a run trained to the end of its schedule.
 
-        Converged when early stopping ended it, or when the last quarter of the budget
-        lowered the best validation loss by less than ``converge_tol`` (relative to the best
-        before it). Under a cosine schedule the best checkpoint often lands late because
-        the rate anneals; what matters is whether the last quarter still *bought* much, so
-        a run on a plateau passes however late its best round is. Diverged: False."""
+        Still improving, so not converged, when the last quarter of the budget both raised
+        the best validation accuracy (by one image or more) and lowered the best validation
+        loss by at least ``converge_tol`` of the best before it. Under a cosine schedule the
+        best round often lands late because the rate anneals, so lateness alone would flag
+        every run; what matters is whether the last quarter still *bought* something the
+        verdict measures. Accuracy alone moves in steps of one noisy image; loss alone keeps
+        falling as a settled classifier grows more confident: both must move. Early
+        stopping ended it: converged. Diverged: not."""
         if self.converge_tol is None:
             return None
         if result.diverged:
@@ -314,12 +317,14 @@ class Schedule:
         if result.steps < self.steps:
             return None  # cut short (a search's first rung): not judged
         cut = self.steps - self.steps // 4
-        before = [r.val_loss for r in result.history if r.step <= cut]
-        after = [r.val_loss for r in result.history if r.step > cut]
+        before = [r for r in result.history if r.step <= cut]
+        after = [r for r in result.history if r.step > cut]
         if not before or not after:
             return None  # too few rounds to tell: eval_every larger than a quarter
-        best_before = min(before)
-        return bool(best_before - min(after) <= self.converge_tol * best_before)
+        loss_before = min(r.val_loss for r in before)
+        better_loss = loss_before - min(r.val_loss for r in after) > self.converge_tol * loss_before
+        better_acc = max(r.val_acc for r in after) > max(r.val_acc for r in before)
+        return not (better_loss and better_acc)
 
 
 def _group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
