@@ -93,7 +93,11 @@ class TestReruns:
         skipped = json.loads((project / "results/curve/frozen-s0/f0.2/point.json").read_text())
         assert skipped["skipped"] == curves["skipped"]["0.2"]
         assert not (project / "results/curve/heads-s0/features/f0.2").exists()
-        assert "Sizes skipped on this data" in (project / "reports/report.md").read_text()
+        report = (project / "reports/report.md").read_text()
+        assert (
+            "Sizes skipped on this data" in report
+            and "0.2: leaves class '0' 1 training image(s) of 4" in report
+        )
         per_class = [p["per_class"] for p in curves["models"]["frozen"]["points"]]
         assert per_class == [2, 2, 3, 4]  # round(0.6 x 4) = 2: the TINY split has 4 per class
         # 3 distinct numbers of images per class: the power law is fitted; the back-test,

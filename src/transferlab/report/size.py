@@ -95,7 +95,9 @@ def size_section(doc: Document, curves: dict[str, Any]) -> None:
             "p",
             "Sizes skipped on this data (a class would keep too few training images to learn "
             "from): "
-            + "; ".join(f"{size}: {why.removeprefix('curve.sizes: ')}" for size, why in skipped.items())
+            + "; ".join(
+                f"{size}: {why.removeprefix(f'curve.sizes: {size} ')}" for size, why in skipped.items()
+            )
             + ".",
         )
     if "models" not in curves:  # every size skipped: no curve to draw
