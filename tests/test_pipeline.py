@@ -93,6 +93,10 @@ class TestFirstRun:
         assert published.read_text() == (curves / f"lr{picked:g}/plots/metrics/val/acc.tsv").read_text()
         assert points[picked]["trained_steps"] == 1 + 2  # its rung, then the whole budget afresh
         assert details["models"]["full"]["runs"]["0"]["run"] == "full-s0"
+        # per-epoch figures are per pass over the training split, not per validation round
+        n_train = full_run["n_train"]
+        assert full_run["epochs_run"] == max(1, round(2 * 16 / n_train))
+        assert full_run["time_per_epoch_s"] * full_run["train_images_per_s"] == pytest.approx(n_train)
         # a curve point trains as many steps as its strategy's main run, whatever its size
         for size in ("0.5", "0.75"):
             point = json.loads((project / f"results/curve/frozen-s0/f{size}/point.json").read_text())

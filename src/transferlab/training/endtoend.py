@@ -403,6 +403,13 @@ def run_summary(job: Job, searched: Searched, n_train: int, split: str) -> dict[
             **run_cost(model, job.device),
         },
     )
+    # A round is eval_every steps, not an epoch: the per-epoch figures the report compares
+    # with the heads' (time per pass over the training split) come from the steps themselves.
+    seen = result.steps * cfg.batch_size
+    train_s = sum(r.train_seconds for r in result.history)
+    summary["epochs_run"] = max(1, round(seen / max(n_train, 1)))
+    summary["time_per_epoch_s"] = train_s * n_train / max(seen, 1)
+    summary["train_images_per_s"] = seen / max(train_s, 1e-9)
     if cfg.bn == "train":  # re-estimated running statistics belong to the task too
         summary["trained_bytes"] += sum(
             b.numel() * b.element_size()

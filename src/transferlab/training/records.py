@@ -28,16 +28,17 @@ class RunSummary(BaseModel):
     # the kept state: the best validation-loss epoch, or the picked grid point of a head
     val_acc: float
     val_loss: float
-    epochs_run: int  # full-batch solver: function evaluations (passes over the features)
-    best_epoch: int | None  # None for the full-batch solver
+    # passes over the training split (full-batch solver: function evaluations; end to end:
+    # steps x batch / training images, rounded)
+    epochs_run: int
+    best_epoch: int | None  # the kept round (an epoch, or eval_every steps); None for L-BFGS
     stopped_early: bool
     # the training or validation loss became non-finite: recorded, never picked
     diverged: bool = False
     train_time_s: float  # the kept run
-    # heads: their whole grid search, run inside the stage (an end-to-end grid is one run
-    # per rate, each with its own summary)
+    # the whole search of the run's stage: a head's grid, an end-to-end learning-rate search
     search_time_s: float | None = None
-    time_per_epoch_s: float
+    time_per_epoch_s: float  # per pass over the training split
     train_images_per_s: float
     protocol: dict[str, Any]  # how it was chosen: selection rule, grid, pick, budget
     lr_schedule: dict[str, dict[str, float]] | None = None
