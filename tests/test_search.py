@@ -232,3 +232,23 @@ def test_annealed_rungs_are_short_runs_of_their_own_and_survivors_start_again():
     # continued: the rung is the start of the budget's run, which the survivor carries on
     found, runs = _search([1e-3, 3e-3, 1e-2], best=3e-3, rungs="continued")
     assert found.started == [(1e-3, 30), (3e-3, 30), (1e-2, 30)]
+
+
+def test_publishing_the_picked_curves_keeps_what_else_is_in_plots(tmp_path, monkeypatch):
+    """A stage run by hand replaces the run's curves with the picked rate's, and leaves the
+    rest of plots/ (DVC's .gitignore, tracked by git) alone."""
+    from transferlab.training import endtoend
+
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "results/full-s0"
+    (run / "plots/metrics/val").mkdir(parents=True)
+    (run / "plots/metrics/val/acc.tsv").write_text("old\n")
+    (run / "plots/.gitignore").write_text("/metrics\n")
+    picked = run / "search/lr0.003/plots/metrics/val"
+    picked.mkdir(parents=True)
+    (picked / "acc.tsv").write_text("step\tacc\n")
+    (run / "search/lr0.003/metrics.json").write_text("{}")
+    endtoend._publish_curves("full-s0", 0.003)
+    assert (run / "plots/metrics/val/acc.tsv").read_text() == "step\tacc\n"
+    assert (run / "plots/.gitignore").read_text() == "/metrics\n"
+    assert (run / "metrics.json").read_text() == "{}"

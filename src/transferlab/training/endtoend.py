@@ -15,7 +15,7 @@ import dataclasses
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -255,7 +255,6 @@ class Searched:
     fingerprint: dict[str, Any]
     bn_synced: bool
     start_state: dict[str, torch.Tensor] | None  # lp-ft with WiSE: the weights it started from
-    loggers: dict[tuple[float, bool], Any] = field(default_factory=dict)
 
     @property
     def lr(self) -> float:
@@ -357,7 +356,7 @@ def train_searched(
             logger.close()
     model, head_cfg, init, fingerprint, synced = built[found.picked.lr]
     return Searched(
-        model, found, head_cfg, init, fingerprint, synced, start_state[0] if start_state else None, loggers
+        model, found, head_cfg, init, fingerprint, synced, start_state[0] if start_state else None
     )
 
 
@@ -495,10 +494,10 @@ def _publish_curves(run: str, lr: float) -> None:
     """The picked rate's curves where a run's curves live (results/<run>/plots, metrics.json),
     beside every rate's own under results/<run>/search."""
     src, dst = _lr_dir(run, lr), layout.results_dir(run)
-    if (dst / "plots").exists():
-        shutil.rmtree(dst / "plots")
-    if (src / "plots").is_dir():
-        shutil.copytree(src / "plots", dst / "plots")
+    # the curves alone: plots/ may hold files that are not the run's (DVC's .gitignore)
+    shutil.rmtree(dst / "plots" / "metrics", ignore_errors=True)
+    if (src / "plots" / "metrics").is_dir():
+        shutil.copytree(src / "plots" / "metrics", dst / "plots" / "metrics")
     if (src / "metrics.json").is_file():
         shutil.copy2(src / "metrics.json", dst / "metrics.json")
 

@@ -442,7 +442,6 @@ class Trainer:
             if plan
             else None
         )
-        self._per_epoch = per_epoch
         self._batches = self._stream()
         self._rng: torch.Tensor | None = None
         self._cuda_rng: list[torch.Tensor] | None = None
