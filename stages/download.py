@@ -139,6 +139,7 @@ def main(args: argparse.Namespace) -> None:
             source=source_name(cfg),
             splits=p.base.splits,
             folds=p.base.folds,
+            repeats=p.base.repeats,
         )
         # Files are named as the user knows them: under their folder, not the staging one.
         shown = Path(cfg.path) if cfg.source == "folder" else layout.RAW

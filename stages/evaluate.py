@@ -2,8 +2,8 @@
 and the recommendation (recommended.json; recommended_run.json: its checkpoint alone).
 
 Picks each strategy's learning rate and the best model on validation, compares every pair
-of models on the same test images (comparisons.json), and names the models the test split
-cannot tell from the best. Reads the predictions each run wrote; runs no model.
+of models on the same test images (comparisons.json), and says of every other model whether
+the test data show it within verdict.margin of the best, separably worse, or neither. Reads the predictions each run wrote; runs no model.
 Run through `dvc repro`; by hand: ``python stages/evaluate.py``.
 """
 
@@ -30,7 +30,15 @@ def main(args: argparse.Namespace) -> None:
     strategies = ft.runs
     seeds = p.base.seeds
     metrics, details, comparisons = evaluate_all(
-        heads, strategies, seeds, manifest, p.base.splits, list(p.shift.kinds), p.base.folds
+        heads,
+        strategies,
+        seeds,
+        manifest,
+        p.base.splits,
+        list(p.shift.kinds),
+        p.base.folds,
+        p.base.repeats,
+        p.verdict.margin,
     )
     curves = learning_curves(
         details,
@@ -41,6 +49,7 @@ def main(args: argparse.Namespace) -> None:
         manifest,
         p.base.splits,
         p.base.folds,
+        p.base.repeats,
     )
     if curves is not None:
         details["curves"] = curves
@@ -64,10 +73,12 @@ def main(args: argparse.Namespace) -> None:
             + (f"pooled over {p.base.folds} folds" if p.base.folds > 1 else f"{len(seeds)} seed(s)")
         )
     v = details["verdict"]
+    where = "pooled test" if p.base.folds > 1 else "test split"
     print(
-        f"evaluate: best on validation {v['best_on_val']}; the {'pooled test' if p.base.folds > 1 else 'test split'} cannot separate it from "
-        f"{', '.join(m for m in v['tie_set'] if m != v['best_on_val']) or 'no other model'}; "
-        f"recommended (cheapest of those): {v['recommended']}"
+        f"evaluate: best on validation {v['best_on_val']}; on the {where}, within "
+        f"{v['margin']:g} of it (shown): {', '.join(v['equivalent']) or 'none'}; undecided: "
+        f"{', '.join(v['undecided']) or 'none'}; separably worse: {', '.join(v['worse']) or 'none'}; "
+        f"recommended: {v['recommended']}"
     )
     if curves is not None:
         for name in curves["curve_models"]:

@@ -198,13 +198,13 @@ def test_a_cross_validated_report_names_folds_procedures_and_the_cross_check():
     details["folds"] = {"count": 5, "of_seed": {str(s): s for s in seeds}}
     md = build(metrics, details, comparisons, title="T", code_version="abc", params_text="").markdown()
     assert "5-fold cross-validation: every image tested once per repeat" in md
-    assert "What they compare are procedures" in md
+    assert "What the tests compare are procedures" in md
     assert "| corrected t-test p (Holm) |" in md
     assert all("corrected_t" in p and "tests_disagree" in p for p in comparisons["pairs"])
     cross = details["verdict"]["cross_check"]
     assert {c["model"] for c in cross} == set(MODELS) - {details["verdict"]["best_on_val"]}
     disagree = [c["model"] for c in cross if c["disagree"]]
-    assert ("The two disagree on" in md) == bool(disagree)
+    assert ("the verdict's test disagree on" in md) == bool(disagree)
     assert "the pooled test has 40: every image" in md or not details["verdict"]["unresolved"]
 
 

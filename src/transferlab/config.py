@@ -44,6 +44,11 @@ class BaseConfig(_Strict):
             raise ValueError("seeds must list at least one seed, each once")
         if self.folds > 1:
             return self._check_folds()
+        if self.repeats > 1:
+            raise ValueError(
+                f"repeats: {self.repeats} re-draws the partition of k-fold cross-validation; it "
+                "needs folds >= 2 (with one hold-out split, splits re-draws the splitting)"
+            )
         unused = sorted(set(range(self.splits)) - {s % self.splits for s in self.seeds})
         if unused:
             raise ValueError(
@@ -54,33 +59,38 @@ class BaseConfig(_Strict):
         return self
 
     def _check_folds(self) -> BaseConfig:
-        """k-fold cross-validation tests every image once per repeat, so every fold needs as
-        many seeds as every other (seed s is tested on fold s mod folds)."""
-        k = self.folds
+        """k-fold cross-validation tests every image once per repeat, so every splitting (fold
+        of a partition) needs as many seeds as every other (seed s is tested on splitting s
+        mod folds x repeats: partition (s mod folds x repeats) // folds, fold s mod folds)."""
+        k, r = self.folds, self.repeats
         if self.splits > 1:
             # Folds already re-draw what is tested (every image once); re-drawn splittings on
             # top would test images an unequal number of times, and the pooled test needs one
-            # prediction per image and repeat. More seeds repeat the folds instead.
+            # prediction per image and repeat. base.repeats re-draws the partition instead.
             raise ValueError(
                 f"folds: {k} and splits: {self.splits} cannot be combined; with folds every "
-                f"image is tested once per repeat: use splits: 1, and seeds 0..{2 * k - 1} to "
-                "train every fold twice"
+                f"image is tested once per repeat: use splits: 1, and repeats: 3 with seeds "
+                f"0..{3 * k - 1} to re-draw the partition three times"
             )
-        uses = [sum(1 for s in self.seeds if s % k == f) for f in range(k)]
+        n = k * r
+        uses = [sum(1 for s in self.seeds if s % n == j) for j in range(n)]
         if len(set(uses)) > 1:
-            untested = [f for f in range(k) if uses[f] == 0]
-            detail = f"leave fold(s) {untested} untested" if untested else f"test the folds {uses} times"
+            untested = [j for j in range(n) if uses[j] == 0]
+            what = f"{k} folds" if r == 1 else f"{r} partitions of {k} folds ({n} fold models)"
+            unit = "fold" if r == 1 else "splitting"
+            detail = f"leave {unit}(s) {untested} untested" if untested else f"test the {unit}s {uses} times"
             raise ValueError(
-                f"folds: {k} folds (seed s is tested on fold s mod {k}), but seeds {self.seeds} "
-                f"{detail}; every fold needs as many seeds, e.g. seeds {list(range(k))}"
+                f"folds: {what} (seed s is tested on {unit} s mod {n}), but seeds {self.seeds} "
+                f"{detail}; every {unit} needs as many seeds, e.g. seeds {list(range(n))}"
             )
         return self
 
     @property
     def splittings(self) -> int:
-        """How many train/val/test splittings the manifest carries: one per fold, or
-        ``splits``. Seed s trains and is scored on splitting s mod this."""
-        return self.folds if self.folds > 1 else self.splits
+        """How many train/val/test splittings the manifest carries: one per fold of every
+        partition (folds x repeats), or ``splits``. Seed s trains and is scored on splitting
+        s mod this."""
+        return self.folds * self.repeats if self.folds > 1 else self.splits
 
     # The data: splits and the augmented views of features-augmented.
     seed: Annotated[int, Field(ge=0)] = 0
@@ -93,6 +103,10 @@ class BaseConfig(_Strict):
     # k-fold cross-validation (k >= 2): every image is tested once, by a model that never saw
     # it; seed s is tested on fold s mod k (trained on the others). 1: one hold-out split.
     folds: Annotated[int, Field(ge=1)] = 1
+    # Repeated k-fold: the partition into folds re-drawn this many times (fresh folds, not
+    # only fresh seeds), folds x repeats fold models in all. The verdict's test counts the
+    # fold models' own variation, so its power grows with them (docs/verdict.md: about 15).
+    repeats: Annotated[int, Field(ge=1)] = 1
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # 0 means "let torch decide"; a fixed count makes CPU timings comparable across runs.
     num_threads: Annotated[int, Field(ge=0)] = 0
@@ -742,6 +756,24 @@ class CurveConfig(_Strict):
         return self
 
 
+class VerdictConfig(_Strict):
+    """How the recommendation is decided (docs/verdict.md, "Equivalence before cheapness")."""
+
+    # A cheaper model is recommended in place of the best on validation only when the test
+    # data show it at most this much accuracy below it (0.02: two points); a fraction of
+    # accuracy, like every score the pipeline writes.
+    margin: Annotated[float, Field(gt=0, lt=0.5)] = 0.02
+
+
+class ExportConfig(_Strict):
+    """What the export stage ships as models/recommended/."""
+
+    # false: the recommended model's run best on its own validation split (as scored);
+    # true: the recommended strategy trained again on every image of the data set at the
+    # hyper-parameters and step count its runs chose on validation (no image left to score it)
+    refit: bool = False
+
+
 class ReportConfig(_Strict):
     title: str = "Transfer strategies compared"
 
@@ -756,6 +788,8 @@ SECTIONS: dict[str, type[_Strict]] = {
     "finetune": FinetuneConfig,
     "shift": ShiftConfig,
     "curve": CurveConfig,
+    "verdict": VerdictConfig,
+    "export": ExportConfig,
     "report": ReportConfig,
 }
 
@@ -822,6 +856,8 @@ class Params:
     finetune: _FinetuneBase
     shift: ShiftConfig
     curve: CurveConfig
+    verdict: VerdictConfig
+    export: ExportConfig
     report: ReportConfig
 
     def sections(self) -> dict[str, _Strict]:

@@ -36,6 +36,13 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".
 # s mod folds, on splitting split_column(s, folds)).
 FOLD = "fold"
 
+
+def fold_column(repeat: int) -> str:
+    """The manifest column holding partition ``repeat``'s fold of every image (repeated
+    k-fold, base.repeats): ``fold`` for the first, ``fold_1`` ... for the re-drawn ones."""
+    return FOLD if repeat == 0 else f"{FOLD}_{repeat}"
+
+
 MANIFEST_SCHEMA = {
     "path": pl.String,
     "label": pl.Int64,

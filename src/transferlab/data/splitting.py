@@ -13,7 +13,7 @@ import numpy as np
 import polars as pl
 
 from transferlab._io import parallel_map, sha256_file
-from transferlab.data.manifest import FOLD, MANIFEST_SCHEMA
+from transferlab.data.manifest import MANIFEST_SCHEMA, fold_column
 from transferlab.errors import DataError
 
 
@@ -118,6 +118,7 @@ def build_manifest(
     source: str | None = None,
     splits: int = 1,
     folds: int = 1,
+    repeats: int = 1,
 ) -> pl.DataFrame:
     """The manifest of ``items`` (paths relative to ``root``), hashed and split.
 
@@ -135,6 +136,8 @@ def build_manifest(
     and one splitting per fold, ``split`` testing fold 0 and ``split_j`` fold j, each with
     its validation split carved from the other folds (``test_fraction`` is unused). A source
     that brings its own splits is refused: its test split is not for folds to re-draw.
+    ``repeats`` > 1 re-draws the partition: partition r's folds are in column ``fold_r``
+    (``fold`` for r = 0) and its splittings are ``split_{r*folds + j}``.
     """
     rows = sorted((it[0], it[1], it[2] if len(it) > 2 else None) for it in items)
     if classes is not None:
@@ -165,7 +168,9 @@ def build_manifest(
                 "(train/val/test folders, or a data set's official test split); use base.folds: 1, "
                 "or give the images as <class>/ folders"
             )
-        return _fold_manifest(root, paths, labels, class_list, class_names, folds, val_fraction, seed)
+        return _fold_manifest(
+            root, paths, labels, class_list, class_names, folds, val_fraction, seed, repeats
+        )
 
     def draw(split_seed: int) -> list[str]:
         if all(s is None for s in given):
@@ -196,9 +201,16 @@ def _fold_manifest(
     folds: int,
     val_fraction: float,
     seed: int,
+    repeats: int = 1,
 ) -> pl.DataFrame:
-    fold = stratified_folds(labels, folds, seed)
-    columns = [fold_splits(labels, fold, j, val_fraction, seed, class_names) for j in range(folds)]
+    # partition r (base.repeats) is drawn with its own seed; partition 0 with the data's seed,
+    # so a 5-fold manifest is the same whether or not repeats follow it
+    parts = [stratified_folds(labels, folds, partition_seed(seed, r)) for r in range(repeats)]
+    columns = [
+        fold_splits(labels, fold, j, val_fraction, partition_seed(seed, r), class_names)
+        for r, fold in enumerate(parts)
+        for j in range(folds)
+    ]
     manifest = pl.DataFrame(
         {
             "path": paths,
@@ -210,9 +222,14 @@ def _fold_manifest(
         schema=MANIFEST_SCHEMA,
     )
     return manifest.with_columns(
-        *(pl.Series(f"split_{j}", columns[j], dtype=pl.String) for j in range(1, folds)),
-        pl.Series(FOLD, fold, dtype=pl.Int64),
+        *(pl.Series(f"split_{j}", columns[j], dtype=pl.String) for j in range(1, len(columns))),
+        *(pl.Series(fold_column(r), fold, dtype=pl.Int64) for r, fold in enumerate(parts)),
     )
+
+
+def partition_seed(seed: int, repeat: int) -> int:
+    """The seed of partition ``repeat`` of repeated k-fold (0: the data's own seed)."""
+    return seed if repeat == 0 else seed + 7919 * repeat
 
 
 def _complete_splits(labels: list[int], given: list[str | None], val_fraction: float, seed: int) -> list[str]:

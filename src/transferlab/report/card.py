@@ -8,7 +8,7 @@ from typing import Any
 
 from transferlab import registry
 from transferlab.report.figures import plot_forest
-from transferlab.report.format import Document, _d, _fmt_s
+from transferlab.report.format import Document, _fmt_s
 from transferlab.verdict.stats import pair_of, separable
 
 FOREST = "verdict.png"
@@ -56,36 +56,82 @@ def forest_rows(r: Any) -> list[dict[str, Any]]:
     return rows
 
 
+def _pts(x: float) -> str:
+    """An accuracy difference in points, signed."""
+    return f"{x * 100 + 0.0:+.1f}"
+
+
+def _trade(r: Any, m: str, outcome: dict[str, Any]) -> str:
+    """What choosing the best over ``m`` buys and costs, in the units that decide it: accuracy
+    points (family-wise interval), training seconds once, the prediction cost, and what must
+    be kept per task when one backbone serves many; then what would settle the question."""
+    best, by = r.best, r.by
+    lo, hi = outcome["ci_family"]  # m minus the best
+    backbone = r.details.get("fingerprint", {})
+    net = f"{backbone.get('backbone', 'the backbone')} at {backbone.get('image_size', '?')} px"
+    text = (
+        f"*The trade*: {best} gives {_pts(-outcome['diff'])} points [{_pts(-hi)}, {_pts(-lo)}] "
+        f"(family-wise 95%) over {m}, the cheapest undecided, for "
+        f"{_fmt_s(by[best]['total_time_s'] - by[m]['total_time_s'])} more training, once; the same "
+        f"prediction cost ({net}, then a head); {by[best].get('trained_mb', 0.0):.2f} MB instead of "
+        f"{by[m].get('trained_mb', 0.0):.2f} MB per task beside a shared backbone."
+    )
+    settle = outcome.get("to_settle") or {}
+    margin = r.verdict["margin"]
+    if settle.get("images"):
+        text += (
+            f" Showing {m} within {margin * 100:g} points would take about {settle['images']:,} test images"
+        )
+        if settle.get("fold_models"):
+            text += f" or {settle['fold_models']} fold models (`base.repeats`)"
+        text += "."
+    elif outcome["diff"] <= -margin:
+        text += " More test images would more likely show it worse."
+    return text
+
+
 def verdict_card(doc: Document, r: Any, recommended: str) -> None:
-    """What to use, in four lines and a two-column cost table, then the forest plot."""
+    """What to use, why, what the cheaper undecided models would trade, then the forest plot."""
     best, by = r.best, r.by
     rec = by[recommended]
-    ties = list(r.verdict["tie_set"])
+    v = r.verdict
+    margin = v["margin"]
     n_test = len(r.details.get("test_ids", [])) or r.sizes.get("test", 0)
     where = f"the {n_test:,} pooled test images" if r.folds else f"these {n_test:,} test images"
     use = (
         f"**Use {recommended}** ({_what_trains(recommended)}): test accuracy {rec['test_acc']:.4f} "
         f"[{rec['test_acc_ci_lo']:.3f}, {rec['test_acc_ci_hi']:.3f}]."
     )
+    cheaper_open = [m for m in v["open"] if m in by]
     if recommended != best:
+        o = v["outcomes"][recommended]
         why = (
-            f"*Why*: {best} is best on validation (test {by[best]['test_acc']:.4f}), and on {where} it "
-            f"cannot be told apart from {recommended}, the cheapest of the {len(ties)} models that tie with "
-            f"it: {_fmt_s(rec['total_time_s'])} against {_fmt_s(by[best]['total_time_s'])} in total, "
+            f"*Why*: {best} is best on validation (test {by[best]['test_acc']:.4f}), and {where} show "
+            f"{recommended} within {margin * 100:g} points of it (`verdict.margin`): {_pts(o['diff'])} points, "
+            f"family-wise lower bound {_pts(o['lower_family'])}; {recommended} costs "
+            f"{_fmt_s(rec['total_time_s'])} against {_fmt_s(by[best]['total_time_s'])} in total, "
             f"{_times(rec['total_time_s'], by[best]['total_time_s'])}."
         )
-    elif len(ties) > 1:
+    elif cheaper_open:
         why = (
-            f"*Why*: best on validation, and the cheapest of the {len(ties)} models that tie on {where} "
-            f"({_fmt_s(rec['total_time_s'])} in total)."
+            f"*Why*: best on validation; no cheaper model is shown within {margin * 100:g} points of it "
+            f"on {where} (`verdict.margin`), and not told apart is not as good."
+        )
+    elif v["equivalent"]:
+        why = (
+            f"*Why*: best on validation; {', '.join(v['equivalent'])} shown within {margin * 100:g} points "
+            f"of it on {where}, none of them cheaper."
         )
     else:
-        why = f"*Why*: best on validation, and every other model is separably worse on {where}."
+        why = f"*Why*: best on validation, and every cheaper model is separably worse on {where}."
     doc.add("card_begin")
     doc.add("h2", "Verdict")
     doc.add("p", use)
     doc.add("p", why)
-    doc.add("p", _how_sure(r, recommended, ties, n_test))
+    cheapest_open = min(cheaper_open, key=lambda m: by[m]["total_time_s"]) if cheaper_open else None
+    if cheapest_open:
+        doc.add("p", _trade(r, cheapest_open, v["outcomes"][cheapest_open]))
+    doc.add("p", _how_sure(r, n_test))
     unsettled = r.verdict.get("unsettled") or {}
     if unsettled:
         rests = [m for m in dict.fromkeys([recommended, best]) if m in unsettled]
@@ -101,7 +147,11 @@ def verdict_card(doc: Document, r: Any, recommended: str) -> None:
             + "; ".join(f"{m}: {'; '.join(why)}" for m, why in unsettled.items())
             + ".",
         )
-    names = {recommended: "use"} | ({best: "best on validation"} if best != recommended else {})
+    names = (
+        {recommended: "use"}
+        | ({best: "best on validation"} if best != recommended else {})
+        | ({cheapest_open: "cheapest undecided"} if cheapest_open else {})
+    )
     doc.add(
         "table",
         ["", "test accuracy", "total time", "peak memory", "trainable params", "checkpoint"],
@@ -118,34 +168,30 @@ def verdict_card(doc: Document, r: Any, recommended: str) -> None:
         ],
     )
     doc.add("card_end")
-    doc.figures[FOREST] = plot_forest(forest_rows(r), best=best, recommended=recommended)
+    doc.figures[FOREST] = plot_forest(forest_rows(r), best=best, recommended=recommended, margin=margin)
     doc.add(
         "img",
         FOREST,
         f"every model's test accuracy minus {best}'s with family-wise 95% intervals, ties shaded, "
-        "and each model's total time",
+        "the margin dashed, and each model's total time",
     )
 
 
-def _how_sure(r: Any, recommended: str, ties: list[str], n_test: int) -> str:
-    """The tie set, and what it would take to separate the recommendation from the best."""
-    worse = [m for m in r.by if m not in ties]
-    if len(ties) > 1:
-        text = f"*How sure*: {len(ties)} models tie ({', '.join(ties)})"
-        text += f"; separably worse: {', '.join(worse)}." if worse else "; none is separably worse."
-    else:
-        text = f"*How sure*: every other model is separably worse ({', '.join(worse)})."
-    gap = next((u for u in r.verdict["unresolved"] if u["model"] == recommended), None)
-    if gap is not None:
-        need = gap["images_to_separate"]
+def _how_sure(r: Any, n_test: int) -> str:
+    """Every other model's outcome against the best, in one line."""
+    v = r.verdict
+    parts = []
+    for key, label in (
+        ("equivalent", f"shown within {v['margin'] * 100:g} points"),
+        ("undecided", "undecided"),
+        ("worse", "separably worse"),
+    ):
+        if v[key]:
+            parts.append(f"{label}: {', '.join(v[key])}")
+    ties = len(v["tie_set"])
+    text = f"*How sure*: against {r.best}, " + "; ".join(parts)
+    if ties > 1:
         text += (
-            f" {r.best} minus {recommended} is {_d(gap['diff'])} [{_d(gap['ci_family'][0])}, "
-            f"{_d(gap['ci_family'][1])}] (family-wise 95%)"
-            + (
-                f"; a difference this size would take about {need:,} test images to separate (5% level, "
-                f"power 0.8, before the correction for {len(r.comparisons['pairs'])} comparisons; there are {n_test:,})."
-                if need
-                else "; they predict the same, no test set separates them."
-            )
+            f"; {ties} cannot be told apart on {n_test:,}{' pooled' if r.folds else ''} test images (tie set)"
         )
-    return text
+    return text + "."

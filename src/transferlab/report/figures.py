@@ -188,10 +188,13 @@ def plot_size_curves(curves: dict[str, Any]) -> bytes:
     return _png(fig)
 
 
-def plot_forest(rows: list[dict[str, Any]], *, best: str, recommended: str) -> bytes:
+def plot_forest(
+    rows: list[dict[str, Any]], *, best: str, recommended: str, margin: float | None = None
+) -> bytes:
     """The verdict as a figure: each model's test accuracy minus the best one's (the best on
     validation, at 0) with its family-wise 95% interval, rows that tie with the best shaded,
-    and beside it each model's total time (log scale), so accuracy and cost read together."""
+    the equivalence margin (-verdict.margin) dashed, and beside it each model's total time
+    (log scale), so accuracy and cost read together."""
     n = len(rows)
     fig, (ax, ax_t) = plt.subplots(
         1,
@@ -237,6 +240,9 @@ def plot_forest(rows: list[dict[str, Any]], *, best: str, recommended: str) -> b
         if row["model"] == recommended:
             tick.set_fontweight("bold")
     ax.axvline(0, color="k", lw=1)
+    if margin is not None:
+        ax.axvline(-margin, color="C3", lw=1, ls="--", label=f"-margin ({margin:g})")
+        ax.legend(fontsize=8, loc="lower left")
     ax.set_xlabel(f"test accuracy minus {best}'s (95% family-wise interval)")
     ax.set_title("Against the best on validation (shaded: cannot be told apart)", fontsize=10)
     ax.grid(alpha=0.3, axis="x")

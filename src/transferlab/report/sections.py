@@ -535,17 +535,28 @@ def unresolved_section(doc: Document, r: Inputs) -> None:
             )
         )
     doc.add("list", items)
+    outcomes = r.verdict.get("outcomes", {})
+    margin = r.verdict.get("margin", 0.02)
+    judged = [
+        f"{u['model']} {outcomes[u['model']]['outcome']}"
+        for u in r.verdict["unresolved"]
+        if u["model"] in outcomes
+    ]
     doc.add(
         "p",
         f"These models tie on this {'pooled test' if r.folds else 'test split'}: the data cannot "
-        "tell which is better, and a ranking among them would be noise. "
+        "tell which is better, and a ranking among them would be noise. Not being told apart is "
+        f"not being as good: a cheaper one replaces {r.best} only when the data show it at most "
+        f"{margin * 100:g} points below (`verdict.margin`; "
+        + (", ".join(judged) if judged else "none")
+        + "). "
         + (
-            "More images, or more seeds per fold (`base.seeds`), would separate differences this "
-            "small; until then, choose among them on cost."
+            "More fold models (`base.repeats` re-draws the partition) or more images would settle "
+            "differences this small."
             if r.folds
             else "Cross-validation (`base.folds: 5`, with `base.seeds` [0, 1, 2, 3, 4]) tests every "
-            f"image, {n_all:,} instead of {n_test:,}, for five times the training; more seeds, "
-            "re-drawn splits (`base.splits`) or more data help too. Until then, choose among them on cost."
+            f"image, {n_all:,} instead of {n_test:,}, for five times the training; re-drawn "
+            "partitions (`base.repeats`) or more data help too."
         ),
     )
 
@@ -629,10 +640,16 @@ def paired_section(doc: Document, r: Inputs) -> None:
             f"{pair['p']:.3g}",
             f"{pair['p_holm']:.3g}",
             "yes" if separable(pair) else "no: tie",
+            r.verdict.get("outcomes", {}).get(row["model"], {}).get("outcome", ""),
         ]
         if r.folds:
             t = pair["corrected_t"]
-            cells += [f"{t['p_holm']:.3g}" + (" (disagrees)" if pair["tests_disagree"] else "")]
+            pooled = pair.get("pooled")
+            cells += [
+                f"{pair['vc']['tau'] * 100:.1f}" if "vc" in pair else "",
+                f"{pooled['p_holm']:.3g}" if pooled else "",
+                f"{t['p_holm']:.3g}" + (" (disagrees)" if pair["tests_disagree"] else ""),
+            ]
         rows.append(cells)
     header = [
         "against",
@@ -642,7 +659,10 @@ def paired_section(doc: Document, r: Inputs) -> None:
         "p",
         "p (Holm)",
         "separable",
-    ] + (["corrected t-test p (Holm)"] if r.folds else [])
+        f"within {r.verdict.get('margin', 0.02) * 100:g} points",
+    ] + (
+        ["fold-model sd (points)", "pooled McNemar p (Holm)", "corrected t-test p (Holm)"] if r.folds else []
+    )
     doc.add("table", header, rows)
     if r.folds:
         doc.add("p", cv_text(r))
@@ -658,20 +678,27 @@ def cv_text(r: Inputs) -> str:
     """What the cross-validated comparisons compare, and where the two tests part."""
     k = r.folds
     disagree = [c["model"] for c in r.verdict.get("cross_check", []) if c["disagree"]]
+    repeats = r.details.get("folds", {}).get("repeats", 1)
+    models = k * repeats
     return (
-        f"{k}-fold cross-validation: every one of the {len(r.details['test_ids']):,} images is a test "
-        "image, predicted by the run of its fold, which never saw it, so these tests pair the "
-        "models on all of them. What they compare are procedures, a strategy together with the "
-        "hyper-parameters each fold chose on its own validation split, which is the question of "
-        "which strategy to use on data like this. The pooled tests treat images as independent "
-        "given the fold models; the corrected resampled t-test (Nadeau and Bengio 2003) works on "
-        f"the {len(r.seeds)} per-fold differences instead and also counts how much the fold "
-        "models vary with their training images: conservative, and weak with this few runs. "
+        f"{k}-fold cross-validation"
+        + (f", the partition drawn {repeats} times ({models} fold models)" if repeats > 1 else "")
+        + f": every one of the {len(r.details['test_ids']):,} images is a test image once per "
+        "partition, predicted by the fold model that never saw it. What the tests compare are "
+        "procedures, a strategy together with the hyper-parameters each fold chose on its own "
+        "validation split, which is the question of which strategy to use on data like this. The "
+        "verdict's test is the variance-components t: the per-image difference counts the images' "
+        "noise and the fold models' own variation (its sd in the table, estimated from the fold "
+        f"means), on {models - 1} degrees of freedom; more fold models (`base.repeats`) give it "
+        "power. The pooled McNemar test treats the fold models as fixed: it speaks for these "
+        "trained models, and calls equal procedures different far more than 5% of the time once "
+        "fold models vary (docs/verdict.md). The corrected resampled t-test (Nadeau and Bengio "
+        "2003) is the conservative cross-check on the per-run differences. "
         + (
-            f"The two disagree on {', '.join(disagree)}: the tie set follows the pooled test; read "
-            "those pairs as less certain than their p-values say."
+            f"It and the verdict's test disagree on {', '.join(disagree)}: read those pairs as less "
+            "certain than their p-values say."
             if disagree
-            else "The two agree on every pair with the best model."
+            else "It agrees with the verdict's test on every pair with the best model."
         )
     )
 

@@ -260,12 +260,13 @@ def learning_curves(
     manifest: pl.DataFrame,
     splits: int = 1,
     folds: int = 1,
+    repeats: int = 1,
 ) -> dict[str, Any] | None:
     """details.json's ``curves``: every curve point read and compared (see the module's
     docstring). None when params: curve.sizes is empty."""
     if not sizes:
         return None
-    t = Tests.of(manifest, seeds, splits, folds)
+    t = Tests.of(manifest, seeds, splits, folds, repeats)
     # sizes that leave a class too few images in some run's training split: every curve
     # stage skipped them (the same rule, on the same counts), the report names them
     train = [manifest.filter(pl.col(c) == "train")["label"].to_numpy() for c in set(t.columns.values())]

@@ -7,6 +7,7 @@ see :mod:`transferlab.verdict.scoring`), so a head-only change re-scores only th
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,10 +28,14 @@ from transferlab.verdict.stats import (
     corrected_resampled_t,
     holm,
     images_to_separate,
+    images_to_settle,
+    noninferior,
     pair_of,
     paired_test,
     separable,
     spread_components,
+    variance_components,
+    vc_test,
 )
 
 MB = 1024 * 1024
@@ -209,8 +214,8 @@ class FoldRuns:
 
 
 def _cross_check(pairs: list[dict[str, Any]], runs: FoldRuns) -> None:
-    """The corrected resampled t-test next to each pair's pooled test, Holm-adjusted over
-    the same family, and whether the two verdicts on the pair disagree."""
+    """The corrected resampled t-test next to each pair's verdict test, Holm-adjusted over
+    the same family, and whether the two disagree on the pair."""
     for pair in pairs:
         a, b = runs.acc[pair["a"]], runs.acc[pair["b"]]
         pair["corrected_t"] = corrected_resampled_t(
@@ -222,35 +227,80 @@ def _cross_check(pairs: list[dict[str, Any]], runs: FoldRuns) -> None:
         pair["tests_disagree"] = pair["corrected_t"]["separable"] != separable(pair)
 
 
+PAIR_TEST = ("p", "p_holm", "ci95", "ci_family")
+
+
+def _procedures_test(pairs: list[dict[str, Any]]) -> None:
+    """With folds the verdict's test is the variance-components t (pair["vc"]): its p,
+    Holm-adjusted p and intervals become the pair's own, and the pooled McNemar test, which
+    treats the fold models as fixed, moves to pair["pooled"] (the view of these trained
+    models)."""
+    for pair in pairs:
+        pooled = {k: pair[k] for k in PAIR_TEST}
+        pooled["separable"] = separable(pair)
+        pair["pooled"] = pooled
+        for k in PAIR_TEST:
+            pair[k] = pair["vc"][k]
+        pair["test"] = "variance-components t"
+
+
 CV_METHOD = (
-    " With base.folds = k the comparisons pool the folds: every image is a test image once "
-    "per repeat, predicted by the run of its fold, which never saw it; a row of the paired "
-    "arrays is a repeat (the r-th seed of every fold), so the tests above act on all N images. "
-    "They compare procedures (a strategy with the hyper-parameters its fold chose on its "
-    "own validation split), and treat images as independent given the fold models. "
-    "corrected_t: the conservative cross-check, Nadeau and Bengio's corrected resampled "
-    "t-test on the per-run accuracy differences (variance x (1/J + n_test/n_train), J - 1 "
-    "degrees of freedom; Bouckaert and Frank for repeats), Holm-adjusted over the same "
-    "family; tests_disagree: one calls the pair separable and the other does not."
+    " With base.folds = k (and base.repeats = r partitions) every image is a test image once "
+    "per partition, predicted by the fold model that never saw it; the tests compare "
+    "procedures (a strategy with the hyper-parameters its fold chose on its own validation "
+    "split). p, p_holm, ci95 and ci_family are the variance-components t-test's (vc): the "
+    "per-image difference of fold model m on image i is mu + a_i + b_m + e_im, Var(mu_hat) = "
+    "s^2(D_i)/N + tau^2/M with tau^2 from the fold-level means (moments), t on M - 1 degrees "
+    "of freedom (M = k x r fold models, seeds averaged within a fold), so the fold models' own "
+    "variation counts. pooled: the exact McNemar / sign-flip test on the pooled outcomes, "
+    "which treats the fold models as fixed (a statement about these trained models; it calls "
+    "equal procedures different far more than 5% of the time once fold models vary, "
+    "docs/verdict.md). corrected_t: Nadeau and Bengio's corrected resampled t-test on the "
+    "per-run accuracy differences (variance x (1/J + n_test/n_train), J - 1 degrees of "
+    "freedom; Bouckaert and Frank for repeats), Holm-adjusted over the same family; "
+    "tests_disagree: it and the verdict's test differ on the pair."
 )
 
 
 def compare_all(
-    correct: dict[str, np.ndarray], seeds: list[int], folds: FoldRuns | None = None
+    correct: dict[str, np.ndarray],
+    seeds: list[int],
+    folds: FoldRuns | None = None,
+    fold_models: dict[str, dict[str, np.ndarray]] | None = None,
+    positions: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Every pair of models on the same test images: paired difference, interval, exact
-    McNemar (one seed) or sign-flip (several) p-value, Holm-adjusted over all pairs; with
-    cross-validation (``folds``) the corrected resampled t-test next to them."""
+    McNemar (one seed) or sign-flip (several) p-value, Holm-adjusted over all pairs.
+
+    Each pair also carries the variance-components estimate (vc), which the equivalence tests
+    of the verdict use: per fold model from ``fold_models`` (per model, per splitting the
+    correctness averaged over its seeds) and ``positions`` (per splitting, its test images'
+    index in one list of every image), else from ``correct`` as one group. With
+    cross-validation (``folds`` and ``fold_models``) it is the verdict's test (see
+    :func:`_procedures_test`) and the corrected resampled t-test stands next to it."""
     names = list(correct)
     family = len(names) * (len(names) - 1) // 2
     pairs: list[dict[str, Any]] = []
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
             r = paired_test(correct[a], correct[b], family=family)
-            pairs.append({"a": a, "b": b, **r, "seeds": list(seeds)})
+            pair: dict[str, Any] = {"a": a, "b": b, **r, "seeds": list(seeds)}
+            if fold_models is not None and positions is not None:
+                ga, gb = fold_models[a], fold_models[b]
+                groups = [(positions[c], ga[c] - gb[c]) for c in ga]
+            else:  # one group: the images, each averaged over its rows (seeds)
+                d = (correct[a] - correct[b]).mean(axis=0)
+                groups = [(np.arange(len(d)), d)]
+            vc = variance_components(groups)
+            pair["vc"] = {**vc, **vc_test(vc, family)}
+            pairs.append(pair)
     for pair, adj in zip(pairs, holm([p["p"] for p in pairs]), strict=True):
         pair["p_holm"] = adj
+    for pair, adj in zip(pairs, holm([p["vc"]["p"] for p in pairs]), strict=True):
+        pair["vc"]["p_holm"] = adj
     if folds is not None:
+        if fold_models is not None:
+            _procedures_test(pairs)
         _cross_check(pairs, folds)
     return {
         "alpha": ALPHA,
@@ -265,6 +315,8 @@ def compare_all(
             "ci_family: the same bootstrap at level 1 - alpha/family (Bonferroni over the "
             "family of all pairs): the intervals hold together, and a pair is separable only "
             "when p_holm < alpha and ci_family excludes 0. "
+            "vc: the variance-components estimate (diff, se, df, tau) on which the verdict's "
+            "equivalence tests rest (with one hold-out split, the paired t on the images). "
             "With base.splits > 1 each seed is scored on the test images of its own splitting "
             "(seed s: splitting s mod splits; every splitting holds as many test images of "
             "each class): a and b are always paired on the same run's images, and the "
@@ -275,23 +327,71 @@ def compare_all(
     }
 
 
+def _settle(pair: dict[str, Any], margin: float, family: int, folds: bool) -> dict[str, Any]:
+    """What would settle an undecided comparison: test images for a one-sided test at the
+    margin (the observed difference and discordance taken as true), and with folds the fold
+    models, when the fold models' own variation is what keeps it open."""
+    out: dict[str, Any] = {
+        "images": images_to_settle(pair["diff"], pair["discordant"], margin, family),
+    }
+    vc = pair.get("vc")
+    if folds and vc and vc["tau"] > 0 and pair["diff"] > -margin:
+        from scipy import stats as sps
+
+        z = float(sps.norm.ppf(1 - ALPHA / family)) + 0.8416212335729143
+        room = ((pair["diff"] + margin) / z) ** 2 - vc["s_images"] ** 2 / vc["images"]
+        out["fold_models"] = math.ceil(vc["tau"] ** 2 / room) if room > 0 else None
+    return out
+
+
 def verdict(
-    val: dict[str, tuple[float, float]], comparisons: dict[str, Any], cost: dict[str, float]
+    val: dict[str, tuple[float, float]],
+    comparisons: dict[str, Any],
+    cost: dict[str, float],
+    margin: float = 0.02,
+    folds: bool = False,
 ) -> dict[str, Any]:
-    """Best on validation; the models the test split cannot separate from it; the cheapest
-    of those, which is what the report recommends."""
+    """Best on validation; every other model's outcome against it; the recommendation.
+
+    Each other model is *equivalent* (shown on the test images to be at most ``margin``
+    below the best: the one-sided test of the variance-components estimate, Holm-adjusted
+    over the others, and its family-wise lower bound above -margin), *worse* (separably
+    worse, and not within the margin) or *undecided* (neither shown). The recommendation is
+    the cheapest of the best and the equivalent ones: a model the data have not shown to be
+    within the margin is never recommended in the best's place; the undecided cheaper ones
+    are named with what they would save and what would settle them. The tie set (not
+    separable from the best) keeps its meaning in the tables."""
     best = best_index([Scored(*v, name=m) for m, v in val.items()])
     best_name = list(val)[best]
+    others = [m for m in val if m != best_name]
     ties, unresolved, cross_check = [best_name], [], []
-    for m in val:
-        if m == best_name:
-            continue
-        pair = pair_of(comparisons, best_name, m)
+    pairs = {m: pair_of(comparisons, m, best_name) for m in others}  # m minus the best
+    tests = {m: noninferior(pairs[m]["vc"], margin, max(len(others), 1)) for m in others}
+    for m, adj in zip(others, holm([tests[m]["p"] for m in others]), strict=True):
+        tests[m]["p_holm"] = adj
+    outcomes: dict[str, dict[str, Any]] = {}
+    for m in others:
+        pair, ni = pairs[m], tests[m]
+        shown = ni["p_holm"] < ALPHA and ni["lower_family"] > -margin
+        worse = separable(pair) and pair["diff"] < 0
+        outcome = "equivalent" if shown else "worse" if worse else "undecided"
+        outcomes[m] = {
+            "outcome": outcome,
+            "diff": pair["diff"],  # m minus the best
+            "ci_family": pair["ci_family"],
+            "lower_family": ni["lower_family"],
+            "p_noninferior": ni["p"],
+            "p_noninferior_holm": ni["p_holm"],
+            "cost_s": cost[m],
+            "saves_s": cost[best_name] - cost[m],
+            **({"to_settle": _settle(pair, margin, len(others), folds)} if outcome == "undecided" else {}),
+        }
         if "corrected_t" in pair:
             cross_check.append(
                 {
                     "model": m,
-                    "pooled_separable": separable(pair),
+                    "separable": separable(pair),
+                    "pooled_separable": pair.get("pooled", {}).get("separable", separable(pair)),
                     "t_p_holm": pair["corrected_t"]["p_holm"],
                     "t_separable": pair["corrected_t"]["separable"],
                     "disagree": pair["tests_disagree"],
@@ -299,32 +399,44 @@ def verdict(
             )
         if not separable(pair):
             ties.append(m)
-            n_needed = images_to_separate(pair["diff"], pair["discordant"])
             unresolved.append(
                 {
                     "model": m,
-                    "diff": pair["diff"],
-                    "ci95": pair["ci95"],
-                    "ci_family": pair["ci_family"],
+                    "diff": -pair["diff"],  # the best minus m
+                    "ci95": [-pair["ci95"][1], -pair["ci95"][0]],
+                    "ci_family": [-pair["ci_family"][1], -pair["ci_family"][0]],
                     "p_holm": pair["p_holm"],
-                    "images_to_separate": n_needed,
+                    "images_to_separate": images_to_separate(pair["diff"], pair["discordant"]),
                 }
             )
-    recommended = min(ties, key=lambda m: cost[m])
+    equivalent = [m for m in others if outcomes[m]["outcome"] == "equivalent"]
+    recommended = min([best_name, *equivalent], key=lambda m: cost[m])
+    undecided = [m for m in others if outcomes[m]["outcome"] == "undecided"]
     return {
         "best_on_val": best_name,
         "val_acc": {m: v[0] for m, v in val.items()},
         "tie_set": ties,
+        "margin": margin,
+        "outcomes": outcomes,
+        "equivalent": equivalent,
+        "undecided": undecided,
+        "worse": [m for m in others if outcomes[m]["outcome"] == "worse"],
+        # undecided and cheaper than the recommendation: what the data leave open
+        "open": [m for m in undecided if cost[m] < cost[recommended]],
         "recommended": recommended,
         "unresolved": unresolved,
-        # cross-validation: the corrected resampled t-test on each pair with the best (the
-        # tie set rests on the pooled test; this says where the conservative test differs)
+        # cross-validation: the corrected resampled t-test on each pair with the best, and
+        # the pooled test of the trained models, next to the verdict's test
         **({"cross_check": cross_check} if cross_check else {}),
         "rule": (
-            "best: highest mean validation accuracy (ties: lower validation loss); tie set: every "
-            f"model whose paired comparison with the best has Holm-adjusted p >= {ALPHA} or a "
-            "family-wise interval (ci_family) containing 0; recommended: the cheapest of the tie set by total time "
-            "(its own training plus the extraction / probe it needs)"
+            "best: highest mean validation accuracy (ties: lower validation loss); each other "
+            f"model: equivalent when the test data show it at most verdict.margin = {margin:g} below "
+            f"the best (one-sided t-test of the variance-components estimate, Holm over the "
+            f"{len(others)} others, family-wise lower bound above -margin), worse when separably "
+            "worse, else undecided; recommended: the cheapest by total time of the best and the "
+            "equivalent ones (an undecided model is never recommended in the best's place); "
+            f"tie set (tables): every model whose paired comparison with the best has Holm-adjusted "
+            f"p >= {ALPHA} or a family-wise interval containing 0"
         ),
     }
 
@@ -350,32 +462,63 @@ class Tests:
     position: dict[str, int] = field(default_factory=dict)  # folds: image -> column
 
     @classmethod
-    def of(cls, manifest: pl.DataFrame, seeds: list[int], splits: int, folds: int = 1) -> Tests:
-        columns = {seed: split_column(seed, folds if folds > 1 else splits) for seed in seeds}
+    def of(
+        cls, manifest: pl.DataFrame, seeds: list[int], splits: int, folds: int = 1, repeats: int = 1
+    ) -> Tests:
+        n = folds * repeats if folds > 1 else splits
+        columns = {seed: split_column(seed, n) for seed in seeds}
         tests: dict[str, dict[str, list]] = {}
         for column in sorted(set(columns.values()), key=split_columns(manifest).index):
             rows = manifest.filter(pl.col(column) == "test")
             tests[column] = {"test_ids": rows["path"].to_list(), "test_labels": rows["label"].to_list()}
         index = {c: {image: i for i, image in enumerate(t["test_ids"])} for c, t in tests.items()}
         if folds > 1:
-            tested = sorted(image for t in tests.values() for image in t["test_ids"])
-            if tested != sorted(manifest["path"].to_list()):
-                raise FingerprintMismatch(
-                    f"data/manifest.parquet: its {folds} folds do not test every image once; "
-                    "re-run download (dvc repro)"
-                )
+            everything = sorted(manifest["path"].to_list())
+            for r in range(repeats):  # each partition's folds test every image once
+                part = [split_column(r * folds + j, n) for j in range(folds)]
+                tested = sorted(image for c in part if c in tests for image in tests[c]["test_ids"])
+                if tested != everything:
+                    raise FingerprintMismatch(
+                        f"data/manifest.parquet: the {folds} folds of partition {r} do not test "
+                        "every image once; re-run download (dvc repro)"
+                    )
             pooled = {"test_ids": manifest["path"].to_list(), "test_labels": manifest["label"].to_list()}
             seen: dict[str, int] = {}
             repeat = {}
-            for seed in seeds:  # the config checked that every fold has as many seeds
-                repeat[seed] = seen.get(columns[seed], 0)
-                seen[columns[seed]] = repeat[seed] + 1
+            for seed in seeds:  # the config checked that every splitting has as many seeds
+                # a row of the pooled arrays: one seed of every fold of one partition
+                repeat[seed] = seen.get(columns[seed], 0) * repeats + (seed % n) // folds
+                seen[columns[seed]] = seen.get(columns[seed], 0) + 1
             position = {image: i for i, image in enumerate(pooled["test_ids"])}
             return cls(columns, tests, index, pooled, repeat, position)
         sizes = {c: len(t["test_ids"]) for c, t in tests.items()}
         if len(set(sizes.values())) > 1:  # stratified splittings draw equal counts per class
             raise FingerprintMismatch(f"data/manifest.parquet: splittings hold different test sizes {sizes}")
         return cls(columns, tests, index)
+
+    def positions(self, column: str) -> np.ndarray:
+        """Where splitting ``column``'s test images sit in one list of every tested image (the
+        pooled order with folds; with hold-out splittings, their union in order of first
+        appearance): the image index of :func:`transferlab.verdict.stats.variance_components`."""
+        if self.pooled:
+            return np.asarray([self.position[i] for i in self.tests[column]["test_ids"]], dtype=int)
+        union: dict[str, int] = {}
+        for t in self.tests.values():
+            for image in t["test_ids"]:
+                union.setdefault(image, len(union))
+        return np.asarray([union[i] for i in self.tests[column]["test_ids"]], dtype=int)
+
+    def by_fold_model(self, predictions: dict[int, list[int]]) -> dict[str, np.ndarray]:
+        """Per splitting (a fold model, or the hold-out split), the 0/1 correctness on its test
+        images averaged over the seeds that ran it: the unit the variance-components test
+        counts (seeds averaged within a fold)."""
+        rows: dict[str, list[np.ndarray]] = {}
+        for s, pred in predictions.items():
+            column = self.columns[s]
+            rows.setdefault(column, []).append(
+                np.asarray(pred) == np.asarray(self.tests[column]["test_labels"])
+            )
+        return {c: np.mean(r, axis=0) for c, r in rows.items()}
 
     def of_seed(self) -> dict[int, dict[str, list]]:
         return {s: self.tests[c] for s, c in self.columns.items()}
@@ -519,6 +662,7 @@ class Aggregated:
     metrics: dict[str, Any]
     details: dict[str, Any]
     correct: np.ndarray
+    by_fold_model: dict[str, np.ndarray]  # splitting -> correctness averaged over its seeds
     val: tuple[float, float]
     classes: list[str]
 
@@ -565,7 +709,8 @@ def aggregate(
         metrics["test_acc"] = round(float(correct.mean()), 4)
         details["pooled_predictions"] = t.pooled_predictions({s: scored[s].predictions for s in seeds})
         details["fold_acc"] = {str(s): scored[s].scores["accuracy"] for s in seeds}
-    return Aggregated(metrics, details, correct, val, records[seeds[0]][1])
+    by_fold_model = t.by_fold_model({s: scored[s].predictions for s in seeds})
+    return Aggregated(metrics, details, correct, by_fold_model, val, records[seeds[0]][1])
 
 
 def evaluate_all(
@@ -576,9 +721,11 @@ def evaluate_all(
     splits: int = 1,
     shifts: list[str] | None = None,
     folds: int = 1,
+    repeats: int = 1,
+    margin: float = 0.02,
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Every model, aggregated from its runs' predictions. Returns (metrics for DVC,
-    details, comparisons).
+    details, comparisons). ``margin`` is verdict.margin (:func:`verdict`).
 
     With ``splits`` > 1, seed ``s`` was trained and scored on splitting ``s mod splits``:
     its predictions align with that splitting's test ids (``details["splits"]``), and each
@@ -595,7 +742,7 @@ def evaluate_all(
     comparisons pool the folds' predictions over every image (:class:`Tests`), with the
     corrected resampled t-test as a cross-check.
     """
-    t = Tests.of(manifest, seeds, splits, folds)
+    t = Tests.of(manifest, seeds, splits, folds, repeats)
     extract = read_json(layout.results_dir("extract") / "extract.json")
     chosen, probe_s = head_protocols(heads, seeds)
     chosen |= strategy_protocols(strategies, seeds)
@@ -624,9 +771,12 @@ def evaluate_all(
         fold = manifest[FOLD].to_list()
         details["folds"] = {
             "count": folds,
+            "repeats": repeats,
+            "fold_models": folds * repeats,
             "of_seed": {str(s): s % folds for s in seeds},
+            "partition_of_seed": {str(s): (s % (folds * repeats)) // folds for s in seeds},
             "repeat_of_seed": {str(s): r for s, r in t.repeat.items()},
-            "of_image": fold,  # aligned with test_ids (manifest order)
+            "of_image": fold,  # partition 0's, aligned with test_ids (manifest order)
         }
         train = [int((manifest[c] == "train").sum()) for c in set(t.columns.values())]
         fold_runs = FoldRuns(
@@ -634,7 +784,13 @@ def evaluate_all(
             n_train=float(np.mean(train)),
             n_test=manifest.height / folds,
         )
-    comparisons = compare_all({name: a.correct for name, a in models.items()}, seeds, fold_runs)
+    comparisons = compare_all(
+        {name: a.correct for name, a in models.items()},
+        seeds,
+        fold_runs,
+        {name: a.by_fold_model for name, a in models.items()},
+        {c: t.positions(c) for c in t.tests},
+    )
     if shifts:
         details["robustness"] = robustness(details["models"], t, seeds, shifts)
         for name, acc in details["robustness"]["pooled"].items():
@@ -644,7 +800,9 @@ def evaluate_all(
         if curve is not None:
             details["models"][name]["wise"] = curve
     val = {name: a.val for name, a in models.items()}
-    details["verdict"] = verdict(val, comparisons, {m: metrics[m]["total_time_s"] for m in metrics})
+    details["verdict"] = verdict(
+        val, comparisons, {m: metrics[m]["total_time_s"] for m in metrics}, margin, folds > 1
+    )
     details["verdict"]["unsettled"] = unsettled(details["models"])
     details["rank_flips"] = rank_flips(
         {
@@ -772,6 +930,9 @@ def recommendation(metrics: dict[str, Any], details: dict[str, Any]) -> dict[str
         "chosen": {
             "best_on_val": v["best_on_val"],
             "tie_set": v["tie_set"],
+            "margin": v["margin"],
+            "equivalent": v["equivalent"],
+            "undecided": v["undecided"],
             "rule": v["rule"],
             "run": "of the model's runs (one per seed), the highest validation accuracy",
             "tested_on": (
@@ -852,6 +1013,12 @@ def at_a_glance(metrics: dict[str, Any], details: dict[str, Any]) -> dict[str, A
         "best_on_val": best,
         "best_test_acc": metrics[best]["test_acc"],
         "tie_set": len(v["tie_set"]),
+        # every other model against the best: shown within verdict.margin of it, or neither
+        # shown within it nor separably worse (the recommendation is the cheapest of the best
+        # and the equivalent ones)
+        "margin": v["margin"],
+        "equivalent": v["equivalent"],
+        "undecided": v["undecided"],
         "time_s": metrics[rec]["total_time_s"],
         "best_time_s": metrics[best]["total_time_s"],
         # arms whose result may not be their best (not converged, rate at an end of the

@@ -18,9 +18,10 @@ Every judgement is statistical. The gap is the *paired* difference between the b
 fine-tuned model (chosen on validation) and the probe on the same test images: "different"
 only when its 95% interval lies entirely above the threshold, "similar" only when it lies
 entirely below, and otherwise the report says the data cannot tell. The best model is
-chosen on validation; the recommendation is the cheapest model the test split cannot
-separate from it (see :func:`transferlab.verdict.evaluation.verdict`), and the rule of thumb
-"agrees" when one of its strategies is in that set.
+chosen on validation; the recommendation is the cheapest of it and the models the test data
+*show* within verdict.margin of it (see :func:`transferlab.verdict.evaluation.verdict`), and
+the rule of thumb "agrees" when one of its strategies is among those (None: its strategies
+are undecided against the best, neither shown as good nor separably worse).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ class Recommendation:
     best: str  # chosen on validation
     tie_set: tuple[str, ...]
     recommended: str
-    agrees: bool | None
+    agrees: bool | None  # None: the rule's strategies are undecided against the best
     text: str
 
 
@@ -139,27 +140,51 @@ def recommend(
             + " or ".join(f"{SCENARIOS[o][1]} ({', '.join(SCENARIOS[o][2])})" for o in options)
             + ".",
         ]
-    agrees = any(m in predicted for m in ties)
+    margin = verdict.get("margin", GAP_THRESHOLD)
+    equivalent = [m for m in verdict.get("equivalent", []) if m in models]
+    undecided = [m for m in verdict.get("undecided", []) if m in models]
+    worse = [m for m in verdict.get("worse", []) if m in models]
+    settled = [best, *equivalent]
+    agrees: bool | None = any(m in predicted for m in settled)
+    if not agrees and any(m in predicted for m in undecided):
+        agrees = None  # its strategies are neither shown as good nor shown worse
     lines.append(
         f"Chosen on validation, the best model is {best} (validation accuracy "
         f"{verdict['val_acc'][best]:.4f}; test {models[best]['test_acc']:.4f})."
     )
-    others = [m for m in ties if m != best]
-    if others:
+    on = tested_on[0].upper() + tested_on[1:]
+    if equivalent:
         lines.append(
-            f"{tested_on[0].upper() + tested_on[1:]} cannot separate it from {', '.join(others)} (paired tests, Holm-adjusted): "
-            f"the data cannot tell these apart, so the cheapest of them is recommended: {pick} "
-            f"({models[pick]['total_time_s']:.1f} s in total, extraction and probe included, against "
-            f"{models[best]['total_time_s']:.1f} s for {best})."
+            f"{on} shows {', '.join(equivalent)} within {margin * 100:g} points of it (one-sided "
+            "tests at the margin, Holm-adjusted)"
+            + (
+                f", so the cheapest is recommended: {pick} ({models[pick]['total_time_s']:.1f} s in total, "
+                f"extraction and probe included, against {models[best]['total_time_s']:.1f} s for {best})."
+                if pick != best
+                else f"; none is cheaper, so {best} is recommended."
+            )
         )
-    else:
+    if undecided:
+        lines.append(
+            f"{', '.join(undecided)}: neither shown within {margin * 100:g} points of {best} nor "
+            f"separably worse on {tested_on}; not being told apart is not being as good, so "
+            + ("none of them replaces the recommendation." if equivalent else f"{best} is recommended.")
+        )
+    if worse:
+        lines.append(f"Separably worse: {', '.join(worse)}.")
+    if not equivalent and not undecided:
         lines.append(f"Every other model is separably worse on {tested_on}: {best} is recommended.")
     if agrees:
-        named = ", ".join(m for m in ties if m in predicted)
-        lines.append(f"The measurements agree with the rule: its strategies {named} tie with the best.")
+        named = ", ".join(m for m in settled if m in predicted)
+        lines.append(f"The measurements agree with the rule: its strategies {named} are as good as the best.")
+    elif agrees is None:
+        lines.append(
+            "The measurements cannot yet judge the rule: its strategies "
+            f"{', '.join(m for m in undecided if m in predicted)} are undecided against the best."
+        )
     else:
         lines.append(
-            "The measurements disagree with the rule, and they win: none of its strategies is among the best."
+            "The measurements disagree with the rule, and they win: none of its strategies is shown as good as the best."
         )
     return Recommendation(
         scenario=scenario,

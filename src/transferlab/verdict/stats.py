@@ -25,6 +25,16 @@ they disagree carry information about which is better.
   cross-check of the pooled test: a t-test on the per-fold accuracy differences whose
   variance is inflated for the overlap of the folds' training sets (Nadeau and Bengio,
   Machine Learning 2003; for repeated k-fold, Bouckaert and Frank, PAKDD 2004).
+* :func:`variance_components` - with k-fold cross-validation (repeated or not), the
+  verdict's test of the *procedures*: the per-image difference D_im of fold model m on image
+  i is mu + a_i + b_m + e_im, so the estimate's variance counts the images' noise and the
+  fold models' own variation (tau^2, from the fold-level means), and the estimate is
+  referred to a t with M - 1 degrees of freedom (M fold models). With one hold-out split it
+  is the paired t on the per-image differences (tau^2 is not estimable from one model).
+* :func:`noninferior` - whether a model is *shown* to be at most a margin below another:
+  the one-sided test of mu <= -margin on the same estimate (the half of the two one-sided
+  tests that decides whether a cheaper model is as good; being better is no reason not to
+  use it). Not separable is not equivalent: this is the test that says "as good as".
 * :func:`spread_components` - how much of the seed-to-seed spread of a score comes from
   the splitting and how much from the training seed (one-way random-effects ANOVA).
 * :func:`images_to_separate` - roughly how many test images a paired test would need to
@@ -36,6 +46,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -173,26 +184,33 @@ def accuracy_interval(correct: np.ndarray, *, boot: int = 4000, seed: int = 0) -
     return float(lo), float(hi)
 
 
+def _flipped(p: dict) -> dict:
+    """A comparison (or one of its nested tests) seen from the other side: the difference
+    negated, its intervals mirrored, the two accuracies swapped."""
+    out = dict(p)
+    if "diff" in p:
+        out["diff"] = -p["diff"]
+    for key in ("ci95", "ci_family"):
+        if key in p:
+            lo, hi = p[key]
+            out[key] = [-hi, -lo]
+    if "acc_a" in p:
+        out["acc_a"], out["acc_b"] = p["acc_b"], p["acc_a"]
+    for key in ("vc", "pooled"):
+        if key in p:
+            out[key] = _flipped(p[key])
+    return out
+
+
 def pair_of(comparisons: dict, a: str, b: str) -> dict:
     """The comparison of ``a`` against ``b`` from a comparisons.json structure, oriented so
-    that diff = acc_a - acc_b (and the interval flipped accordingly). Every pair of compared
-    models is there: a missing one is a KeyError."""
+    that diff = acc_a - acc_b (and the intervals, the nested tests' too, flipped
+    accordingly). Every pair of compared models is there: a missing one is a KeyError."""
     for p in comparisons["pairs"]:
         if (p["a"], p["b"]) == (a, b):
             return p
         if (p["a"], p["b"]) == (b, a):
-            lo, hi = p["ci95"]
-            flo, fhi = p["ci_family"]
-            return {
-                **p,
-                "a": a,
-                "b": b,
-                "acc_a": p["acc_b"],
-                "acc_b": p["acc_a"],
-                "diff": -p["diff"],
-                "ci95": [-hi, -lo],
-                "ci_family": [-fhi, -flo],
-            }
+            return {**_flipped(p), "a": a, "b": b}
     raise KeyError(f"comparisons hold no pair of {a!r} and {b!r}")
 
 
@@ -263,3 +281,115 @@ def corrected_resampled_t(
         return {"t": None, "df": runs - 1, "p": 1.0 if mean == 0 else 0.0, "runs": runs}
     t = mean / math.sqrt(scale)
     return {"t": t, "df": runs - 1, "p": float(2 * sps.t.sf(abs(t), runs - 1)), "runs": runs}
+
+
+def _t_sf(x: float, df: float) -> float:
+    from scipy import stats as sps
+
+    return float(sps.t.sf(x, df))
+
+
+def _t_ppf(q: float, df: float) -> float:
+    from scipy import stats as sps
+
+    return float(sps.t.ppf(q, df))
+
+
+def variance_components(groups: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str, float | int]:
+    """The mean difference between two procedures and its variance, counting the fold models.
+
+    ``groups`` holds one entry per fold model m (with several seeds on one fold, their
+    per-image differences averaged first): the positions of the images it was tested on
+    (indices into one list of every image) and the per-image difference D_im (0/1 accuracy of
+    one procedure's model minus the other's, so -1, 0 or +1 with one seed). The model
+
+        D_im = mu + a_i + b_m + e_im
+
+    has an image effect a_i, a fold-model effect b_m with variance tau^2 (the two procedures'
+    models differ as a whole: a seed, a fold's training set) and a residual. The estimate
+    mu_hat is the mean over images of D_i, each image's difference averaged over the fold
+    models that tested it (with folds, one per repeat), and
+
+        Var(mu_hat) ~ s^2(D_i) / N + tau^2 / M,
+
+    with tau^2 estimated by moments from the fold-level means (their variance less what the
+    images inside each fold give it, clipped at 0). The statistic is referred to a t with
+    M - 1 degrees of freedom: the fold models, not the images, limit what is known about
+    tau^2. With one group (a hold-out split) tau^2 is not estimable and the test is the
+    paired t on the images (N - 1 degrees of freedom): it is about those two trained models.
+    """
+    if not groups:
+        raise ValueError("variance_components needs at least one group")
+    n_images = 1 + max(int(np.max(idx)) for idx, _ in groups if len(idx))
+    total, count = np.zeros(n_images), np.zeros(n_images)
+    means, within = [], []
+    for idx, d in groups:
+        d = np.asarray(d, dtype=float)
+        np.add.at(total, idx, d)
+        np.add.at(count, idx, 1.0)
+        means.append(float(d.mean()))
+        within.append(float(d.var(ddof=1)) / len(d) if len(d) > 1 else 0.0)
+    seen = count > 0
+    d_i = total[seen] / count[seen]
+    n, m = int(seen.sum()), len(groups)
+    mu = float(d_i.mean())
+    s2 = float(d_i.var(ddof=1)) if n > 1 else 0.0
+    tau2 = max(0.0, float(np.var(means, ddof=1)) - float(np.mean(within))) if m > 1 else 0.0
+    var = s2 / n + tau2 / m
+    return {
+        "diff": mu,
+        "se": math.sqrt(var),
+        "df": m - 1 if m > 1 else max(n - 1, 1),
+        "tau": math.sqrt(tau2),
+        "s_images": math.sqrt(s2),
+        "models": m,
+        "images": n,
+    }
+
+
+def vc_test(vc: dict[str, Any], family: int = 1) -> dict[str, Any]:
+    """Two-sided test of mu = 0 on a :func:`variance_components` estimate, with its 95%
+    interval and the family-wise one (level 1 - 0.05/family, Bonferroni): the t referred to
+    ``vc['df']`` degrees of freedom."""
+    mu, se, df = vc["diff"], vc["se"], vc["df"]
+    if se <= 0:  # identical outcomes on every image: nothing tells them apart
+        return {"p": 1.0 if mu == 0 else 0.0, "ci95": [mu, mu], "ci_family": [mu, mu]}
+    half = _t_ppf(0.975, df) * se
+    half_f = _t_ppf(1 - 0.025 / family, df) * se
+    return {
+        "p": min(1.0, 2 * _t_sf(abs(mu) / se, df)),
+        "ci95": [mu - half, mu + half],
+        "ci_family": [mu - half_f, mu + half_f],
+    }
+
+
+def noninferior(vc: dict[str, Any], margin: float, family: int = 1) -> dict[str, float]:
+    """Whether the first procedure of a :func:`variance_components` estimate (diff = first
+    minus second) is shown to be at most ``margin`` below the second: the one-sided t-test
+    of mu <= -margin (p), and the family-wise lower bound (level 1 - 0.05/family, one-sided:
+    above -margin exactly when the Bonferroni-adjusted test rejects)."""
+    mu, se, df = vc["diff"], vc["se"], vc["df"]
+    if se <= 0:
+        p = 0.0 if mu > -margin else 1.0
+        return {"p": p, "lower": mu, "lower_family": mu, "margin": margin}
+    return {
+        "p": _t_sf((mu + margin) / se, df),
+        "lower": mu - _t_ppf(0.95, df) * se,
+        "lower_family": mu - _t_ppf(1 - 0.05 / family, df) * se,
+        "margin": margin,
+    }
+
+
+def images_to_settle(diff: float, discordant: float, margin: float, family: int = 1) -> int | None:
+    """Test images a one-sided non-inferiority test at ``margin`` would need (5% / family,
+    power 0.8) to show a model whose observed difference to the best is ``diff`` (negative:
+    worse) within the margin, given the fraction of ``discordant`` images; None when the
+    estimate lies at or beyond the margin (more images would more likely show it worse)."""
+    gap = diff + margin
+    if gap <= 0:
+        return None
+    from scipy import stats as sps
+
+    z = float(sps.norm.ppf(1 - 0.05 / family)) + Z80
+    var = max(discordant - diff * diff, 1e-6)
+    return math.ceil(z * z * var / (gap * gap))
