@@ -167,6 +167,11 @@ def test_stage_lists_every_param_its_script_reads(name, stage):
         "curve-finetune": {"shift", "shift.kinds", "shift.severity"},
     }.get(name, set())
     read = set().union(*(_params_read(s) for s in _params_readers(script))) - unread
+    if name == "export":
+        # export.refit trains the recommended run's strategy again from the params that run was
+        # trained with (transferlab.training.refit): a change to any of them that matters
+        # retrains that run, whose checkpoint recommended_run.json (a dep) names by SHA-256
+        read = {k for k in read if k.split(".")[0] == "export"}
     assert read or not listed, f"{script} reads none of the params its stage lists?"
     for key in read:
         covered = any(k == key or key.startswith(f"{k}.") or k.startswith(f"{key}.") for k in listed)

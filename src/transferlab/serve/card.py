@@ -44,7 +44,9 @@ def write_model_card(
             f"{out / 'exports.json'}: lacks {', '.join(missing)} (written by another version of "
             "stage export?); re-run the pipeline (dvc repro)"
         )
-    if exported["checkpoint_sha256"] != rec["checkpoint_sha256"]:
+    # a refit ships another file: it names the validated checkpoint it was refitted from
+    validated = exported.get("validated_checkpoint_sha256") or exported["checkpoint_sha256"]
+    if validated != rec["checkpoint_sha256"]:
         raise FingerprintMismatch(
             f"{out / 'exports.json'}: exports run {exported['run']} (checkpoint "
             f"{exported['checkpoint_sha256'][:12]}), but results/evaluate/recommended.json "
@@ -79,15 +81,32 @@ def model_card(rec: dict[str, Any], exported: dict[str, Any], code_version: str 
         "cost": {k: m[k] for k in ("train_time_s", "total_time_s", "trainable_params", "total_params")},
         "fingerprint": {
             **exported["fingerprint"],
-            "checkpoint_sha256": rec["checkpoint_sha256"],
+            "checkpoint_sha256": exported["checkpoint_sha256"],
+            **({"validated_checkpoint_sha256": rec["checkpoint_sha256"]} if exported.get("refit") else {}),
             "code_version": code_version,
         },
         "params": {"protocol": rec["protocol"], "head": exported["head"], "lr": exported["lr"]},
         "init": exported["init"],
         "chosen": rec["chosen"],
         "trained_on": rec.get("trained_on"),
+        # export.refit: the recommended strategy trained again on every image (None: the
+        # validated run itself ships)
+        "refit": exported.get("refit"),
         "exports": exported["exports"],
     }
+
+
+def _refit_text(card: dict[str, Any]) -> str:
+    """What the shipped model saw, when export.refit trained it again."""
+    r = card["refit"]
+    picked = ", ".join(f"{k} {v:g}" for k, v in r["picked"].items())
+    steps = f", {r['steps']} optimizer steps of its {r['budget_steps']}-step schedule" if "steps" in r else ""
+    return (
+        f"Shipped: not run {r['from_run']} itself but its strategy trained again on every image "
+        f"(`export.refit`: {r['images']:,} images, validation and test ones included) at what that "
+        f"run chose on validation ({picked}{steps}). No image is left to score it: the accuracy "
+        "below is the validated run's, which the refit, trained on more data, is expected to meet."
+    )
 
 
 def card_markdown(card: dict[str, Any]) -> str:
@@ -105,11 +124,13 @@ def card_markdown(card: dict[str, Any]) -> str:
             f"# Model card: {card['model']} ({card['run']})",
             "",
             f"Recommended by transferlab: {chosen['rule']}. Best on validation: {chosen['best_on_val']}; "
-            f"{chosen.get('tested_on', 'the test split')} could not separate it from: "
-            f"{', '.join(m for m in chosen['tie_set'] if m != chosen['best_on_val']) or 'no other model'}. "
-            f"Exported run: {chosen['run']}"
+            f"{chosen.get('tested_on', 'the test split')} showed within the margin "
+            f"({chosen.get('margin', 0.02):g}) of it: {', '.join(chosen.get('equivalent', [])) or 'no other model'}; "
+            f"undecided: {', '.join(chosen.get('undecided', [])) or 'none'}. "
+            f"Validated run: {chosen['run']}"
             + (f": {card['trained_on']}." if card.get("trained_on") else "."),
             "",
+            *([_refit_text(card), ""] if card.get("refit") else []),
             "## Use",
             "",
             f"Input: float32 tensor {card['input']['shape']}, RGB. Resize the shorter side to "

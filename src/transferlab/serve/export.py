@@ -85,10 +85,15 @@ def onnx_difference(clf: Classifier, path: Path) -> float | None:
 FILES = ("checkpoint.pt", "model.ts", "model.onnx", "exports.json")
 
 
-def export_recommended(run: dict[str, Any], out: Path) -> dict[str, Any]:
+def export_recommended(
+    run: dict[str, Any], out: Path, refitted: tuple[Path, dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """Export the checkpoint ``run`` names (evaluate's recommended_run.json: model, run,
     checkpoint and its SHA-256) to ``out``; returns what exports.json says. Every file is
-    written and checked before any is published, so a failed export leaves ``out`` as it was."""
+    written and checked before any is published, so a failed export leaves ``out`` as it was.
+
+    ``refitted``: export.refit's checkpoint (the recommended strategy trained again on every
+    image, transferlab.training.refit) and what it says about itself, shipped instead."""
     missing = [k for k in layout.RECOMMENDED_RUN_KEYS if k not in run]
     if missing:
         raise DataError(
@@ -100,6 +105,8 @@ def export_recommended(run: dict[str, Any], out: Path) -> dict[str, Any]:
             f"{ckpt}: not the checkpoint results/evaluate/recommended_run.json names (missing or "
             "changed); re-run the pipeline (dvc repro)"
         )
+    if refitted is not None:
+        ckpt = refitted[0]
     clf = load_classifier(ckpt)
     with ExitStack() as stack:
         tmp = {name: stack.enter_context(publish(out / name)) for name in FILES}
@@ -113,6 +120,10 @@ def export_recommended(run: dict[str, Any], out: Path) -> dict[str, Any]:
                     f"{name} export differs from the PyTorch model by {diff:.2e} (> {TOLERANCE})"
                 )
         exported = exported_facts(clf, run, ts_diff, onnx_diff)
+        exported["refit"] = refitted[1] if refitted is not None else None
+        if refitted is not None:  # the file shipped is the refit's, not the validated run's
+            exported["checkpoint_sha256"] = sha256_file(ckpt)
+            exported["validated_checkpoint_sha256"] = run["checkpoint_sha256"]
         tmp["exports.json"].write_text(json.dumps(exported, indent=2) + "\n")
     return exported
 
