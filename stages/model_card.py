@@ -26,8 +26,10 @@ def main(args: argparse.Namespace) -> None:
     chosen = card["chosen"]
     print(
         f"model-card: {card['run']} ({card['model']}), test acc {card['metrics']['test_accuracy']:.4f}; "
-        f"best on validation {chosen['best_on_val']}, tied with {len(chosen['tie_set']) - 1} other(s) "
-        f"-> {layout.RECOMMENDED}/model_card.{{json,md}}"
+        f"best on validation {chosen['best_on_val']}; shown within {chosen['margin']:g} of it: "
+        f"{', '.join(chosen['equivalent']) or 'none'}; undecided: {', '.join(chosen['undecided']) or 'none'}"
+        + (" (shipped: refit on every image)" if card.get("refit") else "")
+        + f" -> {layout.RECOMMENDED}/model_card.{{json,md}}"
     )
 
 

@@ -131,7 +131,18 @@ class TestFirstRun:
                 "seeds",
             } <= set(pair)
         v = details["verdict"]
-        assert v["best_on_val"] in v["tie_set"] and v["recommended"] in v["tie_set"]
+        assert v["best_on_val"] in v["tie_set"] and v["recommended"] in [v["best_on_val"], *v["equivalent"]]
+        # every other model has one outcome against the best, and headline.json carries them
+        others = set(ALL_MODELS) - {v["best_on_val"]}
+        assert set(v["equivalent"]) | set(v["undecided"]) | set(v["worse"]) == others
+        assert {o["outcome"] for o in v["outcomes"].values()} <= {"equivalent", "undecided", "worse"}
+        head = json.loads((project / "results/evaluate/headline.json").read_text())
+        assert (head["equivalent"], head["undecided"], head["margin"]) == (
+            v["equivalent"],
+            v["undecided"],
+            0.02,
+        )
+        assert all("vc" in pair and pair["vc"]["df"] >= 1 for pair in comparisons["pairs"])
         # lp-ft pays for the extraction and the probe it starts from
         assert metrics["lp-ft"]["total_time_s"] > metrics["lp-ft"]["train_time_s"]
         assert details["models"]["lp-ft"]["protocol"]["depends_on"] == [

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 from dvc_project import TINY, _merge, make_project, repro
 
-from transferlab.verdict.stats import mcnemar_exact
+from transferlab.verdict.stats import mcnemar_exact, variance_components, vc_test
 
 pytestmark = pytest.mark.slow
 
@@ -62,16 +62,25 @@ class TestFolds:
                 pred = json.loads((project / "results" / run["run"] / "predictions.json").read_text())
                 assert not set(ids) & set(pred["val"]["ids"])
 
-    def test_exact_mcnemar_recomputes_from_details(self, project):
+    def test_the_verdicts_test_and_the_pooled_mcnemar_recompute_from_details(self, project):
+        """The verdict's test is the variance-components t over the two fold models (one
+        degree of freedom), recomputed from the pooled predictions and the folds; the exact
+        McNemar test of the trained models stands beside it (pair["pooled"])."""
         details = _read(project, "results/evaluate/details.json")
         comparisons = _read(project, "results/evaluate/comparisons.json")
         labels = np.asarray(details["test_labels"])
+        fold = np.asarray(details["folds"]["of_image"])
         right = {m: np.asarray(d["pooled_predictions"][0]) == labels for m, d in details["models"].items()}
         assert comparisons["pairs"]
         for pair in comparisons["pairs"]:
             a, b = right[pair["a"]], right[pair["b"]]
             assert pair["n"] == len(labels)
-            assert pair["p"] == mcnemar_exact(int(np.sum(a & ~b)), int(np.sum(~a & b)))
+            assert pair["pooled"]["p"] == mcnemar_exact(int(np.sum(a & ~b)), int(np.sum(~a & b)))
+            d = a.astype(float) - b.astype(float)
+            vc = variance_components([(np.flatnonzero(fold == f), d[fold == f]) for f in (0, 1)])
+            assert pair["test"] == "variance-components t" and pair["vc"]["df"] == 1
+            assert pair["p"] == pytest.approx(vc_test(vc, len(comparisons["pairs"]))["p"])
+            assert pair["vc"]["tau"] == pytest.approx(vc["tau"])
             t = pair["corrected_t"]  # the cross-check, over the two folds
             assert t["runs"] == 2 and 0 <= t["p_holm"] <= 1
             assert isinstance(pair["tests_disagree"], bool)
@@ -97,8 +106,8 @@ class TestFolds:
     def test_report_and_model_card_say_what_was_compared_and_shipped(self, project):
         report = (project / "reports/report.md").read_text()
         assert "2-fold cross-validation" in report
-        assert "procedures" in report
-        assert "corrected t-test p (Holm)" in report
+        assert "procedures" in report and "variance-components t" in report
+        assert "corrected t-test p (Holm)" in report and "pooled McNemar p (Holm)" in report
         card = (project / "models/recommended/model_card.md").read_text()
         assert "of 2-fold cross-validation, the fold model best on its own validation" in card
 

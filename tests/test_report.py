@@ -292,3 +292,37 @@ def test_every_rate_a_search_tried_is_in_the_report():
     ]
     md = build(metrics, details, comparisons, title="T", code_version="abc", params_text="").markdown()
     assert "| full | 0 | 0.003 (picked) | grid | 0.9200 | 0.9700 | yes |" in md
+
+
+def _card_of(acc_cheap: float, n: int):
+    """The card for two models on n test images: `full` best on validation, `features`
+    cheaper with true accuracy ``acc_cheap`` against full's 0.95 (correlated outcomes)."""
+    metrics, details, _ = _inputs(["features", "full"])
+    rng = np.random.default_rng(3)
+    ease = rng.random(n)
+    correct = {
+        "full": (ease > 0.05).astype(float)[None],
+        "features": (ease + 0.02 * rng.random(n) > 1 - acc_cheap + 0.01).astype(float)[None],
+    }
+    comparisons = compare_all(correct, [0])
+    val = {"full": (0.96, 0.1), "features": (0.95, 0.2)}
+    metrics["features"]["total_time_s"], metrics["full"]["total_time_s"] = 5.0, 120.0
+    details["verdict"] = verdict(val, comparisons, {"features": 5.0, "full": 120.0})
+    details["test_ids"] = [f"img{i}.png" for i in range(n)]
+    md = build(metrics, details, comparisons, title="T", code_version="abc", params_text="").markdown()
+    return md.split("\n---\n")[0], details["verdict"]
+
+
+def test_the_card_recommends_a_cheaper_model_only_when_shown_within_the_margin():
+    card, v = _card_of(0.945, 4000)  # half a point below, on many images: shown within 2 points
+    assert v["equivalent"] == ["features"] and v["recommended"] == "features"
+    assert "**Use features**" in card and "within 2 points of it (`verdict.margin`)" in card
+    assert "*The trade*" not in card
+    card, v = _card_of(0.93, 300)  # two points below, on few images: undecided
+    assert v["undecided"] == ["features"] and v["recommended"] == "full"
+    assert "**Use full**" in card and "no cheaper model is shown within 2 points" in card
+    # the trade in the user's units: points with their interval, seconds once, same prediction cost
+    trade = next(line for line in card.splitlines() if line.startswith("*The trade*"))
+    assert "over features, the cheapest undecided, for 115.0 s more training, once" in trade
+    assert "the same prediction cost" in trade and "MB per task" in trade
+    assert "| features (cheapest undecided) |" in card

@@ -242,7 +242,7 @@ def plot_forest(
     ax.axvline(0, color="k", lw=1)
     if margin is not None:
         ax.axvline(-margin, color="C3", lw=1, ls="--", label=f"-margin ({margin:g})")
-        ax.legend(fontsize=8, loc="lower left")
+        ax.legend(fontsize=8, loc="upper left")
     ax.set_xlabel(f"test accuracy minus {best}'s (95% family-wise interval)")
     ax.set_title("Against the best on validation (shaded: cannot be told apart)", fontsize=10)
     ax.grid(alpha=0.3, axis="x")
