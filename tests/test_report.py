@@ -320,7 +320,7 @@ def test_the_card_recommends_a_cheaper_model_only_when_shown_within_the_margin()
     assert "*The trade*" not in card
     card, v = _card_of(0.93, 300)  # two points below, on few images: undecided
     assert v["undecided"] == ["features"] and v["recommended"] == "full"
-    assert "**Use full**" in card and "no cheaper model is shown within 2 points" in card
+    assert "**Use full**" in card and "A cheaper model replaces it only when these 300 test images" in card
     # the trade in the user's units: points with their interval, seconds once, same prediction cost
     trade = next(line for line in card.splitlines() if line.startswith("*The trade*"))
     assert "over features, the cheapest undecided, for 115.0 s more training, once" in trade

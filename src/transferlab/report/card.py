@@ -114,8 +114,8 @@ def verdict_card(doc: Document, r: Any, recommended: str) -> None:
         )
     elif cheaper_open:
         why = (
-            f"*Why*: best on validation; no cheaper model is shown within {margin * 100:g} points of it "
-            f"on {where} (`verdict.margin`), and not told apart is not as good."
+            f"*Why*: best on validation. A cheaper model replaces it only when {where} show it within "
+            f"{margin * 100:g} points (`verdict.margin`); none is, and not told apart is not as good."
         )
     elif v["equivalent"]:
         why = (
