@@ -8,6 +8,16 @@ colours on cluttered, noisy backgrounds, ``--per-class`` PNGs per class in ``<cl
 Seeded: the same arguments write the same images. Small shapes on busy backgrounds keep a
 pretrained backbone's probe well below perfect at 64 px, so the strategies have room to
 differ, and the learning curves have room to rise.
+
+Two knobs cover the two axes of the rules of thumb besides size:
+
+* ``--difficulty`` (0 to 1; 0.5, the default, is the folder above): smaller shapes, more
+  clutter and more pixel noise as it grows;
+* ``--distance`` from ImageNet (0 to 1; default 0): the pixels inside that share of the
+  image's 8 x 8 blocks are rearranged by one fixed permutation (the same for every image of
+  the folder). The content is all there, in a layout a network can learn, but its local
+  statistics are not those of natural photographs that pretrained filters expect: the
+  farther, the less the frozen features fit and the more fine-tuning has to do.
 """
 
 from __future__ import annotations
@@ -33,18 +43,24 @@ def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tu
     ]
 
 
-def draw(kind: str, rng: np.random.Generator, size: int) -> Image.Image:
+BLOCK = 8  # side of the blocks --distance rearranges
+
+
+def draw(kind: str, rng: np.random.Generator, size: int, difficulty: float = 0.5) -> Image.Image:
+    """One image of ``kind``; at ``difficulty`` 0.5 the folder's original rendering."""
     bg = tuple(int(v) for v in rng.integers(60, 200, 3))
     img = Image.new("RGB", (size, size), bg)
     d = ImageDraw.Draw(img)
-    for _ in range(int(rng.integers(3, 9))):  # clutter: lines and blobs in other colours
+    clutter = (round(6 * difficulty), max(round(18 * difficulty), round(6 * difficulty) + 1))
+    for _ in range(int(rng.integers(*clutter))):  # clutter: lines and blobs in other colours
         x0, y0, x1, y1 = (float(v) for v in rng.uniform(0, size, 4))
         colour = tuple(int(v) for v in rng.integers(0, 256, 3))
         if rng.random() < 0.5:
             d.line((x0, y0, x1, y1), fill=colour, width=int(rng.integers(1, 4)))
         else:
             d.ellipse((min(x0, x1), min(y0, y1), min(x0, x1) + 6, min(y0, y1) + 6), fill=colour)
-    r = float(rng.uniform(0.12, 0.3)) * size
+    scale = 1.5 - difficulty  # shapes shrink as the difficulty grows
+    r = float(rng.uniform(0.12 * scale, 0.3 * scale)) * size
     cx, cy = (float(v) for v in rng.uniform(r, size - r, 2))
     angle = float(rng.uniform(0, 2 * math.pi))
     colour = tuple(int(v) for v in rng.integers(0, 256, 3))
@@ -61,8 +77,46 @@ def draw(kind: str, rng: np.random.Generator, size: int) -> Image.Image:
         if kind == "cross":
             d.line((cx + dy, cy - dx, cx - dy, cy + dx), fill=colour, width=w)
     img = img.filter(ImageFilter.GaussianBlur(float(rng.uniform(0, 1.2))))
-    noisy = np.asarray(img, dtype=np.float32) + rng.normal(0, 18, (size, size, 3))
+    noisy = np.asarray(img, dtype=np.float32) + rng.normal(0, 36 * difficulty, (size, size, 3))
     return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+
+
+def scrambler(size: int, distance: float, seed: int):
+    """The folder's fixed rearrangement at ``distance``: a function of an image array that
+    permutes the pixels inside a fixed ``distance`` share of its 8 x 8 blocks, all by one
+    permutation. Drawn from its own generator, so the images themselves do not change."""
+    rng = np.random.default_rng([seed, 8191])
+    n = size // BLOCK
+    blocks = rng.permutation(n * n)[: round(distance * n * n)]
+    perm = rng.permutation(BLOCK * BLOCK)
+
+    def apply(a: np.ndarray) -> np.ndarray:
+        out = a.copy()
+        for b in blocks:
+            y, x = divmod(int(b), n)
+            tile = a[y * BLOCK : (y + 1) * BLOCK, x * BLOCK : (x + 1) * BLOCK].reshape(BLOCK * BLOCK, -1)
+            out[y * BLOCK : (y + 1) * BLOCK, x * BLOCK : (x + 1) * BLOCK] = tile[perm].reshape(
+                BLOCK, BLOCK, -1
+            )
+        return out
+
+    return apply
+
+
+def write_folder(
+    out: Path, per_class: int, size: int = 64, seed: int = 0, difficulty: float = 0.5, distance: float = 0.0
+) -> None:
+    """``per_class`` images of every class in ``out/<class>/``; the same arguments, the same
+    files (the knobs at their defaults give the folder this module always wrote)."""
+    if not 0 <= difficulty <= 1 or not 0 <= distance <= 1:
+        raise ValueError(f"difficulty {difficulty} and distance {distance} must lie in [0, 1]")
+    rng = np.random.default_rng(seed)
+    scramble = scrambler(size, distance, seed)
+    for kind in CLASSES:
+        (out / kind).mkdir(parents=True)
+        for i in range(per_class):
+            a = scramble(np.asarray(draw(kind, rng, size, difficulty)))
+            Image.fromarray(a).save(out / kind / f"{i:04d}.png")
 
 
 def main() -> None:
@@ -73,15 +127,19 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=300)
     parser.add_argument("--size", type=int, default=64, help="image side in pixels")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--difficulty", type=float, default=0.5, help="0 (easy) to 1 (hard)")
+    parser.add_argument("--distance", type=float, default=0.0, help="from ImageNet: 0 (none) to 1")
     args = parser.parse_args()
     if args.out.exists():
         parser.error(f"{args.out} exists: give a new folder")
-    rng = np.random.default_rng(args.seed)
-    for kind in CLASSES:
-        (args.out / kind).mkdir(parents=True)
-        for i in range(args.per_class):
-            draw(kind, rng, args.size).save(args.out / kind / f"{i:04d}.png")
-    print(f"{args.out}: {len(CLASSES)} classes x {args.per_class} images, {args.size} px")
+    try:
+        write_folder(args.out, args.per_class, args.size, args.seed, args.difficulty, args.distance)
+    except ValueError as err:
+        parser.error(str(err))
+    print(
+        f"{args.out}: {len(CLASSES)} classes x {args.per_class} images, {args.size} px, "
+        f"difficulty {args.difficulty:g}, distance {args.distance:g}"
+    )
 
 
 if __name__ == "__main__":

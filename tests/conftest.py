@@ -50,6 +50,7 @@ FIRST = [
     "test_pipeline_experiments.py",
     "test_pipeline_reruns.py",
     "test_pipeline_arms.py",
+    "test_pipeline_refit.py",
 ]
 
 
