@@ -7,7 +7,7 @@ export DVC_NO_ANALYTICS := 1
 # The pipeline's stages call `python`: make it the environment's.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup lock repro ci-repro plan test test-fast lint browser exp-sweep exp-show bench bench-overhead clean-venv
+.PHONY: setup lock repro ci-repro plan test test-fast lint browser exp-sweep exp-show bench bench-overhead audit clean-venv
 
 setup: $(VENV)/.installed
 
@@ -110,6 +110,13 @@ bench: setup
 bench-overhead: setup
 	@s=$$(date +%s); $(BIN)/dvc repro --force && \
 	  $(BIN)/python bench/overhead.py --wall $$(( $$(date +%s) - s ))
+
+# The decision procedure against the truth: user data sets drawn from a large pool, the real
+# pipeline on each, every arm scored on images no run saw (bench/audit.py; its docstring).
+#   make audit AUDIT_ARGS='--sizes 20 60 --reps 3 --name quick'
+AUDIT_ARGS ?=
+audit: setup
+	$(BIN)/python bench/audit.py $(AUDIT_ARGS)
 
 # The same three checks run before every commit with pre-commit (.pre-commit-config.yaml):
 #   .venv/bin/pre-commit install

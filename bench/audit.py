@@ -1,0 +1,385 @@
+"""The whole decision procedure audited against the truth: how much accuracy does a user give
+up when transferlab says "use X"?
+
+For each size (images per class), difficulty and repetition, a *user data set* is drawn from
+a source with a large pool (bench/shapes_folder.py by default, with its difficulty and
+distance-from-ImageNet knobs), the real pipeline runs on it (`dvc repro` in a temporary copy
+of this project, with the params below), and every arm's chosen model is scored on a *truth
+pool* of images no run saw, ten times the largest user set per class. Then, per data set:
+
+* the regret of each recommendation rule (truth accuracy of the truly best arm minus that of
+  the arm the rule picks): the verdict's own rule, the best on validation (the simplest
+  rule, the baseline every rule must beat), the earlier "cheapest of the tie set", always
+  the probe, always full;
+* coverage: the share of the stated 95% intervals, per arm (test accuracy) and per pair
+  (family-wise difference), that contain the truth;
+* wrong separations: "separably better" claims whose sign the truth contradicts;
+* wrong equivalences: models called within verdict.margin of the best that are further
+  below it on the truth;
+* the cheap signals known before any end-to-end arm trains (the probe's validation
+  accuracy, LogME, H-score, k-NN accuracy on the store, images per class) next to the
+  gap between the best fine-tuned arm and the probe on the truth.
+
+    python bench/audit.py                                  # the CPU-sized default
+    python bench/audit.py --sizes 20 --reps 2 --name smoke # minutes
+    python bench/audit.py --folder /data/pool              # your own pool: <class>/ images
+
+Writes bench/results/audit-<name>.{md,json}. The rules are scored on the same runs: they only
+re-read what evaluate wrote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import shapes_folder  # noqa: E402
+
+from transferlab.verdict.stats import pair_of, separable  # noqa: E402
+
+# The pipeline's params for every audited data set: the default protocol (search, budget in
+# steps, convergence, the verdict's rules) on a budget a CPU finishes in minutes per data set.
+AUDIT_PARAMS: dict[str, Any] = {
+    "backbone": {"image_size": 32},
+    "extract_features": {"augment_views": 2},
+    "finetune": {
+        "budget": {"steps": 150, "eval_every": 15, "warmup_steps": 15},
+        "strategies": ["full"],
+        "from_probe": ["lp-ft"],
+    },
+    "curve": {"sizes": []},
+}
+PROBE = "features"
+FULL = "full"
+TRUTH_SEED = 10**6  # the truth pool's draws never share a generator with a user set's
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(base.get(k, {}), v) if isinstance(v, dict) else v
+    return out
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="audit", GIT_COMMITTER_NAME="audit")
+    env.setdefault("GIT_AUTHOR_EMAIL", "audit@localhost")
+    env.setdefault("GIT_COMMITTER_EMAIL", "audit@localhost")
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+def project_copy(dst: Path, params: dict[str, Any]) -> Path:
+    """What git tracks of this project, at ``dst``, with ``params`` merged into params.yaml
+    and committed (DVC tracks runs by commit): a fresh clone's worth, nothing built."""
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True)
+    for rel in filter(None, tracked.stdout.split("\0")):
+        if (ROOT / rel).is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dst / rel)
+    for generated in ("dvc.lock", "results", "reports"):
+        path = dst / generated
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    for placeholder in ("results/screen", "results/curve"):
+        (dst / placeholder).mkdir(parents=True)
+        (dst / placeholder / ".gitkeep").touch()
+    p = dst / "params.yaml"
+    p.write_text(yaml.safe_dump(_merge(yaml.safe_load(p.read_text()), params), sort_keys=False))
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "audit"]):
+        subprocess.run(cmd, cwd=dst, check=True, env=_env(), capture_output=True)
+    return dst
+
+
+def run_pipeline(project: Path) -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "dvc", "repro"], cwd=project, env=_env(), capture_output=True, text=True
+    )
+    if res.returncode != 0:
+        raise RuntimeError(f"dvc repro failed in {project}:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+
+
+def _images(folder: Path) -> tuple[list[Path], list[str]]:
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    return paths, [p.parent.name for p in paths]
+
+
+def truth_accuracy(project: Path, model: str, seed: int, truth: tuple[list[Path], list[str]]) -> float:
+    """The accuracy of ``model``'s run of ``seed`` (the checkpoint evaluate scored) on the
+    truth pool, through the same preprocessing as prediction."""
+    from transferlab.serve.inference import classify, load_classifier
+
+    clf = load_classifier(project / "data" / "models" / f"{model}-s{seed}" / "model.pt")
+    paths, labels = truth
+    preds = [p.top[0][0] for p in classify(clf, paths, top_k=1, batch_size=256)]
+    return float(np.mean([a == b for a, b in zip(preds, labels, strict=True)]))
+
+
+def rule_picks(
+    details: dict[str, Any], metrics: dict[str, Any], comparisons: dict[str, Any]
+) -> dict[str, str]:
+    """What each recommendation rule picks on one run, from what evaluate wrote."""
+    v = details["verdict"]
+    cost = {m: metrics[m]["total_time_s"] for m in v["val_acc"]}
+    picks = {
+        "verdict": v["recommended"],
+        "best on validation": v["best_on_val"],
+        "cheapest of the tie set": min(v["tie_set"], key=lambda m: cost[m]),
+    }
+    if PROBE in cost:
+        picks["always the probe"] = PROBE
+    if FULL in cost:
+        picks["always full"] = FULL
+    return picks
+
+
+def score_dataset(project: Path, truth: tuple[list[Path], list[str]]) -> dict[str, Any]:
+    """Every number the audit keeps about one user data set."""
+    ev = project / "results" / "evaluate"
+    details = json.loads((ev / "details.json").read_text())
+    metrics = json.loads((ev / "metrics.json").read_text())
+    comparisons = json.loads((ev / "comparisons.json").read_text())
+    extract = json.loads((project / "results" / "extract" / "extract.json").read_text())
+    models = list(details["verdict"]["val_acc"])
+    seed = details["seeds"][0]
+    true = {m: truth_accuracy(project, m, seed, truth) for m in models}
+    best_true = max(true.values())
+    picks = rule_picks(details, metrics, comparisons)
+    v = details["verdict"]
+    covered = {m: metrics[m]["test_acc_ci_lo"] <= true[m] <= metrics[m]["test_acc_ci_hi"] for m in models}
+    pairs, wrong_sep, seps = [], 0, 0
+    for p in comparisons["pairs"]:
+        lo, hi = p["ci_family"]
+        diff = true[p["a"]] - true[p["b"]]
+        pairs.append(lo <= diff <= hi)
+        if separable(p):
+            seps += 1
+            wrong_sep += int(np.sign(p["diff"]) != np.sign(diff))
+    best = v["best_on_val"]
+    wrong_eq = [m for m in v.get("equivalent", []) if true[m] - true[best] < -v["margin"]]
+    tuned = [m for m in models if m not in (PROBE, "features-augmented")]
+    gap = max(true[m] for m in tuned) - true[PROBE] if tuned and PROBE in true else None
+    return {
+        "true_acc": true,
+        "test_acc": {m: metrics[m]["test_acc"] for m in models},
+        "val_acc": v["val_acc"],
+        "picks": picks,
+        "regret": {rule: best_true - true[m] for rule, m in picks.items()},
+        "truly_best": max(true, key=lambda m: true[m]),
+        "arm_covered": covered,
+        "pair_covered": pairs,
+        "separations": seps,
+        "wrong_separations": wrong_sep,
+        "equivalences": len(v.get("equivalent", [])),
+        "wrong_equivalences": wrong_eq,
+        "signals": {
+            "probe_val_acc": v["val_acc"].get(PROBE),
+            **extract.get("transferability", {}).get("scores", {}),
+            "train_images": details["split_sizes"].get("train"),
+            "classes": len(details["classes"]),
+        },
+        "truth_gap_finetuned_minus_probe": gap,
+        "test_gap_finetuned_minus_probe": (
+            pair_of(comparisons, max(tuned, key=lambda m: v["val_acc"][m]), PROBE)["diff"]
+            if tuned and PROBE in models
+            else None
+        ),
+    }
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per cell (size, difficulty): the regret of every rule (mean, 90th percentile, worst),
+    coverage, and the share of wrong separation and equivalence claims."""
+    out: dict[str, Any] = {"datasets": len(rows), "regret": {}}
+    rules = sorted({r for row in rows for r in row["regret"]})
+    for rule in rules:
+        values = np.array([row["regret"][rule] for row in rows if rule in row["regret"]])
+        out["regret"][rule] = {
+            "mean": float(values.mean()),
+            "p90": float(np.percentile(values, 90)),
+            "worst": float(values.max()),
+        }
+    arm = [c for row in rows for c in row["arm_covered"].values()]
+    pair = [c for row in rows for c in row["pair_covered"]]
+    seps = sum(row["separations"] for row in rows)
+    eqs = sum(row["equivalences"] for row in rows)
+    out["arm_coverage"] = float(np.mean(arm)) if arm else None
+    out["pair_coverage"] = float(np.mean(pair)) if pair else None
+    out["separations"] = seps
+    out["wrong_separation_share"] = sum(row["wrong_separations"] for row in rows) / seps if seps else None
+    out["equivalences"] = eqs
+    out["wrong_equivalence_share"] = (
+        sum(len(row["wrong_equivalences"]) for row in rows) / eqs if eqs else None
+    )
+    return out
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x * 100:.1f}"
+
+
+def markdown(cells: dict[str, dict[str, Any]], args: argparse.Namespace, seconds: float) -> str:
+    rules = sorted({r for c in cells.values() for r in c["summary"]["regret"]})
+    lines = [
+        f"# Audit against the truth: {args.name}",
+        "",
+        f"`python bench/audit.py {' '.join(sys.argv[1:])}` ({seconds / 60:.0f} min): per size and "
+        f"difficulty {args.reps} user data sets drawn from {args.source_desc}, the pipeline run on "
+        f"each with the audit's params, every arm's chosen model scored on a truth pool of "
+        f"{args.truth_per_class} images per class that no run saw. Regret: truth accuracy of the truly "
+        "best arm minus the picked arm's, in points (mean / 90th percentile / worst).",
+        "",
+        "| per class | difficulty | data sets | "
+        + " | ".join(f"regret: {r}" for r in rules)
+        + " | arm intervals covering | pair intervals covering | wrong separations | wrong equivalences |",
+        "|---|---|---|" + "---|" * (len(rules) + 4),
+    ]
+    for c in cells.values():
+        s = c["summary"]
+        regret = [
+            "{:.1f} / {:.1f} / {:.1f}".format(*(s["regret"][r][k] * 100 for k in ("mean", "p90", "worst")))
+            if r in s["regret"]
+            else ""
+            for r in rules
+        ]
+        lines.append(
+            f"| {c['per_class']} | {c['difficulty']:g} | {s['datasets']} | "
+            + " | ".join(regret)
+            + f" | {_pct(s['arm_coverage'])}% | {_pct(s['pair_coverage'])}% | "
+            f"{_pct(s['wrong_separation_share'])}% of {s['separations']} | "
+            f"{_pct(s['wrong_equivalence_share'])}% of {s['equivalences']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[20, 60, 200], help="images per class")
+    ap.add_argument("--difficulties", type=float, nargs="+", default=[0.3, 0.7])
+    ap.add_argument("--distance", type=float, default=0.0, help="shapes: distance from ImageNet")
+    ap.add_argument("--reps", type=int, default=5, help="user data sets per size and difficulty")
+    ap.add_argument("--truth-per-class", type=int, default=None, help="default: 10 x the largest size")
+    ap.add_argument("--folder", type=Path, default=None, help="a pool of <class>/ images instead of shapes")
+    ap.add_argument("--params", type=Path, default=None, help="a YAML of params merged over the audit's")
+    ap.add_argument("--name", default="cpu")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary projects")
+    args = ap.parse_args()
+    args.truth_per_class = args.truth_per_class or 10 * max(args.sizes)
+    params = _merge(AUDIT_PARAMS, yaml.safe_load(args.params.read_text()) if args.params else {})
+    work = Path(tempfile.mkdtemp(prefix="transferlab-audit-"))
+    t0 = time.perf_counter()
+    cells: dict[str, dict[str, Any]] = {}
+    difficulties = args.difficulties if args.folder is None else [float("nan")]
+    args.source_desc = (
+        f"the folder {args.folder}" if args.folder else f"bench/shapes_folder.py (distance {args.distance:g})"
+    )
+    for difficulty in difficulties:
+        truth_dir = work / f"truth-{difficulty:g}"
+        if args.folder is None:
+            shapes_folder.write_folder(
+                truth_dir,
+                args.truth_per_class,
+                seed=TRUTH_SEED,
+                difficulty=difficulty,
+                distance=args.distance,
+            )
+            pool = None
+        else:
+            pool = _split_pool(args.folder, args.truth_per_class, truth_dir)
+        truth = _images(truth_dir)
+        for size in args.sizes:
+            rows = []
+            for rep in range(args.reps):
+                user = work / f"user-{difficulty:g}-{size}-{rep}"
+                if pool is None:
+                    shapes_folder.write_folder(
+                        user, size, seed=rep, difficulty=difficulty, distance=args.distance
+                    )
+                else:
+                    _draw_user(pool, size, rep, user)
+                project = project_copy(
+                    work / f"project-{difficulty:g}-{size}-{rep}",
+                    _merge(params, {"download": {"source": "folder", "path": str(user)}}),
+                )
+                run_pipeline(project)
+                row = score_dataset(project, truth)
+                row.update({"per_class": size, "difficulty": difficulty, "rep": rep})
+                rows.append(row)
+                print(
+                    f"audit: {size}/class difficulty {difficulty:g} rep {rep}: "
+                    + ", ".join(f"{r} {g * 100:.1f}" for r, g in row["regret"].items()),
+                    flush=True,
+                )
+                if not args.keep:
+                    shutil.rmtree(project)
+            key = f"{size}-{difficulty:g}"
+            cells[key] = {
+                "per_class": size,
+                "difficulty": difficulty,
+                "rows": rows,
+                "summary": summarize(rows),
+            }
+    seconds = time.perf_counter() - t0
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"audit-{args.name}.json").write_text(
+        json.dumps(
+            {"params": params, "args": {k: str(v) for k, v in vars(args).items()}, "cells": cells}, indent=1
+        )
+        + "\n"
+    )
+    text = markdown(cells, args, seconds)
+    (out / f"audit-{args.name}.md").write_text(text)
+    print(text)
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _split_pool(folder: Path, truth_per_class: int, truth_dir: Path) -> dict[str, list[Path]]:
+    """A user's own pool: per class, a seeded ``truth_per_class`` images linked into the truth
+    folder, the rest left to draw user data sets from (disjoint by construction)."""
+    paths, labels = _images(folder)
+    by_class: dict[str, list[Path]] = {}
+    for p, c in zip(paths, labels, strict=True):
+        by_class.setdefault(c, []).append(p)
+    rest: dict[str, list[Path]] = {}
+    for c, items in by_class.items():
+        items = sorted(items)
+        random.Random(TRUTH_SEED).shuffle(items)
+        if len(items) <= truth_per_class:
+            raise SystemExit(
+                f"{folder}/{c}: {len(items)} images, not more than the truth pool's {truth_per_class}"
+            )
+        (truth_dir / c).mkdir(parents=True)
+        for p in items[:truth_per_class]:
+            (truth_dir / c / p.name).symlink_to(p.resolve())
+        rest[c] = items[truth_per_class:]
+    return rest
+
+
+def _draw_user(pool: dict[str, list[Path]], size: int, rep: int, dst: Path) -> None:
+    for c, items in pool.items():
+        if len(items) < size:
+            raise SystemExit(f"class {c}: {len(items)} images left after the truth pool, fewer than {size}")
+        (dst / c).mkdir(parents=True)
+        for p in random.Random(rep).sample(items, size):
+            shutil.copy2(p, dst / c / p.name)
+
+
+if __name__ == "__main__":
+    main()
