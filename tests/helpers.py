@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 from PIL import Image
@@ -76,3 +79,14 @@ def save_head_checkpoint(root: Path, classes: list[str]):
     path = root / "features-s0" / "model.pt"
     save_checkpoint(path, head, meta)
     return path, bb, head
+
+
+def bench_module(name: str) -> ModuleType:
+    """bench/<name>.py imported as module ``name`` (bench/ is scripts, not a package)."""
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

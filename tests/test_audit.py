@@ -1,18 +1,10 @@
 """bench/audit.py's scoring of the recommendation rules, on constructed runs (the audit itself
 runs the real pipeline: `make audit`)."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
+from helpers import bench_module
 
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("audit", ROOT / "bench" / "audit.py")
-assert spec and spec.loader
-audit = importlib.util.module_from_spec(spec)
-sys.modules["audit"] = audit
-spec.loader.exec_module(audit)
+audit = bench_module("audit")
 
 
 def test_each_rule_picks_from_what_evaluate_wrote():

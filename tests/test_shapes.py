@@ -2,20 +2,14 @@
 ImageNet (the audit's axes besides size)."""
 
 import hashlib
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import bench_module
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("shapes_folder", ROOT / "bench" / "shapes_folder.py")
-assert spec and spec.loader
-shapes = importlib.util.module_from_spec(spec)
-sys.modules["shapes_folder"] = shapes
-spec.loader.exec_module(shapes)
+shapes = bench_module("shapes_folder")
 
 
 def test_the_default_knobs_draw_the_folder_the_docs_measured():

@@ -24,6 +24,7 @@ from transferlab.selection import Scored, best_index
 from transferlab.training.records import RunSummary, read_summary
 from transferlab.verdict.metrics import per_class_f1
 from transferlab.verdict.stats import (
+    Z80,
     accuracy_interval,
     corrected_resampled_t,
     holm,
@@ -338,7 +339,7 @@ def _settle(pair: dict[str, Any], margin: float, family: int, folds: bool) -> di
     if folds and vc and vc["tau"] > 0 and pair["diff"] > -margin:
         from scipy import stats as sps
 
-        z = float(sps.norm.ppf(1 - ALPHA / family)) + 0.8416212335729143
+        z = float(sps.norm.ppf(1 - ALPHA / family)) + Z80
         room = ((pair["diff"] + margin) / z) ** 2 - vc["s_images"] ** 2 / vc["images"]
         out["fold_models"] = math.ceil(vc["tau"] ** 2 / room) if room > 0 else None
     return out
