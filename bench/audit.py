@@ -110,8 +110,9 @@ def run_pipeline(project: Path) -> None:
     res = subprocess.run(
         [sys.executable, "-m", "dvc", "repro"], cwd=project, env=_env(), capture_output=True, text=True
     )
-    if res.returncode != 0:
-        raise RuntimeError(f"dvc repro failed in {project}:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+    if res.returncode != 0:  # the stage's own one-line error is the last thing DVC printed
+        last = (res.stderr.strip() or res.stdout.strip()).splitlines()[-3:]
+        raise SystemExit(f"audit: dvc repro failed in {project} (kept): " + " | ".join(last))
 
 
 def _images(folder: Path) -> tuple[list[Path], list[str]]:
@@ -357,6 +358,8 @@ def _split_pool(folder: Path, truth_per_class: int, truth_dir: Path) -> dict[str
     by_class: dict[str, list[Path]] = {}
     for p, c in zip(paths, labels, strict=True):
         by_class.setdefault(c, []).append(p)
+    if len(by_class) < 2:
+        raise SystemExit(f"audit: {folder}: {len(by_class)} class folder(s) with images; need at least 2")
     rest: dict[str, list[Path]] = {}
     for c, items in by_class.items():
         items = sorted(items)
