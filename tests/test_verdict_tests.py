@@ -15,14 +15,34 @@ from transferlab.verdict import calibration, evaluation
 from transferlab.verdict.stats import noninferior, variance_components, vc_test
 
 
+def adjusted_var(d_i):
+    """The images' variance with Agresti and Min's half count per cell: pseudo-images +1 and
+    -1 at weight 1/2 and 0 at weight 1, around the unshrunk mean."""
+    mu = d_i.mean()
+    dev = ((d_i - mu) ** 2).sum() + 0.5 * (1 - mu) ** 2 + 0.5 * (1 + mu) ** 2 + mu**2
+    return dev / (len(d_i) + 1)
+
+
 def test_one_group_is_the_paired_t_on_the_images():
     rng = np.random.default_rng(0)
     d = rng.choice([-1.0, 0.0, 1.0], size=200, p=[0.05, 0.88, 0.07])
     vc = variance_components([(np.arange(200), d)])
     assert vc["models"] == 1 and vc["df"] == 199 and vc["tau"] == 0.0
     assert vc["diff"] == pytest.approx(d.mean())
-    assert vc["se"] == pytest.approx(d.std(ddof=1) / math.sqrt(200))
-    assert vc_test(vc)["p"] == pytest.approx(sps.ttest_1samp(d, 0.0).pvalue)
+    assert vc["se"] == pytest.approx(math.sqrt(adjusted_var(d) / 200))
+    # the half counts barely move a test with two dozen discordant images
+    assert vc_test(vc)["p"] == pytest.approx(sps.ttest_1samp(d, 0.0).pvalue, rel=0.1)
+
+
+def test_agreement_on_a_few_test_images_is_not_equivalence():
+    """Two models right and wrong on the same 18 images have no variance to show; the half
+    counts keep the test from calling them equivalent (at 2 points) on so little, while
+    agreement on 1,000 images is enough."""
+    few = variance_components([(np.arange(18), np.zeros(18))])
+    assert few["se"] > 0.04 and noninferior(few, 0.02)["p"] > 0.05
+    assert vc_test(variance_components([(np.arange(18), np.ones(18))]))["p"] < 1e-6  # 18 of 18 wins
+    many = variance_components([(np.arange(1000), np.zeros(1000))])
+    assert noninferior(many, 0.02)["p"] < 0.01
 
 
 def test_fold_models_variance_enters_by_moments():
@@ -40,7 +60,7 @@ def test_fold_models_variance_enters_by_moments():
     tau2 = max(0.0, np.var(means, ddof=1) - within)
     d_all = np.concatenate([g[1] for g in groups])
     assert vc["tau"] == pytest.approx(math.sqrt(tau2))
-    assert vc["se"] == pytest.approx(math.sqrt(d_all.var(ddof=1) / 200 + tau2 / 5))
+    assert vc["se"] == pytest.approx(math.sqrt(adjusted_var(d_all) / 200 + tau2 / 5))
     assert vc["df"] == 4 and vc["images"] == 200
     assert tau2 > 0  # the offsets are far larger than the images' noise over 40 images
     # the fold models' variance widens the test beyond the images' own
@@ -63,7 +83,7 @@ def test_repeats_average_each_image_over_its_partitions():
     )
     d_i = (d0 + d1) / 2
     assert vc["images"] == 4 and vc["models"] == 4 and vc["diff"] == pytest.approx(d_i.mean())
-    assert vc["s_images"] == pytest.approx(d_i.std(ddof=1))
+    assert vc["s_images"] == pytest.approx(math.sqrt(adjusted_var(d_i)))
 
 
 def test_noninferiority_bound_and_test_agree():

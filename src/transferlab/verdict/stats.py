@@ -317,6 +317,7 @@ def variance_components(groups: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict
     M - 1 degrees of freedom: the fold models, not the images, limit what is known about
     tau^2. With one group (a hold-out split) tau^2 is not estimable and the test is the
     paired t on the images (N - 1 degrees of freedom): it is about those two trained models.
+    The images' variance counts two pseudo-images (below), so it is never zero.
     """
     if not groups:
         raise ValueError("variance_components needs at least one group")
@@ -333,7 +334,13 @@ def variance_components(groups: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict
     d_i = total[seen] / count[seen]
     n, m = int(seen.sum()), len(groups)
     mu = float(d_i.mean())
-    s2 = float(d_i.var(ddof=1)) if n > 1 else 0.0
+    # The images' variance with Agresti and Min's half count in each cell of the paired 2x2
+    # table (two pseudo-images: +1 and -1 at weight 1/2, 0 at weight 1): on a few test
+    # images two models that agree everywhere have no variance to show, and an unadjusted
+    # t would call them equivalent (or separably different) with certainty. The estimate mu
+    # itself is left unshrunk.
+    dev = float(((d_i - mu) ** 2).sum()) + 0.5 * (1 - mu) ** 2 + 0.5 * (1 + mu) ** 2 + mu**2
+    s2 = dev / (n + 1)
     tau2 = max(0.0, float(np.var(means, ddof=1)) - float(np.mean(within))) if m > 1 else 0.0
     var = s2 / n + tau2 / m
     return {
