@@ -197,3 +197,20 @@ def test_the_simulated_world_is_the_one_the_table_describes():
         0.03, abs=1e-6
     )
     assert a.mean() == pytest.approx(calibration.true_accuracy(0.0, 0.0), abs=0.01)
+
+
+@pytest.mark.parametrize("design", calibration.DESIGNS, ids=lambda d: d.name)
+def test_the_calibrations_vectorised_estimate_is_the_pipelines(design):
+    """bench/calibration.py measures the rates of stats.variance_components through a
+    vectorised copy: the same mean and standard error on simulated data sets."""
+    rng = np.random.default_rng(3)
+    a, b, fold = calibration._outcomes(rng, 3, design, (0.0, 0.1), 0.3)
+    mu, se, df = calibration._vc(a - b, fold, design.folds)
+    for j in range(3):
+        groups = []
+        for r in range(design.repeats):
+            for f in range(design.folds):
+                idx = np.flatnonzero(fold[j, r] == f)
+                groups.append((idx, (a - b)[j, r, idx]))
+        vc = variance_components(groups)
+        assert vc["diff"] == pytest.approx(mu[j]) and vc["se"] == pytest.approx(se[j]) and vc["df"] == df

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as sps
 
-from transferlab.verdict.stats import mcnemar_exact, paired_test
+from transferlab.verdict.stats import mcnemar_exact, paired_test, variance_components, vc_test
 
 DIFFICULTY = (3.0, 2.0)  # mean and sd of d_i: about 90% accuracy
 SIGMA_E = 0.8  # model-image interaction: about 6% discordant images between two models
@@ -103,7 +103,9 @@ def _vc(dmat: np.ndarray, fold: np.ndarray, k: int) -> tuple[np.ndarray, np.ndar
     sims, r, n = dmat.shape
     d_i = dmat.mean(axis=1)
     mu = d_i.mean(axis=1)
-    s2 = d_i.var(axis=1, ddof=1)
+    # with the half counts of variance_components: pseudo-images +1, -1 (weight 1/2) and 0
+    dev = ((d_i - mu[:, None]) ** 2).sum(axis=1) + 0.5 * (1 - mu) ** 2 + 0.5 * (1 + mu) ** 2 + mu**2
+    s2 = dev / (n + 1)
     if k * r == 1:
         return mu, np.sqrt(s2 / n), n - 1
     by_fold = np.take_along_axis(dmat, np.argsort(fold, axis=2, kind="stable"), axis=2).reshape(
@@ -115,14 +117,20 @@ def _vc(dmat: np.ndarray, fold: np.ndarray, k: int) -> tuple[np.ndarray, np.ndar
     return mu, np.sqrt(s2 / n + tau2 / (r * k)), r * k - 1
 
 
-def _mcnemar_separates(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The hold-out rule per data set: exact McNemar p < 0.05 and the 95% paired bootstrap
-    interval excluding 0 (one pair, so family-wise = 95%). a, b: (sims, images)."""
+def _mcnemar_separates(a: np.ndarray, b: np.ndarray, interval: str = "t") -> np.ndarray:
+    """The pipeline's rule for one pair per data set: exact McNemar p < 0.05 and the 95%
+    interval excluding 0 (one pair, so family-wise = 95%): the paired t's with half counts
+    (a hold-out split, one seed) or the paired bootstrap's (``interval="bootstrap"``: the
+    pooled view of k-fold). a, b: (sims, images)."""
     only_a, only_b = np.sum(a > b, axis=1), np.sum(a < b, axis=1)
     out = np.zeros(len(a), dtype=bool)
     for j in range(len(a)):
         if mcnemar_exact(int(only_a[j]), int(only_b[j])) < 0.05:
-            lo, hi = paired_test(a[j][None], b[j][None], boot=400, seed=j)["ci_family"]  # type: ignore[misc]
+            if interval == "bootstrap":
+                lo, hi = paired_test(a[j][None], b[j][None], boot=400, seed=j)["ci_family"]  # type: ignore[misc]
+            else:
+                vc = variance_components([(np.arange(a.shape[1]), a[j] - b[j])])
+                lo, hi = vc_test(vc)["ci_family"]
             out[j] = lo > 0 or hi < 0
     return out
 
@@ -175,7 +183,7 @@ def rates(
                 counts["false_separation"] += int(separates.sum())
                 counts["power_equivalence"] += int(equivalent.sum())
                 if pooled and not holdout and design.repeats == 1:
-                    counts["pooled"] += int(_mcnemar_separates(a[:, 0], b[:, 0]).sum())
+                    counts["pooled"] += int(_mcnemar_separates(a[:, 0], b[:, 0], "bootstrap").sum())
             elif name == "apart":
                 counts["false_equivalence"] += int(equivalent.sum())
             else:

@@ -245,6 +245,17 @@ def _procedures_test(pairs: list[dict[str, Any]]) -> None:
         pair["test"] = "variance-components t"
 
 
+def _small_sample_intervals(pairs: list[dict[str, Any]]) -> None:
+    """One hold-out split and one seed: the pair's intervals are the paired t's on the
+    images (pair["vc"], with its half counts), the estimate the equivalence outcomes use;
+    the percentile bootstrap's move to pair["bootstrap"]. On a few dozen test images the
+    percentile bootstrap is too narrow: the audit (docs/verdict.md) measured its family-wise
+    intervals covering the truth in 90% of pairs at 18 test images, where they claim 99%."""
+    for pair in pairs:
+        pair["bootstrap"] = {"ci95": pair["ci95"], "ci_family": pair["ci_family"]}
+        pair["ci95"], pair["ci_family"] = pair["vc"]["ci95"], pair["vc"]["ci_family"]
+
+
 CV_METHOD = (
     " With base.folds = k (and base.repeats = r partitions) every image is a test image once "
     "per partition, predicted by the fold model that never saw it; the tests compare "
@@ -303,17 +314,21 @@ def compare_all(
         if fold_models is not None:
             _procedures_test(pairs)
         _cross_check(pairs, folds)
+    elif len(seeds) == 1:
+        _small_sample_intervals(pairs)
     return {
         "alpha": ALPHA,
         "method": (
             "Paired on the same test images. diff = acc_a - acc_b (mean over seeds and images). "
-            "ci95: paired bootstrap percentile interval, resampling images (and, with several "
+            "ci95: with one seed and no folds the paired t interval on the images (vc, below; "
+            "the percentile bootstrap's in bootstrap); otherwise the paired bootstrap percentile "
+            "interval, resampling images (and, with several "
             "seeds, the seeds too: hierarchical). p: with one seed the exact McNemar test "
             "(two-sided binomial test on the discordant images); with several seeds a "
             "two-sided sign-flip test on the per-image accuracy difference averaged over seeds "
             "(exact up to 20 informative images, else 20,000 Monte Carlo flips), which reduces "
             "to McNemar's with one seed. p_holm: Holm's step-down adjustment over all pairs. "
-            "ci_family: the same bootstrap at level 1 - alpha/family (Bonferroni over the "
+            "ci_family: the same interval at level 1 - alpha/family (Bonferroni over the "
             "family of all pairs): the intervals hold together, and a pair is separable only "
             "when p_holm < alpha and ci_family excludes 0. "
             "vc: the variance-components estimate (diff, se, df, tau) on which the verdict's "
