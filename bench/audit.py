@@ -42,6 +42,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import shapes_folder  # noqa: E402
 
+from transferlab.verdict import gap  # noqa: E402
 from transferlab.verdict.stats import pair_of, separable  # noqa: E402
 
 # The pipeline's params for every audited data set: the default protocol (search, budget in
@@ -290,6 +292,8 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     pair = [c for row in rows for c in row["pair_covered"]]
     seps = sum(row["separations"] for row in rows)
     eqs = sum(row["equivalences"] for row in rows)
+    gaps = [g for row in rows if (g := row.get("truth_gap_finetuned_minus_probe")) is not None]
+    out["truth_gap_mean"] = float(np.mean(gaps)) if gaps else None
     out["arm_coverage"] = float(np.mean(arm)) if arm else None
     out["pair_coverage"] = float(np.mean(pair)) if pair else None
     out["separations"] = seps
@@ -305,12 +309,58 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{x * 100:.1f}"
 
 
-def markdown(cells: dict[str, dict[str, Any]], args: argparse.Namespace, seconds: float) -> str:
+def gap_markdown(model: gap.GapModel | None) -> list[str]:
+    """The gap predictor's held-out record, as the audit's second table."""
+    if model is None:
+        return ["", "Too few data sets (fewer than 8) to cross-validate a predictor of the gap."]
+    cv = model.cv
+    r = cv["regret"]
+    verdict = (
+        "beats every policy that needs no prediction, and the average gap,"
+        if model.shown
+        else "does not beat every policy that needs no prediction (always the probe, always full, "
+        "every arm and the verdict) and the average gap"
+    )
+    return [
+        "",
+        "## Predicting fine-tuning's gain before it trains",
+        "",
+        f"A ridge regression of the truth gap (best fine-tuned arm minus the probe) on {', '.join(gap.SIGNALS)}, "
+        f"left one data set out at a time ({cv['datasets']} data sets). Acting on it: run every arm and "
+        "follow the verdict when the predicted gap is positive, otherwise keep the probe.",
+        "",
+        "| held out | mean abs. error of the gap | mean regret |",
+        "|---|---|---|",
+        f"| the predictor | {cv['mae'] * 100:.1f} points | {r['acting on the prediction'] * 100:.1f} points "
+        f"(fine-tuning advised on {cv['fine_tune_advised'] * 100:.0f}% of data sets) |",
+        f"| the average gap (a constant) | {cv['mae_constant'] * 100:.1f} points | |",
+        f"| always the probe | | {r['always the probe'] * 100:.1f} points |",
+        f"| always full | | {r['always full'] * 100:.1f} points |",
+        f"| every arm, the verdict | | {r['verdict'] * 100:.1f} points |",
+        "",
+        f"The predictor {verdict} on held-out data sets"
+        + (
+            ": `transferlab plan` shows it (with --install-gap-model)."
+            if model.shown
+            else ": it is not shown to users."
+        )
+        + f" Held-out errors (truth minus prediction), 10th to 90th percentile: "
+        f"{cv['residual_p10'] * 100:+.1f} to {cv['residual_p90'] * 100:+.1f} points.",
+    ]
+
+
+def markdown(
+    cells: dict[str, dict[str, Any]],
+    args: argparse.Namespace,
+    seconds: float,
+    model: gap.GapModel | None = None,
+    command: str = "python bench/audit.py",
+) -> str:
     rules = sorted({r for c in cells.values() for r in c["summary"]["regret"]})
     lines = [
         f"# Audit against the truth: {args.name}",
         "",
-        f"`python bench/audit.py {' '.join(sys.argv[1:])}` ({seconds / 60:.0f} min): per size and "
+        f"`{command}` ({seconds / 60:.0f} min): per size and "
         f"difficulty {args.reps} user data sets drawn from {args.source_desc}, the pipeline run on "
         f"each with the audit's params, every arm's chosen model scored on a truth pool of "
         f"{args.truth_per_class} images per class that no run saw. Regret: truth accuracy of the truly "
@@ -318,8 +368,9 @@ def markdown(cells: dict[str, dict[str, Any]], args: argparse.Namespace, seconds
         "",
         "| per class | difficulty | data sets | "
         + " | ".join(f"regret: {r}" for r in rules)
-        + " | arm intervals covering | pair intervals covering | wrong separations | wrong equivalences |",
-        "|---|---|---|" + "---|" * (len(rules) + 4),
+        + " | arm intervals covering | pair intervals covering | wrong separations | wrong equivalences"
+        " | truth gap: fine-tuned - probe |",
+        "|---|---|---|" + "---|" * (len(rules) + 5),
     ]
     for c in cells.values():
         s = c["summary"]
@@ -334,9 +385,11 @@ def markdown(cells: dict[str, dict[str, Any]], args: argparse.Namespace, seconds
             + " | ".join(regret)
             + f" | {_pct(s['arm_coverage'])}% | {_pct(s['pair_coverage'])}% | "
             f"{_pct(s['wrong_separation_share'])}% of {s['separations']} | "
-            f"{_pct(s['wrong_equivalence_share'])}% of {s['equivalences']} |"
+            f"{_pct(s['wrong_equivalence_share'])}% of {s['equivalences']} | "
+            + ("n/a" if s["truth_gap_mean"] is None else f"{s['truth_gap_mean'] * 100:+.1f}")
+            + " |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + gap_markdown(model)) + "\n"
 
 
 def audit_one(work: Path, params: dict[str, Any], user: Path, truth: TruthPool, keep: bool) -> dict[str, Any]:
@@ -369,8 +422,23 @@ def main() -> None:
         "cores two one-thread runs finish 1.45x sooner than one run on both)",
     )
     ap.add_argument("--name", default="cpu")
+    ap.add_argument(
+        "--out", type=Path, default=ROOT / "bench" / "results", help="where audit-<name>.{md,json} go"
+    )
     ap.add_argument("--keep", action="store_true", help="keep the temporary projects")
+    ap.add_argument(
+        "--install-gap-model",
+        action="store_true",
+        help="save the fitted gap predictor where `transferlab plan` reads it "
+        "(src/transferlab/verdict/gap_model.json; shown only if it beat the trivial policies)",
+    )
+    ap.add_argument(
+        "--reread", type=Path, default=None, help="an audit's JSON: summarize it again, run nothing"
+    )
     args = ap.parse_args()
+    if args.reread is not None:
+        reread(args.reread, args)
+        return
     if args.jobs < 1 or args.reps < 1 or min(args.sizes) < 1:
         ap.error("--jobs, --reps and --sizes must be at least 1")
     args.truth_per_class = args.truth_per_class or 10 * max(args.sizes)
@@ -424,6 +492,16 @@ def main() -> None:
 
     with ThreadPoolExecutor(args.jobs) as pool_:
         rows = list(pool_.map(one, tasks))
+    command = "python bench/audit.py " + " ".join(sys.argv[1:])
+    write_results(rows, params, args, time.perf_counter() - t0, command.strip())
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def write_results(
+    rows: list[dict[str, Any]], params: dict[str, Any], args: argparse.Namespace, seconds: float, command: str
+) -> None:
+    """The cells' summaries, the gap predictor and both files, from the audited rows."""
     cells: dict[str, dict[str, Any]] = {}
     for row in rows:
         cell = cells.setdefault(
@@ -433,26 +511,49 @@ def main() -> None:
         cell["rows"].append(row)
     for cell in cells.values():
         cell["summary"] = summarize(cell["rows"])
-    seconds = time.perf_counter() - t0
-    out = ROOT / "bench" / "results"
+    sizes = sorted({row["per_class"] for row in rows})
+    model = gap.from_audit(
+        rows,
+        fitted_on=f"{len(rows)} audited data sets from {args.source_desc}, "
+        f"{sizes[0]}-{sizes[-1]} images per class",
+    )
+    if model is not None and args.install_gap_model:
+        model.save()
+    out = args.out
     out.mkdir(parents=True, exist_ok=True)
+    saved = {k: str(v) for k, v in vars(args).items() if k not in ("reread", "install_gap_model", "out")}
     (out / f"audit-{args.name}.json").write_text(
         json.dumps(
             {
                 "params": params,
-                "args": {k: str(v) for k, v in vars(args).items()},
+                "args": saved,
+                "command": command,
                 "seconds": round(seconds),
                 "cells": cells,
+                "gap_model": None if model is None else asdict(model),
             },
             indent=1,
         )
         + "\n"
     )
-    text = markdown(cells, args, seconds)
+    text = markdown(cells, args, seconds, model, command)
     (out / f"audit-{args.name}.md").write_text(text)
     print(text)
-    if not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
+
+
+def reread(path: Path, args: argparse.Namespace) -> None:
+    """Summaries, rules and the gap predictor again from an audit's JSON, without running
+    anything (the rules only re-read the runs)."""
+    try:
+        data = json.loads(path.read_text())
+        rows = [row for cell in data["cells"].values() for row in cell["rows"]]
+        saved = data["args"]
+    except (OSError, ValueError, KeyError) as err:
+        raise SystemExit(f"audit: {path}: not an audit's JSON ({err})") from None
+    args.reps, args.truth_per_class = int(saved["reps"]), int(saved["truth_per_class"])
+    args.source_desc = saved["source_desc"]
+    args.name = path.stem.removeprefix("audit-")
+    write_results(rows, data["params"], args, data["seconds"], data.get("command", "python bench/audit.py"))
 
 
 def _split_pool(folder: Path, truth_per_class: int, truth_dir: Path) -> dict[str, list[Path]]:

@@ -41,6 +41,7 @@ def test_summary_counts_regret_coverage_and_wrong_claims():
             "wrong_separations": 1,
             "equivalences": 1,
             "wrong_equivalences": [],
+            "truth_gap_finetuned_minus_probe": 0.03,
         },
         {
             "regret": {"verdict": 0.04, "best on validation": 0.0},
@@ -50,6 +51,7 @@ def test_summary_counts_regret_coverage_and_wrong_claims():
             "wrong_separations": 0,
             "equivalences": 1,
             "wrong_equivalences": ["b"],
+            "truth_gap_finetuned_minus_probe": -0.01,
         },
     ]
     s = audit.summarize(rows)
@@ -58,3 +60,4 @@ def test_summary_counts_regret_coverage_and_wrong_claims():
     assert s["wrong_separation_share"] == pytest.approx(0.5) and s[
         "wrong_equivalence_share"
     ] == pytest.approx(0.5)
+    assert s["truth_gap_mean"] == pytest.approx(0.01)

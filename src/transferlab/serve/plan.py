@@ -306,4 +306,30 @@ def run_plan(params: Path) -> str:
 
     manifest = read_manifest(layout.MANIFEST)
     counts, classes = split_counts(manifest)
-    return plan(load_params(params), counts, classes, sample_paths(manifest)).text()
+    est = plan(load_params(params), counts, classes, sample_paths(manifest))
+    line = gap_line(est, sum(counts.values()) / classes)
+    return est.text() + (f"\n{line}\n" if line else "")
+
+
+def gap_line(est: Estimate, per_class: float, extract_json: Path | None = None) -> str | None:
+    """What fine-tuning will add over the probe, from the audit's gap model
+    (transferlab.verdict.gap) and extraction's transferability scores: only when the model
+    beat always-the-probe and always-full on held-out data sets, and once extract-features
+    has run (it computes the signals in seconds). With the end-to-end stages' estimated time,
+    the price of finding out."""
+    import json
+
+    from transferlab.verdict.gap import GapModel, plan_line
+
+    model = GapModel.load()
+    if model is None or not model.shown:
+        return None
+    path = extract_json or layout.RESULTS / "extract" / "extract.json"
+    if not path.is_file():
+        return "Fine-tuning's gain over the probe can be predicted: run `dvc repro extract-features`, then plan again."
+    scores = json.loads(path.read_text()).get("transferability", {}).get("scores")
+    line = plan_line(model, scores, per_class)
+    if line is None:
+        return None
+    e2e = sum(s for what, _, s in est.rows if what.startswith(("finetune", "curve-finetune")))
+    return f"{line} The end-to-end arms would take about {_clock(e2e)} here."
