@@ -18,14 +18,18 @@ pool* of images no run saw, ten times the largest user set per class. Then, per 
   below it on the truth;
 * the cheap signals known before any end-to-end arm trains (the probe's validation
   accuracy, LogME, H-score, k-NN accuracy on the store, images per class) next to the
-  gap between the best fine-tuned arm and the probe on the truth.
+  gap between the best fine-tuned arm and the probe on the truth, and a predictor of that
+  gap (transferlab.verdict.gap) judged on held-out data sets.
 
-    python bench/audit.py                                  # the CPU-sized default
+    python bench/audit.py                                  # the CPU-sized default (47 min here)
     python bench/audit.py --sizes 20 --reps 2 --name smoke # minutes
     python bench/audit.py --folder /data/pool              # your own pool: <class>/ images
+    python bench/audit.py --reread bench/results/audit-cpu.json --install-gap-model
 
 Writes bench/results/audit-<name>.{md,json}. The rules are scored on the same runs: they only
-re-read what evaluate wrote.
+re-read what evaluate wrote (``--reread`` does it again from the JSON). Two data sets run at a
+time (``--jobs``), each on half the cores: on 2 cores that finishes 1.45x sooner than one run
+on both.
 """
 
 from __future__ import annotations

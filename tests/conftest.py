@@ -51,6 +51,7 @@ FIRST = [
     "test_pipeline_reruns.py",
     "test_pipeline_arms.py",
     "test_pipeline_refit.py",
+    "test_audit_small.py",
 ]
 
 

@@ -214,3 +214,19 @@ def test_the_calibrations_vectorised_estimate_is_the_pipelines(design):
                 groups.append((idx, (a - b)[j, r, idx]))
         vc = variance_components(groups)
         assert vc["diff"] == pytest.approx(mu[j]) and vc["se"] == pytest.approx(se[j]) and vc["df"] == df
+
+
+def test_one_seed_on_a_hold_out_split_takes_the_paired_t_intervals():
+    """On a few dozen test images the percentile bootstrap is too narrow (the audit); with
+    one seed the pair's intervals are the half-counted paired t's, the bootstrap's kept
+    beside; with several seeds the hierarchical bootstrap stays (it counts the seeds)."""
+    rng = np.random.default_rng(4)
+    correct = {m: (rng.random((1, 18)) < q).astype(float) for m, q in (("a", 0.8), ("b", 0.4), ("c", 0.6))}
+    pairs = evaluation.compare_all(correct, [0])["pairs"]
+    for pair in pairs:
+        assert pair["ci_family"] == pair["vc"]["ci_family"] and pair["ci95"] == pair["vc"]["ci95"]
+        assert set(pair["bootstrap"]) == {"ci95", "ci_family"}
+        lo, hi = pair["bootstrap"]["ci_family"]
+        assert pair["ci_family"][1] - pair["ci_family"][0] > hi - lo  # wider on 18 images
+    two = {m: np.vstack([v, v]) for m, v in correct.items()}
+    assert all("bootstrap" not in p for p in evaluation.compare_all(two, [0, 1])["pairs"])
