@@ -113,7 +113,7 @@ bench-overhead: setup
 
 # The decision procedure against the truth: user data sets drawn from a large pool, the real
 # pipeline on each, every arm scored on images no run saw (bench/audit.py; its docstring).
-# The default (3 sizes x 2 difficulties x 5 data sets) took 47 min on a 2-core CPU.
+# The default (3 sizes x 2 difficulties x 5 data sets) took 45 min on a 2-core CPU.
 #   make audit AUDIT_ARGS='--sizes 20 60 --reps 3 --name quick'
 #   make audit AUDIT_ARGS='--reread bench/results/audit-cpu.json --install-gap-model'
 AUDIT_ARGS ?=

@@ -21,7 +21,7 @@ pool* of images no run saw, ten times the largest user set per class. Then, per 
   gap between the best fine-tuned arm and the probe on the truth, and a predictor of that
   gap (transferlab.verdict.gap) judged on held-out data sets.
 
-    python bench/audit.py                                  # the CPU-sized default (47 min here)
+    python bench/audit.py                                  # the CPU-sized default (45 min here)
     python bench/audit.py --sizes 20 --reps 2 --name smoke # minutes
     python bench/audit.py --folder /data/pool              # your own pool: <class>/ images
     python bench/audit.py --reread bench/results/audit-cpu.json --install-gap-model
