@@ -310,7 +310,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{x * 100:.1f}"
+    return "n/a" if x is None else f"{x * 100:.1f}%"
 
 
 def gap_markdown(model: gap.GapModel | None) -> list[str]:
@@ -387,9 +387,9 @@ def markdown(
         lines.append(
             f"| {c['per_class']} | {c['difficulty']:g} | {s['datasets']} | "
             + " | ".join(regret)
-            + f" | {_pct(s['arm_coverage'])}% | {_pct(s['pair_coverage'])}% | "
-            f"{_pct(s['wrong_separation_share'])}% of {s['separations']} | "
-            f"{_pct(s['wrong_equivalence_share'])}% of {s['equivalences']} | "
+            + f" | {_pct(s['arm_coverage'])} | {_pct(s['pair_coverage'])} | "
+            f"{_pct(s['wrong_separation_share'])} of {s['separations']} | "
+            f"{_pct(s['wrong_equivalence_share'])} of {s['equivalences']} | "
             + ("n/a" if s["truth_gap_mean"] is None else f"{s['truth_gap_mean'] * 100:+.1f}")
             + " |"
         )
