@@ -445,6 +445,9 @@ def main() -> None:
         return
     if args.jobs < 1 or args.reps < 1 or min(args.sizes) < 1:
         ap.error("--jobs, --reps and --sizes must be at least 1")
+    for path in filter(None, (args.params, args.folder)):
+        if not path.exists():
+            raise SystemExit(f"audit: {path}: no such file or folder")
     args.truth_per_class = args.truth_per_class or 10 * max(args.sizes)
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     params = _merge(

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from helpers import bench_module
 
+from transferlab.errors import DataError
 from transferlab.serve import plan as plan_mod
 from transferlab.verdict import gap
 
@@ -121,3 +122,13 @@ def test_the_audit_rereads_its_json_and_adds_the_predictor(tmp_path, monkeypatch
     assert "## Predicting fine-tuning's gain" in text and "12 data sets" in text
     out = json.loads((tmp_path / "bench" / "results" / "audit-old.json").read_text())
     assert out["gap_model"]["cv"]["datasets"] == 12 and len(out["cells"]) == 3  # 20, 60, 200 per class
+
+
+def test_a_corrupt_model_file_is_named(tmp_path):
+    bad = tmp_path / "gap_model.json"
+    bad.write_text('{"mean": [0.1]')
+    with pytest.raises(DataError, match=r"gap_model.json: not a gap model"):
+        gap.GapModel.load(bad)
+    bad.write_text('{"unexpected": 1}')
+    with pytest.raises(DataError, match="not a gap model"):
+        gap.GapModel.load(bad)

@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from transferlab.errors import DataError
+
 # The signals, all known once extract-features has run (its extract.json), and how each
 # enters the model. Images per class on a log scale: each doubling of the data is worth about
 # the same to fine-tuning.
@@ -80,7 +82,12 @@ class GapModel:
 
     @classmethod
     def load(cls, path: Path = MODEL_FILE) -> GapModel | None:
-        return cls(**json.loads(path.read_text())) if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (ValueError, TypeError) as err:
+            raise DataError(f"{path}: not a gap model ({err}); write it again with bench/audit.py") from None
 
 
 def fit(x: np.ndarray, y: np.ndarray, ridge: float = RIDGE) -> GapModel:
