@@ -38,7 +38,13 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as sps
 
-from transferlab.verdict.stats import mcnemar_exact, paired_test, variance_components, vc_test
+from transferlab.verdict.stats import (
+    half_counted_var,
+    mcnemar_exact,
+    paired_test,
+    variance_components,
+    vc_test,
+)
 
 DIFFICULTY = (3.0, 2.0)  # mean and sd of d_i: about 90% accuracy
 SIGMA_E = 0.8  # model-image interaction: about 6% discordant images between two models
@@ -103,9 +109,7 @@ def _vc(dmat: np.ndarray, fold: np.ndarray, k: int) -> tuple[np.ndarray, np.ndar
     sims, r, n = dmat.shape
     d_i = dmat.mean(axis=1)
     mu = d_i.mean(axis=1)
-    # with the half counts of variance_components: pseudo-images +1, -1 (weight 1/2) and 0
-    dev = ((d_i - mu[:, None]) ** 2).sum(axis=1) + 0.5 * (1 - mu) ** 2 + 0.5 * (1 + mu) ** 2 + mu**2
-    s2 = dev / (n + 1)
+    s2 = half_counted_var(((d_i - mu[:, None]) ** 2).sum(axis=1), mu, n)
     if k * r == 1:
         return mu, np.sqrt(s2 / n), n - 1
     by_fold = np.take_along_axis(dmat, np.argsort(fold, axis=2, kind="stable"), axis=2).reshape(

@@ -295,6 +295,14 @@ def _t_ppf(q: float, df: float) -> float:
     return float(sps.t.ppf(q, df))
 
 
+def half_counted_var(sq_dev: Any, mu: Any, n: int) -> Any:
+    """The variance of n per-image differences with Agresti and Min's half count per cell of
+    the paired 2x2 table: pseudo-images +1 and -1 at weight 1/2 and 0 at weight 1, around
+    the unshrunk mean ``mu``; ``sq_dev`` is the images' sum of squared deviations from it.
+    Floats or numpy arrays (the calibration's vectorised copy uses it per data set)."""
+    return (sq_dev + 0.5 * (1 - mu) ** 2 + 0.5 * (1 + mu) ** 2 + mu**2) / (n + 1)
+
+
 def variance_components(groups: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str, float | int]:
     """The mean difference between two procedures and its variance, counting the fold models.
 
@@ -339,8 +347,7 @@ def variance_components(groups: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict
     # images two models that agree everywhere have no variance to show, and an unadjusted
     # t would call them equivalent (or separably different) with certainty. The estimate mu
     # itself is left unshrunk.
-    dev = float(((d_i - mu) ** 2).sum()) + 0.5 * (1 - mu) ** 2 + 0.5 * (1 + mu) ** 2 + mu**2
-    s2 = dev / (n + 1)
+    s2 = float(half_counted_var(((d_i - mu) ** 2).sum(), mu, n))
     tau2 = max(0.0, float(np.var(means, ddof=1)) - float(np.mean(within))) if m > 1 else 0.0
     var = s2 / n + tau2 / m
     return {
