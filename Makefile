@@ -116,6 +116,8 @@ bench-overhead: setup
 # The default (3 sizes x 2 difficulties x 5 data sets) took 45 min on a 2-core CPU.
 #   make audit AUDIT_ARGS='--sizes 20 60 --reps 3 --name quick'
 #   make audit AUDIT_ARGS='--reread bench/results/audit-cpu.json --install-gap-model'
+#   make audit AUDIT_ARGS='--reread bench/results/audit-cpu.json bench/results/audit-cpu-distance.json
+#                          --name cpu-both'   # audits of both axes: one table, one gap predictor
 AUDIT_ARGS ?=
 audit: setup
 	$(BIN)/python bench/audit.py $(AUDIT_ARGS)

@@ -1,6 +1,8 @@
 """bench/audit.py's scoring of the recommendation rules, on constructed runs (the audit itself
 runs the real pipeline: `make audit`)."""
 
+import json
+
 import pytest
 from helpers import bench_module
 
@@ -61,3 +63,73 @@ def test_summary_counts_regret_coverage_and_wrong_claims():
         "wrong_equivalence_share"
     ] == pytest.approx(0.5)
     assert s["truth_gap_mean"] == pytest.approx(0.01)
+
+
+def _write(path, data):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+
+
+def test_fold_models_are_scored_as_shipped_and_as_a_procedure(tmp_path, monkeypatch):
+    """With five fold models per arm, the regret counts the run export ships (the best on its
+    own validation) while the stated intervals are checked against the fold models' mean: the
+    pooled test's accuracy is the procedure's, not one fold model's."""
+    val = {"features": [0.60, 0.70, 0.65, 0.70, 0.62], "full": [0.80, 0.75, 0.90, 0.85, 0.70]}
+    nll = {"features": [1.0, 0.9, 1.0, 0.8, 1.0], "full": [0.5] * 5}
+    truth = {"features": [0.60, 0.61, 0.62, 0.63, 0.64], "full": [0.70, 0.72, 0.74, 0.76, 0.78]}
+    details = {
+        "verdict": {
+            "val_acc": {m: sum(v) / 5 for m, v in val.items()},
+            "best_on_val": "full",
+            "tie_set": ["full"],
+            "recommended": "full",
+            "equivalent": [],
+            "margin": 0.02,
+        },
+        "models": {
+            m: {
+                "runs": {
+                    str(s): {"run": f"{m}-s{s}", "val": {"accuracy": val[m][s], "nll": nll[m][s]}}
+                    for s in range(5)
+                }
+            }
+            for m in val
+        },
+        "split_sizes": {"train": 96},
+        "classes": ["a", "b"],
+    }
+    metrics = {
+        "features": {"total_time_s": 1.0, "test_acc": 0.62, "test_acc_ci_lo": 0.58, "test_acc_ci_hi": 0.66},
+        "full": {"total_time_s": 9.0, "test_acc": 0.74, "test_acc_ci_lo": 0.73, "test_acc_ci_hi": 0.75},
+    }
+    pair = {"a": "full", "b": "features", "diff": 0.12, "ci_family": [0.11, 0.13], "p_holm": 0.001}
+    ev = tmp_path / "results" / "evaluate"
+    _write(ev / "details.json", details)
+    _write(ev / "metrics.json", metrics)
+    _write(ev / "comparisons.json", {"pairs": [pair]})
+    _write(tmp_path / "results" / "extract" / "extract.json", {})
+
+    def acc(project, run, pool):
+        model, seed = run.rsplit("-s", 1)
+        return truth[model][int(seed)]
+
+    monkeypatch.setattr(audit, "truth_accuracy", acc)
+    row = audit.score_dataset(tmp_path, truth=None)
+    # shipped: features fold 3 (0.70 like fold 1, at a lower loss), full fold 2 (0.90)
+    assert row["true_acc"] == {"features": 0.63, "full": 0.74}
+    assert row["regret"]["verdict"] == 0.0 and row["regret"]["always the probe"] == pytest.approx(0.11)
+    # the procedure's truth: features 0.62 (inside [0.58, 0.66]), full 0.74 (inside
+    # [0.73, 0.75]); the difference 0.12 inside the pair's family-wise interval
+    assert row["arm_covered"] == {"features": True, "full": True}
+    assert row["pair_covered"] == [True] and row["separations"] == 1 and row["wrong_separations"] == 0
+    assert row["true_acc_runs"]["full"]["2"] == 0.74
+
+
+def test_the_shipped_run_is_the_best_on_validation_then_lower_loss_then_first_seed():
+    runs = {
+        "0": {"val": {"accuracy": 0.8, "nll": 0.5}},
+        "1": {"val": {"accuracy": 0.9, "nll": 0.6}},
+        "2": {"val": {"accuracy": 0.9, "nll": 0.4}},
+        "3": {"val": {"accuracy": 0.9, "nll": 0.4}},
+    }
+    assert audit.shipped_seed(runs) == "2"

@@ -124,6 +124,56 @@ def test_the_audit_rereads_its_json_and_adds_the_predictor(tmp_path, monkeypatch
     assert out["gap_model"]["cv"]["datasets"] == 12 and len(out["cells"]) == 3  # 20, 60, 200 per class
 
 
+def _audit_json(path, rows, distance, params=None):
+    for i, row in enumerate(rows):
+        row.update(
+            difficulty=0.3,
+            rep=i,
+            arm_covered={"features": True},
+            pair_covered=[True],
+            separations=0,
+            wrong_separations=0,
+            equivalences=0,
+            wrong_equivalences=[],
+        )
+    args = {"reps": "4", "truth_per_class": "2000", "distance": str(distance), "folder": "None"}
+    args["source_desc"] = f"shapes (distance {distance:g})"
+    data = {"params": params or {}, "args": args, "seconds": 60, "command": f"audit {distance:g}"}
+    data["cells"] = {"all": {"rows": rows}}
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_audits_of_two_distances_reread_as_one_table_and_one_predictor(tmp_path, monkeypatch):
+    audit = bench_module("audit")
+    near = _audit_json(tmp_path / "audit-near.json", audited_rows(12, True, seed=1), 0.0)
+    far = _audit_json(tmp_path / "audit-far.json", audited_rows(12, True, seed=2), 0.75)
+    out = tmp_path / "out"
+    argv = ["audit.py", "--reread", str(near), str(far), "--out", str(out)]
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(SystemExit, match="needs --name"):
+        audit.main()
+    monkeypatch.setattr("sys.argv", [*argv, "--name", "both"])
+    audit.main()
+    data = json.loads((out / "audit-both.json").read_text())
+    distances = {c["distance"] for c in data["cells"].values()}
+    assert distances == {0.0, 0.75} and len(data["cells"]) == 6  # 3 sizes x 2 distances
+    assert data["gap_model"]["cv"]["datasets"] == 24 and data["seconds"] == 120
+    text = (out / "audit-both.md").read_text()
+    assert "| distance | per class | difficulty |" in text
+    assert "| 0.75 | 20 | 0.3 |" in text and "| 0 | 200 | 0.3 |" in text
+    assert "shapes (distance 0) and shapes (distance 0.75)" in text
+    # one audit alone keeps its table without the column
+    monkeypatch.setattr("sys.argv", ["audit.py", "--reread", str(far), "--out", str(out)])
+    audit.main()
+    assert "| per class | difficulty |" in (out / "audit-far.md").read_text()
+    # audits of two protocols are not one table
+    other = _audit_json(tmp_path / "audit-other.json", audited_rows(12, True), 0.5, {"a": 1})
+    monkeypatch.setattr("sys.argv", [*argv[:-2], str(other), "--name", "x", "--out", str(out)])
+    with pytest.raises(SystemExit, match="audit-other.json: ran other params"):
+        audit.main()
+
+
 def test_a_corrupt_model_file_is_named(tmp_path):
     bad = tmp_path / "gap_model.json"
     bad.write_text('{"mean": [0.1]')
