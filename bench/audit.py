@@ -28,6 +28,9 @@ pool* of images no run saw, ten times the largest user set per class. Then, per 
     python bench/audit.py --distance 0.75 --reps 3 --name cpu-distance   # the similarity axis
     python bench/audit.py --reread bench/results/audit-cpu.json bench/results/audit-cpu-distance.json \
         --name cpu-both                                    # both audits: one table, one predictor
+    python bench/audit.py --sizes 20 --truth-per-class 2000 --params bench/audit-folds.yaml \
+        --name cpu-folds                                   # 5-fold, the default's 20/class sets
+    python bench/audit.py --compare bench/results/audit-cpu.json bench/results/audit-cpu-folds.json
 
 Writes bench/results/audit-<name>.{md,json}. The rules are scored on the same runs: they only
 re-read what evaluate wrote (``--reread`` does it again from the JSON). Two data sets run at a
@@ -468,7 +471,17 @@ def main() -> None:
         default=None,
         help="audits' JSON: summarize them again (several: one table and one gap predictor), run nothing",
     )
+    ap.add_argument(
+        "--compare",
+        type=Path,
+        nargs=2,
+        default=None,
+        help="two audits' JSON of the same data sets under two protocols: the verdict's regret paired",
+    )
     args = ap.parse_args()
+    if args.compare is not None:
+        compare(args.compare, args)
+        return
     if args.reread is not None:
         reread(args.reread, args)
         return
@@ -625,6 +638,83 @@ def reread(paths: list[Path], args: argparse.Namespace) -> None:
     commands = [data.get("command", "python bench/audit.py") for data, _ in audits]
     seconds = sum(data["seconds"] for data, _ in audits)
     write_results(rows, params, args, seconds, "; ".join(commands))
+
+
+def _key(row: dict[str, Any]) -> tuple:
+    """What identifies a user data set across audits: the same size, difficulty, distance
+    and repetition draw the same images (the draws are seeded), and the same truth pool."""
+    return (row["per_class"], row["difficulty"], row.get("distance") or 0.0, row["rep"])
+
+
+def compare(paths: list[Path], args: argparse.Namespace) -> None:
+    """Two audits of the same user data sets under two protocols (two params files), paired
+    per data set: the verdict's regret under each, how often each was the smaller, and what
+    each audit cost. Which protocol to advise on small data is then a measured answer."""
+    if len(paths) != 2:
+        raise SystemExit("audit: --compare takes two audits' JSON")
+    audits = []
+    for path in paths:
+        try:
+            data = json.loads(path.read_text())
+            saved = data["args"]
+            rows = {}
+            for cell in data["cells"].values():
+                for row in cell["rows"]:
+                    row.setdefault("distance", _saved_distance(saved))
+                    rows[_key(row)] = row
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise SystemExit(f"audit: {path}: not an audit's JSON ({err})") from None
+        if saved.get("truth_per_class") is None:
+            raise SystemExit(f"audit: {path}: no truth pool size saved")
+        audits.append((path, data, rows))
+    (pa, da, ra), (pb, db, rb) = audits
+    if da["args"]["truth_per_class"] != db["args"]["truth_per_class"]:
+        raise SystemExit(f"audit: {pa} and {pb} scored on truth pools of different sizes")
+    common = sorted(set(ra) & set(rb))
+    if not common:
+        raise SystemExit(f"audit: {pa} and {pb} share no user data set (size, difficulty, distance, rep)")
+    name_a, name_b = (p.stem.removeprefix("audit-") for p in (pa, pb))
+    lines = [
+        f"# The same user data sets under two protocols: {name_a} and {name_b}",
+        "",
+        f"The {len(common)} user data sets both audits ran (same size, difficulty, distance and draw, "
+        f"the same truth pool of {da['args']['truth_per_class']} images per class), the verdict's regret "
+        "under each protocol in points, mean / worst, and the data sets where each lost less.",
+        "",
+        f"- {name_a}: `{da.get('command', '')}` ({da['seconds'] / 60:.0f} min for {sum(1 for _ in ra)} data sets)",
+        f"- {name_b}: `{db.get('command', '')}` ({db['seconds'] / 60:.0f} min for {sum(1 for _ in rb)} data sets)",
+        "",
+        f"| per class | difficulty | distance | data sets | verdict's regret: {name_a} | verdict's regret: {name_b} "
+        f"| {name_a} lost less | {name_b} lost less | same |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    cells: dict[tuple, list[tuple]] = {}
+    for key in common:
+        cells.setdefault(key[:3], []).append(key)
+    summary = {}
+    for cell, keys in sorted(cells.items()):
+        a = np.array([ra[k]["regret"]["verdict"] for k in keys])
+        b = np.array([rb[k]["regret"]["verdict"] for k in keys])
+        eps = 1e-9
+        wins = (int((a < b - eps).sum()), int((b < a - eps).sum()), int((abs(a - b) <= eps).sum()))
+        summary[cell] = {"a": a.tolist(), "b": b.tolist()}
+        lines.append(
+            f"| {cell[0]} | {cell[1]:g} | {cell[2]:g} | {len(keys)} | {a.mean() * 100:.1f} / {a.max() * 100:.1f} "
+            f"| {b.mean() * 100:.1f} / {b.max() * 100:.1f} | {wins[0]} | {wins[1]} | {wins[2]} |"
+        )
+    a = np.array([ra[k]["regret"]["verdict"] for k in common])
+    b = np.array([rb[k]["regret"]["verdict"] for k in common])
+    lines += [
+        "",
+        f"All {len(common)}: {name_a} {a.mean() * 100:.1f} points on average (worst {a.max() * 100:.1f}), "
+        f"{name_b} {b.mean() * 100:.1f} (worst {b.max() * 100:.1f}); paired difference {name_b} minus "
+        f"{name_a} {(b - a).mean() * 100:+.1f} points (sd {(b - a).std(ddof=1) * 100 if len(common) > 1 else 0:.1f}).",
+    ]
+    text = "\n".join(lines) + "\n"
+    name = args.name or f"{name_a}-vs-{name_b}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"audit-{name}.md").write_text(text)
+    print(text)
 
 
 def _saved_distance(saved: dict[str, str]) -> float | None:

@@ -133,3 +133,30 @@ def test_the_shipped_run_is_the_best_on_validation_then_lower_loss_then_first_se
         "3": {"val": {"accuracy": 0.9, "nll": 0.4}},
     }
     assert audit.shipped_seed(runs) == "2"
+
+
+def _audit(path, regrets, truth_per_class="2000", command="audit"):
+    rows = [
+        {"per_class": 20, "difficulty": 0.3, "rep": rep, "regret": {"verdict": r}}
+        for rep, r in enumerate(regrets)
+    ]
+    args = {"truth_per_class": truth_per_class, "distance": "0.0", "folder": "None"}
+    data = {"args": args, "seconds": 600, "command": command, "cells": {"20-0.3": {"rows": rows}}}
+    _write(path, data)
+    return path
+
+
+def test_two_protocols_are_compared_on_the_data_sets_both_ran(tmp_path, monkeypatch):
+    hold = _audit(tmp_path / "audit-hold.json", [0.0, 0.05, 0.10, 0.02])
+    folds = _audit(tmp_path / "audit-folds.json", [0.0, 0.01, 0.02])  # rep 3 not run
+    monkeypatch.setattr("sys.argv", ["audit.py", "--compare", str(hold), str(folds), "--out", str(tmp_path)])
+    audit.main()
+    text = (tmp_path / "audit-hold-vs-folds.md").read_text()
+    # the three shared draws: hold-out 5.0 on average (worst 10.0), folds 1.0 (worst 2.0);
+    # folds lost less twice, the same once
+    assert "| 20 | 0.3 | 0 | 3 | 5.0 / 10.0 | 1.0 / 2.0 | 0 | 2 | 1 |" in text
+    assert "paired difference folds minus hold -4.0 points" in text
+    other = _audit(tmp_path / "audit-small.json", [0.0], truth_per_class="200")
+    monkeypatch.setattr("sys.argv", ["audit.py", "--compare", str(hold), str(other), "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="truth pools of different sizes"):
+        audit.main()
