@@ -24,6 +24,7 @@ pool* of images no run saw, ten times the largest user set per class. Then, per 
     python bench/audit.py                                  # the CPU-sized default (45 min here)
     python bench/audit.py --sizes 20 --reps 2 --name smoke # minutes
     python bench/audit.py --folder /data/pool              # your own pool: <class>/ images
+    python bench/audit.py --digits --sizes 8 15 --name cpu-digits  # real scans: the probe can win
     python bench/audit.py --reread bench/results/audit-cpu.json --install-gap-model
     python bench/audit.py --distance 0.75 --reps 3 --name cpu-distance   # the similarity axis
     python bench/audit.py --reread bench/results/audit-cpu.json bench/results/audit-cpu-distance.json \
@@ -411,7 +412,7 @@ def markdown(
         ]
         lines.append(
             (f"| {c.get('distance') or 0.0:g} " if by_distance else "")
-            + f"| {c['per_class']} | {c['difficulty']:g} | {s['datasets']} | "
+            + f"| {c['per_class']} | {_g(c['difficulty'])} | {s['datasets']} | "
             + " | ".join(regret)
             + f" | {_pct(s['arm_coverage'])} | {_pct(s['pair_coverage'])} | "
             f"{_pct(s['wrong_separation_share'])} of {s['separations']} | "
@@ -443,6 +444,12 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5, help="user data sets per size and difficulty")
     ap.add_argument("--truth-per-class", type=int, default=None, help="default: 10 x the largest size")
     ap.add_argument("--folder", type=Path, default=None, help="a pool of <class>/ images instead of shapes")
+    ap.add_argument(
+        "--digits",
+        action="store_true",
+        help="the embedded digits (1,797 real scans, 10 classes) as the pool: data where the probe "
+        "can win (sizes up to 15 per class leave a truth pool 10x larger)",
+    )
     ap.add_argument("--params", type=Path, default=None, help="a YAML of params merged over the audit's")
     ap.add_argument(
         "--jobs",
@@ -491,6 +498,8 @@ def main() -> None:
     for path in filter(None, (args.params, args.folder)):
         if not path.exists():
             raise SystemExit(f"audit: {path}: no such file or folder")
+    if args.digits and args.folder is not None:
+        ap.error("--digits and --folder both name the pool: give one")
     args.truth_per_class = args.truth_per_class or 10 * max(args.sizes)
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     params = _merge(
@@ -500,9 +509,18 @@ def main() -> None:
     torch.set_num_threads(threads)
     work = Path(tempfile.mkdtemp(prefix="transferlab-audit-"))
     t0 = time.perf_counter()
+    if args.digits:
+        from transferlab.data.sources import write_digits
+
+        write_digits(work / "digits")
+        args.folder = work / "digits"
     difficulties = args.difficulties if args.folder is None else [float("nan")]
     args.source_desc = (
-        f"the folder {args.folder}" if args.folder else f"bench/shapes_folder.py (distance {args.distance:g})"
+        "the embedded digits (scikit-learn's 1,797 scans)"
+        if args.digits
+        else f"the folder {args.folder}"
+        if args.folder
+        else f"bench/shapes_folder.py (distance {args.distance:g})"
     )
     distance = args.distance if args.folder is None else None
     tasks = []
@@ -642,8 +660,20 @@ def reread(paths: list[Path], args: argparse.Namespace) -> None:
 
 def _key(row: dict[str, Any]) -> tuple:
     """What identifies a user data set across audits: the same size, difficulty, distance
-    and repetition draw the same images (the draws are seeded), and the same truth pool."""
-    return (row["per_class"], row["difficulty"], row.get("distance") or 0.0, row["rep"])
+    and repetition draw the same images (the draws are seeded), and the same truth pool. A
+    folder pool has neither difficulty (NaN) nor distance: None, so that keys compare equal."""
+    difficulty = row["difficulty"]
+    return (
+        row["per_class"],
+        None if difficulty != difficulty else difficulty,
+        row.get("distance"),
+        row["rep"],
+    )
+
+
+def _g(x: float | None) -> str:
+    """A knob's value in a table: n/a for a pool that has no such knob."""
+    return "n/a" if x is None or x != x else f"{x:g}"
 
 
 def compare(paths: list[Path], args: argparse.Namespace) -> None:
@@ -699,7 +729,7 @@ def compare(paths: list[Path], args: argparse.Namespace) -> None:
         wins = (int((a < b - eps).sum()), int((b < a - eps).sum()), int((abs(a - b) <= eps).sum()))
         summary[cell] = {"a": a.tolist(), "b": b.tolist()}
         lines.append(
-            f"| {cell[0]} | {cell[1]:g} | {cell[2]:g} | {len(keys)} | {a.mean() * 100:.1f} / {a.max() * 100:.1f} "
+            f"| {cell[0]} | {_g(cell[1])} | {_g(cell[2])} | {len(keys)} | {a.mean() * 100:.1f} / {a.max() * 100:.1f} "
             f"| {b.mean() * 100:.1f} / {b.max() * 100:.1f} | {wins[0]} | {wins[1]} | {wins[2]} |"
         )
     a = np.array([ra[k]["regret"]["verdict"] for k in common])
