@@ -68,7 +68,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import shapes_folder  # noqa: E402
 
 from transferlab.verdict import gap  # noqa: E402
-from transferlab.verdict.stats import pair_of, separable  # noqa: E402
+from transferlab.verdict.stats import pair_of, room_above, separable  # noqa: E402
 
 # The pipeline's params for every audited data set: the default protocol (search, budget in
 # steps, convergence, the verdict's rules) on a budget a CPU finishes in minutes per data set.
@@ -285,6 +285,10 @@ def score_dataset(project: Path, truth: TruthPool) -> dict[str, Any]:
         "pair_covered": pairs,
         "separations": seps,
         "wrong_separations": wrong_sep,
+        # the card's "Could another be better?": the models the test leaves room to beat the
+        # recommendation by more than the margin (family-wise upper bounds)
+        "room_above": room_above(comparisons, v["recommended"], models, v["margin"]),
+        "margin": v["margin"],
         "equivalences": len(v.get("equivalent", [])),
         "wrong_equivalences": wrong_eq,
         "signals": {
@@ -324,6 +328,23 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out["pair_coverage"] = float(np.mean(pair)) if pair else None
     out["separations"] = seps
     out["wrong_separation_share"] = sum(row["wrong_separations"] for row in rows) / seps if seps else None
+    # The card's warning that another model could be better than the recommendation by more
+    # than the margin: how often it was shown, and what the verdict lost with and without it
+    # (a loss above the margin with no warning is what the warning exists to prevent).
+    warned = [row for row in rows if "room_above" in row]
+    if warned:
+        lost = [row["regret"]["verdict"] > row["margin"] for row in warned]
+        shown = [bool(row["room_above"]) for row in warned]
+        out["warning"] = {
+            "data_sets": len(warned),
+            "shown": sum(shown),
+            "losses_above_margin": sum(lost),
+            "losses_warned": sum(a and b for a, b in zip(lost, shown, strict=True)),
+            "worst_regret_unwarned": max(
+                (row["regret"]["verdict"] for row, w in zip(warned, shown, strict=True) if not w),
+                default=None,
+            ),
+        }
     out["equivalences"] = eqs
     out["wrong_equivalence_share"] = (
         sum(len(row["wrong_equivalences"]) for row in rows) / eqs if eqs else None
@@ -420,7 +441,40 @@ def markdown(
             + ("n/a" if s["truth_gap_mean"] is None else f"{s['truth_gap_mean'] * 100:+.1f}")
             + " |"
         )
-    return "\n".join(lines + gap_markdown(model)) + "\n"
+    return "\n".join(lines + warning_markdown(cells, by_distance) + gap_markdown(model)) + "\n"
+
+
+def warning_markdown(cells: dict[str, dict[str, Any]], by_distance: bool) -> list[str]:
+    """How the card's "Could another be better?" line did: per cell, how often it showed,
+    how often the verdict lost more than the margin, and whether those losses were warned."""
+    rows = [c for c in cells.values() if "warning" in c["summary"]]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## The card's warning: could another be better?",
+        "",
+        "The card warns when the test images leave room for another model to beat the recommendation "
+        "by more than verdict.margin (family-wise upper bound). Per cell: the data sets it warned on, "
+        "those where the verdict truly lost more than the margin, how many of these it warned on, and "
+        "the largest loss it did not warn of, in points.",
+        "",
+        ("| distance " if by_distance else "")
+        + "| per class | difficulty | data sets | warned | lost more than the margin | of those, warned "
+        "| worst loss unwarned |",
+        "|---|---|---|---|---|---|---|" + ("---|" if by_distance else ""),
+    ]
+    for c in rows:
+        w = c["summary"]["warning"]
+        worst = w["worst_regret_unwarned"]
+        lines.append(
+            (f"| {_g(c.get('distance') or 0.0)} " if by_distance else "")
+            + f"| {c['per_class']} | {_g(c['difficulty'])} | {w['data_sets']} | {w['shown']} | "
+            f"{w['losses_above_margin']} | {w['losses_warned']} | "
+            + ("none unwarned" if worst is None else f"{worst * 100:.1f}")
+            + " |"
+        )
+    return lines
 
 
 def audit_one(work: Path, params: dict[str, Any], user: Path, truth: TruthPool, keep: bool) -> dict[str, Any]:

@@ -123,6 +123,34 @@ def test_fold_models_are_scored_as_shipped_and_as_a_procedure(tmp_path, monkeypa
     assert row["arm_covered"] == {"features": True, "full": True}
     assert row["pair_covered"] == [True] and row["separations"] == 1 and row["wrong_separations"] == 0
     assert row["true_acc_runs"]["full"]["2"] == 0.74
+    assert row["room_above"] == {}  # features minus full is at most -0.11 on the test
+
+
+def test_the_cards_warning_is_scored_against_the_verdicts_losses():
+    def row(regret, room):
+        return {
+            "regret": {"verdict": regret},
+            "arm_covered": {},
+            "pair_covered": [],
+            "separations": 0,
+            "wrong_separations": 0,
+            "equivalences": 0,
+            "wrong_equivalences": [],
+            "room_above": room,
+            "margin": 0.02,
+        }
+
+    rows = [row(0.10, {"full": 0.3}), row(0.05, {}), row(0.0, {"full": 0.1}), row(0.01, {})]
+    w = audit.summarize(rows)["warning"]
+    assert w == {
+        "data_sets": 4,
+        "shown": 2,
+        "losses_above_margin": 2,
+        "losses_warned": 1,
+        "worst_regret_unwarned": 0.05,
+    }
+    cells = {"20-0.3": {"per_class": 20, "difficulty": 0.3, "summary": {"warning": w}}}
+    assert "| 20 | 0.3 | 4 | 2 | 2 | 1 | 5.0 |" in "\n".join(audit.warning_markdown(cells, False))
 
 
 def test_the_shipped_run_is_the_best_on_validation_then_lower_loss_then_first_seed():

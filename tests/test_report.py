@@ -7,6 +7,7 @@ from transferlab.report.document import build
 from transferlab.report.figures import pareto_front
 from transferlab.report.sections import comparison_rows
 from transferlab.verdict.evaluation import compare_all, verdict
+from transferlab.verdict.stats import pair_of
 
 MODELS = ["features", "features-augmented", "frozen", "partial", "full", "progressive", "lp-ft", "scratch"]
 
@@ -326,3 +327,31 @@ def test_the_card_recommends_a_cheaper_model_only_when_shown_within_the_margin()
     assert "over features, the cheapest undecided, for 115.0 s more training, once" in trade
     assert "the same prediction cost" in trade and "MB per task" in trade
     assert "| features (cheapest undecided) |" in card
+
+
+def test_the_card_says_when_the_test_leaves_room_for_another_to_be_better():
+    """The audit's failure mode: a few validation images chose the probe while the test
+    images, which took no part in the choice, leave room for another model to be far better.
+    The card says so, with the bound; on many images that rule it out, it stays silent."""
+    card, _ = _card_of(0.945, 4000)
+    assert "Could another be better?" not in card
+    metrics, details, _ = _inputs(["features", "full"])
+    n = 18
+    correct = {
+        "features": np.array([[1.0] * 6 + [0.0] * 12]),  # 6 of 18
+        "full": np.array([[1.0] * 12 + [0.0] * 6]),  # 12 of 18: ahead on the test
+    }
+    comparisons = compare_all(correct, [0])
+    val = {"features": (0.61, 0.9), "full": (0.44, 1.1)}  # validation chose the probe
+    metrics["features"]["total_time_s"], metrics["full"]["total_time_s"] = 5.0, 120.0
+    details["verdict"] = verdict(val, comparisons, {"features": 5.0, "full": 120.0})
+    assert details["verdict"]["recommended"] == "features"
+    details["test_ids"] = [f"img{i}.png" for i in range(n)]
+    details["split_sizes"] = {"train": 84, "val": 18, "test": 18}
+    md = build(metrics, details, comparisons, title="T", code_version="abc", params_text="").markdown()
+    card = md.split("\n---\n")[0]
+    line = next(x for x in card.splitlines() if x.startswith("*Could another be better?*"))
+    upper = pair_of(comparisons, "full", "features")["ci_family"][1]
+    assert upper > 0.02 and f"by up to {upper * 100:+.1f} points, family-wise 95%" in line
+    assert "These 18 test images leave room for full to be better than features" in line
+    assert "18 validation images chose" in line and "`base.folds: 5`" in line

@@ -221,6 +221,20 @@ def separable(pair: dict, alpha: float = 0.05) -> bool:
     return pair["p_holm"] < alpha and (lo > 0 or hi < 0)
 
 
+def room_above(comparisons: dict, model: str, others: Sequence[str], margin: float) -> dict[str, float]:
+    """The models the test images leave room to be better than ``model`` by more than
+    ``margin``: each one's family-wise upper bound of (other minus ``model``), largest first.
+    The test split takes no part in any choice, so its interval is an honest check of one
+    made on validation."""
+    out = {}
+    for name in others:
+        if name != model:
+            upper = pair_of(comparisons, name, model)["ci_family"][1]
+            if upper > margin:
+                out[name] = upper
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
 def spread_components(scores: dict[int, float], splitting: dict[int, int]) -> dict[str, float | int | None]:
     """Split the spread of one model's runs into a splitting part and a seed part.
 
