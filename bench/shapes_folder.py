@@ -14,8 +14,8 @@ Two knobs cover the two axes of the rules of thumb besides size:
 * ``--difficulty`` (0 to 1; 0.5, the default, is the folder above): smaller shapes, more
   clutter and more pixel noise as it grows;
 * ``--distance`` from ImageNet (0 to 1; default 0): the pixels inside that share of the
-  image's 8 x 8 blocks are rearranged by one fixed permutation (the same for every image of
-  the folder). The content is all there, in a layout a network can learn, but its local
+  image's 8 x 8 blocks are rearranged by one fixed permutation (the same for every image at
+  that distance, whatever the seed: one domain per distance). The content is all there, in a layout a network can learn, but its local
   statistics are not those of natural photographs that pretrained filters expect: the
   farther, the less the frozen features fit and the more fine-tuning has to do.
 """
@@ -81,11 +81,17 @@ def draw(kind: str, rng: np.random.Generator, size: int, difficulty: float = 0.5
     return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
 
 
-def scrambler(size: int, distance: float, seed: int):
-    """The folder's fixed rearrangement at ``distance``: a function of an image array that
-    permutes the pixels inside a fixed ``distance`` share of its 8 x 8 blocks, all by one
-    permutation. Drawn from its own generator, so the images themselves do not change."""
-    rng = np.random.default_rng([seed, 8191])
+DOMAIN_SEED = 8191  # the rearrangement's generator: one domain per distance, whatever the draw
+
+
+def scrambler(size: int, distance: float):
+    """The rearrangement that defines the domain at ``distance``: a function of an image array
+    that permutes the pixels inside a fixed ``distance`` share of its 8 x 8 blocks, all by
+    one permutation. It depends on the distance (and image size) alone, never on the draw's
+    seed: folders drawn with different seeds at one distance (an audit's user data sets and
+    its truth pool) are samples of one domain. Its own generator leaves the images' draws
+    unchanged."""
+    rng = np.random.default_rng(DOMAIN_SEED)
     n = size // BLOCK
     blocks = rng.permutation(n * n)[: round(distance * n * n)]
     perm = rng.permutation(BLOCK * BLOCK)
@@ -111,7 +117,7 @@ def write_folder(
     if not 0 <= difficulty <= 1 or not 0 <= distance <= 1:
         raise ValueError(f"difficulty {difficulty} and distance {distance} must lie in [0, 1]")
     rng = np.random.default_rng(seed)
-    scramble = scrambler(size, distance, seed)
+    scramble = scrambler(size, distance)
     for kind in CLASSES:
         (out / kind).mkdir(parents=True)
         for i in range(per_class):

@@ -51,6 +51,23 @@ def test_distance_rearranges_pixels_inside_blocks_and_keeps_every_one(tmp_path):
         assert changed <= 32  # half of the 64 blocks at most (a uniform block does not change)
 
 
+def test_one_distance_is_one_domain_whatever_the_seed(tmp_path):
+    """An audit draws its user data sets and its truth pool with different seeds: at one
+    distance they must share the rearrangement, or the truth would be another domain."""
+    a, b = shapes.scrambler(64, 0.75), shapes.scrambler(64, 0.75)
+    img = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    assert np.array_equal(a(img), b(img)) and not np.array_equal(a(img), img)
+    one, other = (
+        _folder(tmp_path, "s1", seed=1, distance=0.75),
+        _folder(tmp_path, "s2", seed=2, distance=0.75),
+    )
+    plain = _folder(tmp_path, "s1p", seed=1)
+    name = next(iter(one))
+    # the seed draws other images; the distance rearranges every draw the same way
+    assert not np.array_equal(one[name], other[name])
+    assert np.array_equal(a(plain[name]), one[name])
+
+
 def test_difficulty_adds_noise_and_clutter_and_shrinks_the_shapes():
     def roughness(difficulty: float) -> float:
         rng = np.random.default_rng(1)
