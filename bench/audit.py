@@ -406,7 +406,7 @@ def markdown(
     rules = sorted({r for c in cells.values() for r in c["summary"]["regret"]})
     # a column for the distance from ImageNet when the audit (or the audits reread together)
     # spans several
-    by_distance = len({c.get("distance") or 0.0 for c in cells.values()}) > 1
+    by_distance = len({c.get("distance") for c in cells.values()}) > 1
     lines = [
         f"# Audit against the truth: {args.name}",
         "",
@@ -432,7 +432,7 @@ def markdown(
             for r in rules
         ]
         lines.append(
-            (f"| {c.get('distance') or 0.0:g} " if by_distance else "")
+            (f"| {_g(c.get('distance'))} " if by_distance else "")
             + f"| {c['per_class']} | {_g(c['difficulty'])} | {s['datasets']} | "
             + " | ".join(regret)
             + f" | {_pct(s['arm_coverage'])} | {_pct(s['pair_coverage'])} | "
@@ -468,7 +468,7 @@ def warning_markdown(cells: dict[str, dict[str, Any]], by_distance: bool) -> lis
         w = c["summary"]["warning"]
         worst = w["worst_regret_unwarned"]
         lines.append(
-            (f"| {_g(c.get('distance') or 0.0)} " if by_distance else "")
+            (f"| {_g(c.get('distance'))} " if by_distance else "")
             + f"| {c['per_class']} | {_g(c['difficulty'])} | {w['data_sets']} | {w['shown']} | "
             f"{w['losses_above_margin']} | {w['losses_warned']} | "
             + ("none unwarned" if worst is None else f"{worst * 100:.1f}")
@@ -627,7 +627,17 @@ def write_results(
 ) -> None:
     """The cells' summaries, the gap predictor and both files, from the audited rows."""
     cells: dict[str, dict[str, Any]] = {}
-    for row in sorted(rows, key=lambda r: (r.get("distance") or 0.0, r["difficulty"], r["per_class"])):
+
+    def order(r: dict[str, Any]) -> tuple:  # shapes by distance, then a folder pool (no knobs)
+        distance, difficulty = r.get("distance"), r["difficulty"]
+        return (
+            distance is None,
+            distance or 0.0,
+            -1.0 if difficulty != difficulty else difficulty,
+            r["per_class"],
+        )
+
+    for row in sorted(rows, key=order):
         distance = row.get("distance")
         cell = cells.setdefault(
             f"{row['per_class']}-{row['difficulty']:g}" + (f"-d{distance:g}" if distance else ""),
