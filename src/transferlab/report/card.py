@@ -219,8 +219,8 @@ def _upside_text(r: Any, recommended: str, upside: dict[str, float], n_test: int
     settle = (
         "more labelled images, or more fold models (`base.repeats`), narrow it."
         if r.folds
-        else "more labelled images narrow it; with few, cross-validation (`base.folds: 5`) lets every "
-        "image take part in the choice and the test."
+        else "more labelled images narrow it, and cross-validation (`base.folds: 5`) tests every image, "
+        "which narrows the interval (whether it also chooses better is measured in docs/verdict.md)."
     )
     return (
         f"*Could another be better?* {where} leave room for {who} to be better than {recommended} by more "
