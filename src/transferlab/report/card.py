@@ -131,12 +131,10 @@ def verdict_card(doc: Document, r: Any, recommended: str) -> None:
     cheapest_open = min(cheaper_open, key=lambda m: by[m]["total_time_s"]) if cheaper_open else None
     if cheapest_open:
         doc.add("p", _trade(r, cheapest_open, v["outcomes"][cheapest_open]))
-    doc.add("p", _how_sure(r, n_test))
     # the audit (docs/verdict.md) found the verdict's losses where a few validation images
-    # chose and the test left such room
+    # chose and the test left another model room to be better: "How sure" says so
     upside = room_above(r.comparisons, recommended, list(r.by), r.verdict["margin"])
-    if upside:
-        doc.add("p", _upside_text(r, recommended, upside, n_test))
+    doc.add("p", _how_sure(r, n_test) + _upside_text(r, recommended, upside))
     unsettled = r.verdict.get("unsettled") or {}
     if unsettled:
         rests = [m for m in dict.fromkeys([recommended, best]) if m in unsettled]
@@ -202,28 +200,23 @@ def _how_sure(r: Any, n_test: int) -> str:
     return text + "."
 
 
-def _upside_text(r: Any, recommended: str, upside: dict[str, float], n_test: int) -> str:
-    """The card's line for the models the test leaves room to be better than the recommended
-    one by more than the margin (:func:`transferlab.verdict.stats.room_above`): who could be better, by how much at most,
-    how many images chose, and what would settle it."""
-    n_val = r.sizes.get("val", 0)
+def _upside_text(r: Any, recommended: str, upside: dict[str, float]) -> str:
+    """The card's words for the models the test leaves room to be better than the
+    recommended one by more than the margin (:func:`transferlab.verdict.stats.room_above`):
+    who, by how much at most, and how many validation images made the choice; empty when
+    none. A clause of "How sure", so that the card keeps to the first screen."""
+    if not upside:
+        return ""
     names = list(upside)[:3] + ([f"{len(upside) - 3} more"] if len(upside) > 3 else [])
     who = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
-    bounds = " and ".join(_pts(u) for u in list(upside.values())[:3])
-    where = f"The {n_test:,} pooled test images" if r.folds else f"These {n_test:,} test images"
-    chosen = (
-        f"validation splits of about {n_val:,} images per fold chose"
+    bounds = ", ".join(_pts(u) for u in list(upside.values())[:3])
+    n_val = r.sizes.get("val", 0)
+    chose = (
+        f"validation splits of about {n_val:,} images chose"
         if r.folds
         else f"{n_val:,} validation images chose"
     )
-    settle = (
-        "more labelled images, or more fold models (`base.repeats`), narrow it."
-        if r.folds
-        else "more labelled images narrow it, and cross-validation (`base.folds: 5`) tests every image, "
-        "which narrows the interval (whether it also chooses better is measured in docs/verdict.md)."
-    )
     return (
-        f"*Could another be better?* {where} leave room for {who} to be better than {recommended} by more "
-        f"than the {r.verdict['margin'] * 100:g}-point margin (by up to {bounds} points, family-wise 95%); "
-        f"{chosen}, and a choice on so few can be wrong: {settle}"
+        f" *Could another be better?* The test leaves room for {who} to beat {recommended} by more than "
+        f"the margin (up to {bounds} points, family-wise); {chose}."
     )
