@@ -29,7 +29,7 @@ pool* of images no run saw, ten times the largest user set per class. Then, per 
     python bench/audit.py --distance 0.75 --reps 3 --name cpu-distance   # the similarity axis
     python bench/audit.py --reread bench/results/audit-cpu.json bench/results/audit-cpu-distance.json \
         --name cpu-both                                    # both audits: one table, one predictor
-    python bench/audit.py --sizes 20 --truth-per-class 2000 --params bench/audit-folds.yaml \
+    python bench/audit.py --sizes 20 --reps 3 --truth-per-class 2000 --params bench/audit-folds.yaml \
         --name cpu-folds                                   # 5-fold, the default's 20/class sets
     python bench/audit.py --compare bench/results/audit-cpu.json bench/results/audit-cpu-folds.json
 
