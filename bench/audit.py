@@ -681,23 +681,26 @@ def write_results(
     print(text)
 
 
+def load_audit(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """An audit's JSON and its rows, each row with its distance (audits written before rows
+    kept theirs take it from the saved arguments); one line naming the file if it is not one."""
+    try:
+        data = json.loads(path.read_text())
+        rows = [row for cell in data["cells"].values() for row in cell["rows"]]
+        for row in rows:
+            row.setdefault("distance", _saved_distance(data["args"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise SystemExit(f"audit: {path}: not an audit's JSON ({err})") from None
+    return data, rows
+
+
 def reread(paths: list[Path], args: argparse.Namespace) -> None:
     """Summaries, rules and the gap predictor again from one or several audits' JSON, without
     running anything (the rules only re-read the runs). Several audits of one protocol (the
     same params) make one table, by distance from ImageNet where they differ, and one gap
     predictor fitted on all their data sets: the audits of both axes, size and similarity,
     read together."""
-    audits = []
-    for path in paths:
-        try:
-            data = json.loads(path.read_text())
-            saved = data["args"]
-            for cell in data["cells"].values():
-                for row in cell["rows"]:  # audits before the distance was kept per row
-                    row.setdefault("distance", _saved_distance(saved))
-            audits.append((data, saved))
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise SystemExit(f"audit: {path}: not an audit's JSON ({err})") from None
+    audits = [(data, data["args"]) for data, _ in map(load_audit, paths)]
     params = audits[0][0]["params"]
     for path, (data, _) in zip(paths[1:], audits[1:], strict=True):
         if data["params"] != params:
@@ -748,19 +751,10 @@ def compare(paths: list[Path], args: argparse.Namespace) -> None:
         raise SystemExit("audit: --compare takes two audits' JSON")
     audits = []
     for path in paths:
-        try:
-            data = json.loads(path.read_text())
-            saved = data["args"]
-            rows = {}
-            for cell in data["cells"].values():
-                for row in cell["rows"]:
-                    row.setdefault("distance", _saved_distance(saved))
-                    rows[_key(row)] = row
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise SystemExit(f"audit: {path}: not an audit's JSON ({err})") from None
-        if saved.get("truth_per_class") is None:
+        data, rows = load_audit(path)
+        if data["args"].get("truth_per_class") is None:
             raise SystemExit(f"audit: {path}: no truth pool size saved")
-        audits.append((path, data, rows))
+        audits.append((path, data, {_key(row): row for row in rows}))
     (pa, da, ra), (pb, db, rb) = audits
     if da["args"]["truth_per_class"] != db["args"]["truth_per_class"]:
         raise SystemExit(f"audit: {pa} and {pb} scored on truth pools of different sizes")

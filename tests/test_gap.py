@@ -92,9 +92,9 @@ def test_missing_signals_are_named():
         gap.signals_of({"knn_val_acc": 0.5, "logme": 0.1}, 20)
 
 
-def test_the_audit_rereads_its_json_and_adds_the_predictor(tmp_path, monkeypatch):
-    audit = bench_module("audit")
-    rows = audited_rows(12, informative=True)
+def _audit_json(path, rows, distance=None, params=None):
+    """An audit's JSON around constructed rows; without a distance, as audits wrote it before
+    rows kept theirs."""
     for i, row in enumerate(rows):
         row.update(
             difficulty=0.3,
@@ -106,14 +106,22 @@ def test_the_audit_rereads_its_json_and_adds_the_predictor(tmp_path, monkeypatch
             equivalences=0,
             wrong_equivalences=[],
         )
-    data = {
-        "params": {},
-        "args": {"reps": "4", "truth_per_class": "2000", "source_desc": "constructed rows"},
-        "seconds": 60,
-        "cells": {"all": {"rows": rows}},
-    }
-    src = tmp_path / "audit-old.json"
-    src.write_text(json.dumps(data))
+    args = {"reps": "4", "truth_per_class": "2000", "source_desc": "constructed rows"}
+    if distance is not None:
+        args |= {
+            "distance": str(distance),
+            "folder": "None",
+            "source_desc": f"shapes (distance {distance:g})",
+        }
+    data = {"params": params or {}, "args": args, "seconds": 60, "command": f"audit {distance}"}
+    data["cells"] = {"all": {"rows": rows}}
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_the_audit_rereads_its_json_and_adds_the_predictor(tmp_path, monkeypatch):
+    audit = bench_module("audit")
+    src = _audit_json(tmp_path / "audit-old.json", audited_rows(12, informative=True))
     monkeypatch.setattr(
         "sys.argv", ["audit.py", "--reread", str(src), "--out", str(tmp_path / "bench" / "results")]
     )
@@ -122,26 +130,6 @@ def test_the_audit_rereads_its_json_and_adds_the_predictor(tmp_path, monkeypatch
     assert "## Predicting fine-tuning's gain" in text and "12 data sets" in text
     out = json.loads((tmp_path / "bench" / "results" / "audit-old.json").read_text())
     assert out["gap_model"]["cv"]["datasets"] == 12 and len(out["cells"]) == 3  # 20, 60, 200 per class
-
-
-def _audit_json(path, rows, distance, params=None):
-    for i, row in enumerate(rows):
-        row.update(
-            difficulty=0.3,
-            rep=i,
-            arm_covered={"features": True},
-            pair_covered=[True],
-            separations=0,
-            wrong_separations=0,
-            equivalences=0,
-            wrong_equivalences=[],
-        )
-    args = {"reps": "4", "truth_per_class": "2000", "distance": str(distance), "folder": "None"}
-    args["source_desc"] = f"shapes (distance {distance:g})"
-    data = {"params": params or {}, "args": args, "seconds": 60, "command": f"audit {distance:g}"}
-    data["cells"] = {"all": {"rows": rows}}
-    path.write_text(json.dumps(data))
-    return path
 
 
 def test_audits_of_two_distances_reread_as_one_table_and_one_predictor(tmp_path, monkeypatch):
